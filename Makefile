@@ -1,0 +1,59 @@
+# pyunion — `make demo` shows it working, `make test` runs every test.
+# Every target installs what it needs first (`make setup`), so each works on a fresh machine.
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Debian packages: FUSE itself and what pyfuse3 builds against; the reference
+# implementations the differential tests and the benchmark compare against.
+BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv
+TEST_PACKAGES  := fuse-overlayfs attr
+BENCH_PACKAGES := fuse-overlayfs unionfs-fuse
+
+.PHONY: setup test demo bench bench-quick install lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BUILD_PACKAGES) $(TEST_PACKAGES)"
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Installs the named Debian packages that are missing (as root only), nothing else.
+system-packages:
+	@missing=""; for p in $(PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run make as root)" >&2; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check unionfs mount_helper tests bench
+
+demo: setup
+	$(PY) -m unionfs.fs.demo
+
+bench: setup
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BENCH_PACKAGES)"
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick:
+	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick
+
+# Puts the mount helper where mount(8) looks for it: `mount -t pyunion` and `mount -t fuse.pyunion`.
+install: setup
+	install -m 0755 $(VENV)/bin/mount.pyunion /sbin/mount.pyunion
+	ln -sf /sbin/mount.pyunion /sbin/mount.fuse.pyunion
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,179 @@
+"""Mounting and unmounting for tests: pyunion, kernel overlayfs and fuse-overlayfs.
+
+Every test mount goes through these context managers, which always unmount in ``finally``
+(lazy unmount as the last resort) and only ever signal the daemon process they started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+READY_TIMEOUT = 20.0
+EXIT_TIMEOUT = 20.0
+
+
+class MountError(Exception):
+    """A mount command failed; the message carries its stderr."""
+
+
+def mounted_paths() -> set[str]:
+    """Mount points currently listed in /proc/self/mountinfo."""
+    points = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4]
+            points.add(point.encode().decode("unicode_escape"))
+    return points
+
+
+def is_mounted(path: os.PathLike | str) -> bool:
+    return os.path.realpath(path) in mounted_paths()
+
+
+def mount_type(path: os.PathLike | str) -> str | None:
+    """The filesystem type of the mount at ``path`` (e.g. 'fuse.pyunion'), or None."""
+    target = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target:
+                found = fields[fields.index("-") + 1]
+    return found
+
+
+def _umount(mnt: str, *args: str) -> bool:
+    result = subprocess.run(["umount", *args, mnt], capture_output=True, timeout=30)
+    return result.returncode == 0
+
+
+def unmount(mnt: os.PathLike | str, proc: subprocess.Popen | None = None) -> None:
+    """Unmount ``mnt`` and wait for ``proc`` (the daemon we started, if any) to exit.
+
+    Tries a normal unmount a few times (a just-closed file can keep it busy for a moment),
+    then a lazy one; kills only ``proc``, by pid, if it does not exit after that.
+    """
+    mnt = os.path.realpath(mnt)
+    for _ in range(20):
+        if not is_mounted(mnt) or _umount(mnt):
+            break
+        time.sleep(0.1)
+    else:
+        _umount(mnt, "-l")
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=EXIT_TIMEOUT)
+        if is_mounted(mnt):
+            _umount(mnt, "-l")
+        raise MountError(f"pyunion daemon {proc.pid} did not exit after unmount of {mnt}")
+
+
+def pyunion_command(
+    lowers: Sequence[os.PathLike | str],
+    upper: os.PathLike | str | None,
+    mnt: os.PathLike | str,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """The ``mount.pyunion`` command line (foreground mode) for the given stack."""
+    cmd = [sys.executable, "-m", "mount_helper", ":".join(str(p) for p in lowers)]
+    if upper is not None:
+        cmd.append(str(upper))
+    cmd += [str(mnt), "-f"]
+    if options:
+        cmd += ["-o", ",".join(options)]
+    return cmd
+
+
+def start_pyunion(cmd: list[str], mnt: os.PathLike | str) -> subprocess.Popen:
+    """Start a foreground ``mount.pyunion`` and wait until its mount is in the mount table."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not is_mounted(mnt):
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            raise MountError(f"mount.pyunion exited with {proc.returncode}: {err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise MountError(f"mount.pyunion did not mount {mnt} in {READY_TIMEOUT} s")
+        time.sleep(0.02)
+    return proc
+
+
+@contextlib.contextmanager
+def pyunion_mounted(
+    lowers: Sequence[os.PathLike | str],
+    upper: os.PathLike | str | None,
+    mnt: os.PathLike | str,
+    options: Sequence[str] = (),
+) -> Iterator[Path]:
+    """Mount a pyunion stack at ``mnt`` for the duration of the block."""
+    proc = start_pyunion(pyunion_command(lowers, upper, mnt, options), mnt)
+    try:
+        yield Path(mnt)
+    finally:
+        try:
+            unmount(mnt, proc)
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
+
+
+@contextlib.contextmanager
+def overlay_mounted(
+    lowers: Sequence[os.PathLike | str],
+    upper: os.PathLike | str | None,
+    workdir: os.PathLike | str | None,
+    mnt: os.PathLike | str,
+    options: Sequence[str] = ("redirect_dir=on", "index=on"),
+) -> Iterator[Path]:
+    """Mount kernel overlayfs (the reference) at ``mnt`` for the duration of the block."""
+    opts = ["lowerdir=" + ":".join(str(p) for p in lowers)]
+    if upper is not None:
+        opts += [f"upperdir={upper}", f"workdir={workdir}", *options]
+    result = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", ",".join(opts), str(mnt)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if result.returncode != 0:
+        raise MountError(f"kernel overlay mount failed: {result.stderr.strip()}")
+    try:
+        yield Path(mnt)
+    finally:
+        unmount(mnt)
+
+
+@contextlib.contextmanager
+def fuse_overlayfs_mounted(
+    lowers: Sequence[os.PathLike | str],
+    upper: os.PathLike | str | None,
+    workdir: os.PathLike | str | None,
+    mnt: os.PathLike | str,
+) -> Iterator[Path]:
+    """Mount fuse-overlayfs at ``mnt`` for the duration of the block (foreground, our pid)."""
+    opts = ["lowerdir=" + ":".join(str(p) for p in lowers)]
+    if upper is not None:
+        opts += [f"upperdir={upper}", f"workdir={workdir}"]
+    cmd = ["fuse-overlayfs", "-f", "-o", ",".join(opts), str(mnt)]
+    proc = start_pyunion(cmd, mnt)
+    try:
+        yield Path(mnt)
+    finally:
+        try:
+            unmount(mnt, proc)
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
