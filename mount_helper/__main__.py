@@ -1,0 +1,104 @@
+"""``mount.pyunion``: the command line, in mount(8)'s conventions.
+
+Forms::
+
+    mount.pyunion LOWER[:LOWER...] UPPER MOUNTPOINT [-f] [-d] [-o OPTIONS]
+    mount.pyunion LOWER[:LOWER...] MOUNTPOINT [-o upperdir=UPPER[,workdir=DIR]]
+    mount.pyunion SOURCE MOUNTPOINT -o lowerdir=L1:L2[,upperdir=U,workdir=W]
+
+mount(8) calls a helper as ``mount.TYPE SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]``; ``-n``, ``-s``
+and ``-v`` concern mount(8) only and are ignored (mount(8)'s ``-f`` is a fake mount and never
+reaches a helper, so ``-f`` here means foreground, as for FUSE programs).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from unionfs.fs.options import (
+    MountConfig,
+    MountError,
+    apply_options,
+    split_lowers,
+    split_options,
+)
+
+USAGE = """usage: mount.pyunion LOWER[:LOWER...] [UPPER] MOUNTPOINT [-f] [-d] [-o OPTIONS]
+       mount.pyunion SOURCE MOUNTPOINT -o lowerdir=L1:L2[,upperdir=U,workdir=W][,...]
+
+Lowers are listed top-most first, as overlayfs's lowerdir. Without an upper the merged view is
+read-only. Options: workdir= ro allow_other fsname= dev nodev suid nosuid exec noexec noatime
+redirect_dir=on|off|follow|nofollow|copy index=on|off userxattr volatile timeout=SECONDS
+stats=FILE debug. -f stays in the foreground, -d logs every request.
+"""
+
+
+def parse_args(argv: list[str]) -> MountConfig:
+    positional: list[str] = []
+    option_strings: list[str] = []
+    foreground = debug = False
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-h", "--help"):
+            print(USAGE, end="")
+            sys.exit(0)
+        if arg == "-o":
+            value = next(args, None)
+            if value is None:
+                raise MountError("-o needs an option string")
+            option_strings.append(value)
+        elif arg.startswith("-o"):
+            option_strings.append(arg[2:])
+        elif arg == "-f":
+            foreground = True
+        elif arg == "-d":
+            debug = foreground = True
+        elif arg in ("-n", "-s", "-v", "-sn", "-ns", "-nv", "-vn"):
+            continue
+        elif arg.startswith("-") and arg != "-":
+            raise MountError(f"unknown flag '{arg}' (see --help)")
+        else:
+            positional.append(arg)
+    options = [opt for text in option_strings for opt in split_options(text)]
+    config = _config_from(positional, dict(options))
+    config.foreground, config.debug = foreground, debug
+    apply_options(config, options)
+    return config
+
+
+def _config_from(positional: list[str], options: dict[str, str | None]) -> MountConfig:
+    lowerdir, upperdir = options.get("lowerdir"), options.get("upperdir")
+    if lowerdir is not None:  # overlayfs form: the source is only a label
+        if len(positional) != 2:
+            raise MountError("with -o lowerdir= give exactly SOURCE and MOUNTPOINT")
+        source, mountpoint = positional
+        return MountConfig(lowers=split_lowers(lowerdir), upper=upperdir,
+                           mountpoint=mountpoint, source=source)
+    if len(positional) == 3:
+        lowers, upper, mountpoint = positional
+        if upperdir is not None:
+            raise MountError("the upper directory is given twice (argument and upperdir=)")
+    elif len(positional) == 2:
+        lowers, mountpoint = positional
+        upper = upperdir
+    else:
+        raise MountError("expected LOWER[:LOWER...] [UPPER] MOUNTPOINT (see --help)")
+    return MountConfig(lowers=split_lowers(lowers), upper=upper, mountpoint=mountpoint,
+                       source=lowers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from unionfs.fs.daemon import mount  # imports pyfuse3: keep --help and parse errors fast
+
+    try:
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+        return mount(config)
+    except MountError as e:
+        print(f"mount.pyunion: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""Stateful differential test of every write operation: pyunion against kernel overlayfs.
+
+A hypothesis state machine mounts the same fixed lower layers twice, through the subject
+(pyunion) and through kernel overlayfs (``redirect_dir=on,index=on``, the reference), each with
+its own fresh upper. Every rule performs one operation (tests/opscript.py) at the same relative
+path on both mounts and asserts the same result or the same errno; after every step the whole
+visible trees are compared (tests/treesnap.py, with mtimes: a time the clock set during the run
+is normalised to "recent", every other time, i.e. one from the lowers or from an explicit
+utime, must be equal to the nanosecond). At the end of each example the subject's upper must
+hold no ``.wh.*`` files, must remount through pyunion to the same tree, and must read through
+kernel overlayfs exactly as the reference's own upper does.
+
+Budget: ``make test`` runs a small derandomized budget; ``PYUNION_LONG_TESTS=1`` runs many more
+examples with longer programs and shrinking. ``PYUNION_WRITEDIFF_SUBJECT=kernel`` (two kernel
+mounts, must always agree) or ``=fuse-overlayfs`` validates the machine itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, note, settings
+from hypothesis.control import currently_in_test_context
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
+
+from tests import mounts, treesnap
+from tests.opscript import GENERATORS, Model, Op, random_op, short
+
+LONG = os.environ.get("PYUNION_LONG_TESTS") == "1"
+SUBJECT = os.environ.get("PYUNION_WRITEDIFF_SUBJECT", "pyunion")
+KERNEL_OPTIONS = ("redirect_dir=on", "index=on")
+# A timestamp within this many ns of the run is "set by the clock", not by the test.
+CLOCK_SLACK_NS = 10 * 10**9
+
+MACHINE_SETTINGS = settings(
+    max_examples=150 if LONG else 8,
+    stateful_step_count=50 if LONG else 25,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=False,
+    report_multiple_bugs=True,
+    suppress_health_check=list(HealthCheck),
+    # Shrinking re-mounts for every attempt: minutes. Only the long run shrinks; the short run
+    # reports the first failing program as it is (each failure message lists its ops).
+    phases=list(Phase) if LONG else [Phase.explicit, Phase.reuse, Phase.generate],
+)
+LAYER_SEEDS = range(8) if LONG else range(2)
+LAYER_STEPS = 60 if LONG else 25
+
+
+# -- the lower layers -------------------------------------------------------------------------
+
+
+def _file(root: Path, rel: str, data: bytes, mode: int = 0o644, owner: tuple[int, int] = (0, 0),
+          xattrs: dict[str, bytes] | None = None) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chown(path, *owner)
+    os.chmod(path, mode)
+    for name, value in (xattrs or {}).items():
+        os.setxattr(path, name, value)
+
+
+def _dir(root: Path, rel: str, mode: int = 0o755, owner: tuple[int, int] = (0, 0),
+         xattrs: dict[str, bytes] | None = None) -> None:
+    path = root / rel
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, *owner)
+    os.chmod(path, mode)
+    for name, value in (xattrs or {}).items():
+        os.setxattr(path, name, value)
+
+
+def _whiteout(root: Path, rel: str) -> None:
+    """Kernel-format whiteout: char device 0/0."""
+    os.mknod(root / rel, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+
+def _set_times(root: Path) -> None:
+    """Fixed, distinct, far-past mtimes on everything (children before their dirs)."""
+    for i, (dirpath, dirnames, filenames) in enumerate(os.walk(root, topdown=False)):
+        for j, name in enumerate(sorted(filenames + dirnames)):
+            ns = 1_100_000_000_000_000_000 + i * 10**12 + j * 10**9 + 123_456_789
+            os.utime(os.path.join(dirpath, name), ns=(ns, ns), follow_symlinks=False)
+        ns = 1_050_000_000_000_000_000 + i * 10**12 + 987_654_321
+        os.utime(dirpath, ns=(ns, ns))
+
+
+def _bottom(root: Path) -> None:
+    _file(root, "d1/f1", b"bottom d1/f1\n")
+    _file(root, "d1/sub/g", b"deep g\n")
+    _file(root, "d1/sub/deeper/h", b"deeper h\n", 0o600)
+    _file(root, "d2/b_only", b"hidden by opaque d2\n")
+    _file(root, "shared/x", b"bottom shared/x, whited out above\n")
+    _file(root, "shared/w", b"bottom shared/w\n")
+    _file(root, "wo", b"whited out above\n")
+    _file(root, "wdir/c1", b"c1\n")
+    _file(root, "wdir/c2", b"c2\n")
+    _file(root, "filedir/inner", b"dir hidden by a file above\n")
+    _file(root, "dirfile", b"file hidden by a dir above\n")
+    _file(root, "f_bottom", b"bottom file\n", 0o600, (1000, 1000), {"user.k": b"bottom"})
+    _file(root, "suid", b"#!/bin/true\n", 0o4755, (1234, 2345))
+    _file(root, "h1", b"hard link pair\n", 0o640, (1000, 100), {"user.a": b"h"})
+    os.link(root / "h1", root / "h2")
+    _file(root, "h3a", b"hard link triple\n")
+    os.link(root / "h3a", root / "d1/h3b")
+    os.link(root / "h3a", root / "shared/h3c")
+    os.mkfifo(root / "fifo", 0o640)
+    os.symlink("f1", root / "sym")
+    os.symlink("d1", root / "symd")
+    os.symlink("nowhere", root / "dangling")
+    _dir(root, "priv", 0o700, (1234, 2345))
+    _file(root, "priv/secret", b"secret\n", 0o600, (1234, 2345))
+    _dir(root, "empty")
+
+
+def _middle(root: Path) -> None:
+    _file(root, "f1", b"middle root f1\n", 0o644, (0, 0), {"user.a": b"mid"})
+    _file(root, "d1/f2", b"middle d1/f2\n")
+    _file(root, "d1/sub/g2", b"middle g2\n")
+    _file(root, "shared/y", b"middle shared/y\n")
+    _file(root, "mh1", b"middle hard link\n")
+    os.link(root / "mh1", root / "d1/mh2")
+    _file(root, "fat", bytes(range(256)) * 600)  # 150 KiB: more than one copy chunk
+    _dir(root, "mdir", 0o750, (1000, 1000), {"user.m": b"1"})
+    _file(root, "mdir/m", b"m\n")
+
+
+def _top(root: Path) -> None:
+    _dir(root, "d1", 0o775, (0, 100), {"user.k": b"top d1"})
+    _file(root, "d1/f1", b"top d1/f1 shadows bottom\n", 0o640, (1000, 0))
+    _dir(root, "d2")
+    os.setxattr(root / "d2", "trusted.overlay.opaque", b"y")
+    _file(root, "d2/a_only", b"top opaque d2\n")
+    _whiteout(root, "wo")
+    _whiteout(root, "wdir")
+    _dir(root, "shared")
+    _whiteout(root, "shared/x")
+    _file(root, "shared/z", b"top shared/z\n")
+    _file(root, "filedir", b"file over a dir\n")
+    _file(root, "dirfile/inner2", b"dir over a file\n")
+    _file(root, "f_top", b"top file\n", 0o755, (0, 0), {"user.a": b"1", "user.b": b"2"})
+
+
+def build_lowers(base: Path, count: int = 3) -> list[Path]:
+    """Fixed lower layers, top-most first: 3 = top:middle:bottom, 2 = top:bottom."""
+    builders = [("top", _top), ("middle", _middle), ("bottom", _bottom)]
+    if count == 2:
+        builders = [builders[0], builders[2]]
+    layers = []
+    for name, build in builders:
+        root = base / f"lower-{name}"
+        root.mkdir(parents=True)
+        build(root)
+        _set_times(root)
+        layers.append(root)
+    return layers
+
+
+# -- mounting ---------------------------------------------------------------------------------
+
+
+def _mount(stack: contextlib.ExitStack, kind: str, lowers: Sequence[Path], upper: Path,
+           work: Path, mnt: Path) -> Path:
+    """Mount ``kind`` (pyunion / kernel / fuse-overlayfs) and register its unmount."""
+    if kind == "pyunion":  # its default workdir: <parent>/.<upper>.work
+        return stack.enter_context(mounts.pyunion_mounted(lowers, upper, mnt))
+    if kind == "kernel":
+        return stack.enter_context(mounts.overlay_mounted(lowers, upper, work, mnt,
+                                                          KERNEL_OPTIONS))
+    if kind == "fuse-overlayfs":
+        return stack.enter_context(mounts.fuse_overlayfs_mounted(lowers, upper, work, mnt))
+    raise ValueError(f"unknown subject {kind!r}")
+
+
+def _fresh(base: Path, name: str) -> Path:
+    path = base / name
+    path.mkdir()
+    return path
+
+
+def _snap(root: Path, t0: int) -> dict[str, Any]:
+    """treesnap with mtimes; a time set by the clock during this run becomes "recent"."""
+    snap = treesnap.snapshot(root, times=True)
+    lo, hi = t0 - CLOCK_SLACK_NS, time.time_ns() + CLOCK_SLACK_NS
+    for entry in snap["entries"].values():
+        if lo <= entry.get("mtime_ns", -1) <= hi:
+            entry["mtime_ns"] = "recent"
+    return snap
+
+
+_DIVERGENCES: dict[str, type[AssertionError]] = {}
+
+
+def divergence(what: str) -> type[AssertionError]:
+    """One AssertionError subclass per op kind, so hypothesis reports each kind as its own bug."""
+    if what not in _DIVERGENCES:
+        _DIVERGENCES[what] = type(f"Divergence_{what}", (AssertionError,), {})
+    return _DIVERGENCES[what]
+
+
+class Pair:
+    """The subject and the kernel reference over the same lowers, driven op by op."""
+
+    def __init__(self, stack: contextlib.ExitStack, base: Path, subject_lowers: Sequence[Path],
+                 ref_lowers: Sequence[Path], t0: int, check_every: int = 1) -> None:
+        self.base, self.t0, self.check_every = base, t0, check_every
+        self.ops: list[str] = []
+        self.subject_upper = _fresh(base, "s-upper")
+        self.ref_upper = _fresh(base, "k-upper")
+        self.subject = _mount(stack, SUBJECT, subject_lowers, self.subject_upper,
+                              _fresh(base, "s-work"), _fresh(base, "s-mnt"))
+        self.ref = _mount(stack, "kernel", ref_lowers, self.ref_upper,
+                          _fresh(base, "k-work"), _fresh(base, "k-mnt"))
+        self.model = Model(self.check_trees("mount"))
+
+    def run(self, op: Op) -> None:
+        """Apply ``op`` to both; assert equal outcomes (and equal trees, every few steps)."""
+        self.ops.append(str(op))
+        if currently_in_test_context():
+            note(str(op))
+        ref = op.apply(str(self.ref))
+        got = op.apply(str(self.subject))
+        if got != ref:
+            raise divergence(op.kind)(
+                f"{op}\n  {SUBJECT}: {short(got)}\n  kernel: {short(ref)}\n{self.history()}")
+        if len(self.ops) % self.check_every == 0:
+            self.model = Model(self.check_trees(op.kind))
+
+    def check_trees(self, what: str) -> dict[str, Any]:
+        """Compare the visible trees; returns the reference snapshot."""
+        ref = _snap(self.ref, self.t0)
+        got = _snap(self.subject, self.t0)
+        diff = treesnap.differences(got, ref)
+        if diff:
+            raise divergence(f"tree_after_{what}")(
+                f"trees differ (first = {SUBJECT}, second = kernel):\n  " + "\n  ".join(diff)
+                + "\n" + self.history())
+        return ref
+
+    def history(self) -> str:
+        return "ops:\n  " + "\n  ".join(self.ops)
+
+
+def _wh_names(upper: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(upper):
+        out += [os.path.join(dirpath, n) for n in dirnames + filenames if n.startswith(".wh.")]
+    return sorted(out)
+
+
+def _kernel_view(base: Path, name: str, lowers: Sequence[Path], upper: Path,
+                 t0: int) -> dict[str, Any]:
+    """Snapshot of ``upper`` over ``lowers`` through kernel overlayfs, fresh workdir."""
+    with mounts.overlay_mounted(lowers, upper, _fresh(base, f"{name}-work"),
+                                _fresh(base, f"{name}-mnt"), KERNEL_OPTIONS) as mnt:
+        return _snap(mnt, t0)
+
+
+def check_upper_offline(pair: Pair, lowers: Sequence[Path], ref_snap: dict[str, Any]) -> None:
+    """After unmounting: the subject's upper in kernel format, readable like the kernel's own.
+
+    The kernel's own upper is read back with a fresh workdir too: its index (which serves the
+    not-yet-copied-up names of a lower hard link) lives in its workdir, so "same as the live
+    reference" is not what even the kernel gives; "same as the kernel's own upper" is.
+    """
+    leftovers = _wh_names(pair.subject_upper)
+    assert not leftovers, f".wh.* files in {SUBJECT}'s upper: {leftovers}\n{pair.history()}"
+    if SUBJECT == "pyunion":
+        with mounts.pyunion_mounted(lowers, pair.subject_upper, pair.subject) as mnt:
+            diff = treesnap.differences(_snap(mnt, pair.t0), ref_snap)
+        assert not diff, ("pyunion remounted on its upper differs from the reference "
+                          "(first = pyunion, second = kernel):\n  " + "\n  ".join(diff)
+                          + "\n" + pair.history())
+    got = _kernel_view(pair.base, "ks", lowers, pair.subject_upper, pair.t0)
+    ref = _kernel_view(pair.base, "kk", lowers, pair.ref_upper, pair.t0)
+    diff = treesnap.differences(got, ref)
+    assert not diff, (f"kernel overlayfs reads {SUBJECT}'s upper differently from its own "
+                      "(first = kernel over subject's upper, second = kernel over kernel's "
+                      "upper):\n  " + "\n  ".join(diff) + "\n" + pair.history())
+
+
+def _cleanup(base: Path) -> None:
+    """Remove an example's directory, unless something is (still) mounted below it."""
+    prefix = os.path.realpath(base) + os.sep
+    if not any(p.startswith(prefix) for p in mounts.mounted_paths()):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- the state machine ------------------------------------------------------------------------
+
+
+def _rule(kind: str) -> Callable[..., None]:
+    generate = GENERATORS[kind]
+
+    def step(self: WriteDifferential, data: st.DataObject) -> None:
+        op = generate(lambda options: data.draw(st.sampled_from(options)), self.pair.model)
+        self.run(op)
+
+    step.__name__ = kind
+    return rule(data=st.data())(step)
+
+
+class WriteDifferential(RuleBasedStateMachine):
+    """Fresh lowers, subject and reference mounts per example; one op per step on both."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.t0 = time.time_ns()
+        self.dir = Path(tempfile.mkdtemp(prefix="ex-", dir=base))
+        self.stack = contextlib.ExitStack()
+        self.broken = False
+        try:
+            self.lowers = build_lowers(self.dir)
+            self.pair = Pair(self.stack, self.dir, self.lowers, self.lowers, self.t0)
+        except BaseException:
+            self.stack.close()
+            _cleanup(self.dir)
+            raise
+
+    def run(self, op: Op) -> None:
+        try:
+            self.pair.run(op)
+        except BaseException:
+            self.broken = True
+            raise
+
+    create = _rule("create")
+    write_at = _rule("write_at")
+    truncate = _rule("truncate")
+    mkdir = _rule("mkdir")
+    mkfifo = _rule("mkfifo")
+    symlink = _rule("symlink")
+    link = _rule("link")
+    unlink = _rule("unlink")
+    rmdir = _rule("rmdir")
+    rename = _rule("rename")
+    chmod = _rule("chmod")
+    chown = _rule("chown")
+    utime = _rule("utime")
+    setxattr = _rule("setxattr")
+    removexattr = _rule("removexattr")
+    read = _rule("read")
+    listdir = _rule("listdir")
+    held = _rule("held")
+
+    def teardown(self) -> None:
+        try:
+            if not self.broken:
+                ref_snap = self.pair.check_trees("last step")
+                self.stack.close()
+                check_upper_offline(self.pair, self.lowers, ref_snap)
+        finally:
+            self.stack.close()
+            _cleanup(self.dir)
+
+
+def test_rules_cover_every_op() -> None:
+    """Every op kind in the vocabulary has a rule in the machine."""
+    rules = {name for name in GENERATORS if callable(getattr(WriteDifferential, name, None))}
+    assert rules == set(GENERATORS)
+
+
+@pytest.mark.timeout(7200 if LONG else 600)
+def test_write_differential(tmp_path: Path) -> None:
+    run_state_machine_as_test(lambda: WriteDifferential(tmp_path), settings=MACHINE_SETTINGS)
+
+
+# -- layers of layers -------------------------------------------------------------------------
+
+
+def _run_random(pair: Pair, rng: random.Random, steps: int) -> None:
+    for _ in range(steps):
+        pair.run(random_op(rng.choice, pair.model))
+
+
+@pytest.mark.timeout(1800 if LONG else 300)
+@pytest.mark.parametrize("seed", LAYER_SEEDS)
+def test_upper_as_lower(tmp_path: Path, seed: int) -> None:
+    """Each side's upper after a random program becomes the top lower of a second stack.
+
+    Stage 1: A:B + U1 (pyunion's U1 / kernel's U1). Stage 2: U1:A:B + fresh U2, each side over
+    its own U1, so the subject has to read the markers it wrote itself (redirects, whiteouts,
+    opaque dirs, hard links), and the kernel reads its own.
+    """
+    rng = random.Random(seed)
+    t0 = time.time_ns()
+    lowers = build_lowers(tmp_path, count=2)
+    with contextlib.ExitStack() as stack:
+        first = Pair(stack, _fresh(tmp_path, "stage1"), lowers, lowers, t0)
+        _run_random(first, rng, LAYER_STEPS)
+        first.check_trees("stage 1")
+    with contextlib.ExitStack() as stack:
+        second = Pair(stack, _fresh(tmp_path, "stage2"), [first.subject_upper, *lowers],
+                      [first.ref_upper, *lowers], t0)
+        second.ops = [*first.ops, "-- stage 2: U1 as a lower, fresh U2 --"]
+        _run_random(second, rng, LAYER_STEPS)
+        second.check_trees("stage 2")
+
+
+# -- names that pyunion refuses ---------------------------------------------------------------
+
+WH_OPS = [
+    Op("create", ("d1/.wh.c", "WRONLY|CREAT", 0o644, b"x")),
+    Op("create", (".wh.c", "RDWR|CREAT|APPEND", 0o644, b"x")),
+    Op("mkdir", (".wh.d", 0o755)),
+    Op("mkdir", ("d1/.wh.d", 0o755)),
+    Op("mkfifo", (".wh.p", 0o644)),
+    Op("symlink", ("f1", ".wh.s")),
+    Op("link", ("f_top", ".wh.l")),
+    Op("link", ("h1", "d1/.wh.l")),
+    Op("rename", ("f1", ".wh.r", "0")),
+    Op("rename", ("d1", ".wh.rd", "NOREPLACE")),
+    Op("rename", ("shared/z", "shared/.wh.rz", "0")),
+]
+
+
+def test_wh_names_rejected(tmp_path: Path, pyunion, overlay) -> None:
+    """pyunion refuses to create any ``.wh.*`` name (EINVAL); the kernel allows them.
+
+    Not differential on purpose: a ``.wh.`` name in an upper would be a whiteout for
+    fuse-overlayfs and for our own AUFS-format reader.
+    """
+    t0 = time.time_ns()
+    lowers = build_lowers(tmp_path)
+    p_upper, k_upper = _fresh(tmp_path, "p-upper"), _fresh(tmp_path, "k-upper")
+    p = pyunion(lowers, p_upper)
+    k = overlay(lowers, k_upper, _fresh(tmp_path, "k-work"))
+    before = _snap(p, t0)
+    wrong = []
+    for op in WH_OPS:
+        got, ref = op.apply(str(p)), op.apply(str(k))
+        if got != ("err", "EINVAL") or ref[0] != "ok":
+            wrong.append(f"{op}: pyunion {got}, kernel {ref}")
+    assert not wrong, "expected pyunion EINVAL and kernel success:\n  " + "\n  ".join(wrong)
+    diff = treesnap.differences(_snap(p, t0), before)
+    assert not diff, "refused creates changed the pyunion tree:\n  " + "\n  ".join(diff)
+    assert not _wh_names(p_upper)

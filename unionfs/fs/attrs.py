@@ -1,0 +1,166 @@
+"""Attributes and extended attributes (the kernel's ``inode.c`` and ``xattrs.c``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pyfuse3
+
+from unionfs.fs import ondisk
+from unionfs.fs.copyup import copy_up
+from unionfs.fs.inodes import Node
+from unionfs.fs.state import UnionFS
+
+SETID_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+def entry_attributes(fs: UnionFS, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
+    attr = pyfuse3.EntryAttributes()
+    attr.st_ino = node.ino
+    attr.generation = 0
+    attr.entry_timeout = fs.config.timeout
+    attr.attr_timeout = fs.config.timeout
+    attr.st_mode = st.st_mode
+    # A merged directory's real link count is unknown; report 1 as kernel overlayfs does.
+    merged = node.is_dir and (node.upper + len(node.lowers)) > 1
+    attr.st_nlink = 1 if merged else (0 if node.dead else st.st_nlink)
+    attr.st_uid = st.st_uid
+    attr.st_gid = st.st_gid
+    attr.st_rdev = st.st_rdev
+    attr.st_size = st.st_size
+    attr.st_blksize = st.st_blksize
+    attr.st_blocks = st.st_blocks
+    attr.st_atime_ns = st.st_atime_ns
+    attr.st_mtime_ns = st.st_mtime_ns
+    attr.st_ctime_ns = st.st_ctime_ns
+    return attr
+
+
+def negative_entry(fs: UnionFS) -> pyfuse3.EntryAttributes:
+    """A cached "no such name" answer (``st_ino`` 0) for ``entry_timeout`` seconds."""
+    attr = pyfuse3.EntryAttributes()
+    attr.st_ino = 0
+    attr.entry_timeout = fs.config.timeout
+    return attr
+
+
+def getattr_(fs: UnionFS, node: Node) -> pyfuse3.EntryAttributes:
+    return entry_attributes(fs, node, fs.stat_of(node))
+
+
+async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
+                   fields: pyfuse3.SetattrFields, fh: int | None,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    fs.check_writable()
+    truncating_to_zero = fields.update_size and attr.st_size == 0
+    await copy_up(fs, node, with_data=not truncating_to_zero)
+    target = _target(fs, node, fh)
+    if fields.update_size:
+        os.truncate(target, attr.st_size)
+        if ctx.uid != 0:
+            clear_setid(target)
+    if fields.update_uid or fields.update_gid:
+        uid = attr.st_uid if fields.update_uid else -1
+        gid = attr.st_gid if fields.update_gid else -1
+        _chown(target, uid, gid)
+    if fields.update_mode:
+        if stat.S_ISLNK(node.kind):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        os.chmod(target, stat.S_IMODE(attr.st_mode))
+    if fields.update_atime or fields.update_mtime:
+        _set_times(target, attr, fields)
+    return getattr_(fs, node)
+
+
+def _target(fs: UnionFS, node: Node, fh: int | None) -> str | int:
+    """The upper path of ``node``, or an open fd of it when it has no name any more."""
+    if fs.table.path_of(node) is not None:
+        return fs.upper_path(node)
+    handle = fs.handles.files.get(fh) if fh is not None else None
+    fd = handle.fd if handle is not None else fs.handles.any_fd(node)
+    if fd is None:
+        raise pyfuse3.FUSEError(errno.ESTALE)
+    return fd
+
+
+def _chown(target: str | int, uid: int, gid: int) -> None:
+    if isinstance(target, int):
+        os.fchown(target, uid, gid)
+    else:
+        os.chown(target, uid, gid, follow_symlinks=False)
+
+
+def _set_times(target: str | int, attr: pyfuse3.EntryAttributes,
+               fields: pyfuse3.SetattrFields) -> None:
+    st = os.stat(target) if isinstance(target, int) else os.lstat(target)
+    atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+    mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+    if isinstance(target, int):
+        os.utime(target, ns=(atime, mtime))
+    else:
+        os.utime(target, ns=(atime, mtime), follow_symlinks=False)
+
+
+def clear_setid(target: str | int) -> None:
+    """What a write or truncate by an ordinary user does to set-id bits (as ext4 does)."""
+    st = os.stat(target) if isinstance(target, int) else os.lstat(target)
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & SETID_BITS:
+        return
+    mode = st.st_mode & ~stat.S_ISUID
+    if st.st_mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    if mode != st.st_mode:
+        os.chmod(target, stat.S_IMODE(mode))
+
+
+# --- extended attributes ---------------------------------------------------------------------
+
+
+def _xattr_name(name: bytes) -> str:
+    text = os.fsdecode(name)
+    if ondisk.is_private_xattr(text):
+        raise pyfuse3.FUSEError(errno.EPERM)
+    return text
+
+
+def getxattr(fs: UnionFS, node: Node, name: bytes) -> bytes:
+    text = os.fsdecode(name)
+    if ondisk.is_private_xattr(text):
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+    return os.getxattr(fs.real_path(node), text, follow_symlinks=False)
+
+
+def listxattr(fs: UnionFS, node: Node) -> list[bytes]:
+    names = os.listxattr(fs.real_path(node), follow_symlinks=False)
+    return [os.fsencode(n) for n in names if not ondisk.is_private_xattr(n)]
+
+
+async def setxattr(fs: UnionFS, node: Node, name: bytes, value: bytes) -> None:
+    text = _xattr_name(name)
+    fs.check_writable()
+    await copy_up(fs, node)
+    os.setxattr(fs.upper_path(node), text, value, follow_symlinks=False)
+
+
+async def removexattr(fs: UnionFS, node: Node, name: bytes) -> None:
+    text = _xattr_name(name)
+    fs.check_writable()
+    # Nothing to remove means no copy-up, as on the kernel.
+    if text not in os.listxattr(fs.real_path(node), follow_symlinks=False):
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+    await copy_up(fs, node)
+    os.removexattr(fs.upper_path(node), text, follow_symlinks=False)
+
+
+def statfs(fs: UnionFS) -> pyfuse3.StatvfsData:
+    top = fs.stack.roots[0] or fs.stack.roots[1]
+    assert top is not None
+    st = os.statvfs(top)
+    data = pyfuse3.StatvfsData()
+    for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                  "f_ffree", "f_favail"):
+        setattr(data, field, getattr(st, field))
+    data.f_namemax = min(os.statvfs(r).f_namemax for r in fs.stack.roots if r is not None)
+    return data

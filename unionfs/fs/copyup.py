@@ -1,0 +1,181 @@
+"""Copy-up: the one place that moves an object from a lower layer into the upper.
+
+Ancestors first, then the object. Each object is built under a temporary name in the workdir
+(same filesystem as the upper) with its data, xattrs, owner, mode and times, then renamed into
+place, so no process and no crash ever sees a partial copy. The data copy runs in a worker
+thread (reflink, else ``copy_file_range``), so other requests keep being served.
+A lower file with several hard links is copied once and every visible name of it is linked to
+the copy, which keeps it one file for us and for any other overlay implementation that later
+mounts the upper.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import trio
+
+from unionfs.fs import ondisk, syscalls
+from unionfs.fs.inodes import Node
+from unionfs.fs.layers import join
+from unionfs.fs.state import UnionFS
+
+CHUNK = 16 << 20
+
+
+async def copy_up(fs: UnionFS, node: Node, *, with_data: bool = True) -> None:
+    """Makes the upper hold ``node`` (and every ancestor of it)."""
+    if node.upper:
+        return
+    fs.check_writable()
+    chain = []
+    walk: Node | None = node
+    while walk is not None and not walk.upper:
+        chain.append(walk)
+        walk = walk.parent
+    if walk is None:  # no name leads to this object any more
+        raise OSError(errno.ESTALE, "object has no name to copy up to")
+    for item in reversed(chain):
+        await _copy_up_one(fs, item, with_data=with_data or item is not node)
+
+
+async def _copy_up_one(fs: UnionFS, node: Node, *, with_data: bool) -> None:
+    path = fs.path(node)
+    layer, lower_path = node.lowers[0]
+    src = fs.stack.real(layer, lower_path)
+    st = os.lstat(src)
+    tmp = fs.temp_path()
+    try:
+        await _make_copy(fs, src, tmp, st, with_data=with_data)
+        copy_xattrs(src, tmp)
+        copy_metadata(tmp, st)
+        _rename_into_upper(fs, tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    dest = fs.stack.upper_path(path)
+    fs.table.alias(os.lstat(dest), node.ino)
+    node.upper = True
+    if stat.S_ISREG(st.st_mode):
+        fs.handles.repoint(node, dest)
+        if st.st_nlink > 1:
+            await _link_siblings(fs, layer, lower_path, st, dest)
+    fs.stats["copy_up"] += 1
+
+
+async def _make_copy(fs: UnionFS, src: str, tmp: str, st: os.stat_result, *,
+                     with_data: bool) -> None:
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFDIR:
+        os.mkdir(tmp, 0o700)
+    elif kind == stat.S_IFREG:
+        size = st.st_size if with_data else 0
+        await trio.to_thread.run_sync(copy_file, src, tmp, size, fs.config.fsync)
+    elif kind == stat.S_IFLNK:
+        os.symlink(os.readlink(src), tmp)
+    else:
+        os.mknod(tmp, st.st_mode, st.st_rdev)
+
+
+def copy_file(src: str, dst: str, size: int, fsync: bool) -> None:
+    """Copies ``size`` bytes of ``src`` into the new file ``dst`` (runs in a worker thread)."""
+    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if size and not syscalls.clone_file(src_fd, dst_fd):
+                _copy_range(src_fd, dst_fd, size)
+            if fsync:
+                os.fsync(dst_fd)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+
+
+def _copy_range(src_fd: int, dst_fd: int, size: int) -> None:
+    copied = 0
+    try:
+        while copied < size:
+            n = os.copy_file_range(src_fd, dst_fd, min(CHUNK, size - copied))
+            if n == 0:
+                break
+            copied += n
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while copied < size:
+        chunk = os.pread(src_fd, min(1 << 20, size - copied), copied)
+        if not chunk:
+            break
+        os.pwrite(dst_fd, chunk, copied)
+        copied += len(chunk)
+
+
+def copy_xattrs(src: str, dst: str) -> None:
+    """Every xattr but overlay bookkeeping; ones the upper refuses are skipped, as the kernel does."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return
+        raise
+    for name in names:
+        if ondisk.is_private_xattr(name):
+            continue
+        try:
+            value = os.getxattr(src, name, follow_symlinks=False)
+            os.setxattr(dst, name, value, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EOVERFLOW, errno.EINVAL):
+                raise
+
+
+def copy_metadata(dst: str, st: os.stat_result) -> None:
+    """Owner, then mode (chown clears set-id bits), then times last."""
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _rename_into_upper(fs: UnionFS, tmp: str, path: str) -> None:
+    """Moves a finished copy into place, keeping the parent's times as they were."""
+    parent = fs.stack.upper_path(os.path.dirname(path))
+    parent_st = os.lstat(parent)
+    os.rename(tmp, fs.stack.upper_path(path))
+    os.utime(parent, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
+
+
+async def _link_siblings(fs: UnionFS, layer: int, lower_path: str, st: os.stat_result,
+                         dest: str) -> None:
+    """Links the other visible names of a hard-linked lower file to its upper copy."""
+    for other in fs.hardlink_paths(layer, st):
+        if other == lower_path:
+            continue
+        parent_path, _, name = other.rpartition("/")
+        parent = fs.node_at(parent_path)
+        if parent is None or not parent.is_dir:
+            continue
+        found = fs.stack.resolve(parent_path, parent.upper, parent.lowers, name)
+        if found is None or found.upper or found.lowers != ((layer, other),):
+            continue
+        await copy_up(fs, parent)
+        target = fs.stack.upper_path(join(parent_path, name))
+        parent_upper = fs.stack.upper_path(parent_path)
+        parent_st = os.lstat(parent_upper)
+        os.link(dest, target)
+        os.utime(parent_upper, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,184 @@
+"""Running a mount: pyfuse3 session, trio loop, signals, readiness and background mode.
+
+``mount(config)`` validates, then either serves in the foreground or forks a daemon and
+returns only once the filesystem is mounted (or with the daemon's one-line error). The upper
+directory is locked (``flock``) for as long as the daemon runs, so two mounts never share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import logging.handlers
+import os
+import shutil
+import signal
+import sys
+
+import pyfuse3
+import trio
+
+from unionfs.fs.operations import UnionOperations
+from unionfs.fs.options import MountConfig, MountError, validate
+from unionfs.fs.state import UnionFS
+
+log = logging.getLogger("pyunion")
+
+
+def fuse_options(config: MountConfig) -> set[str]:
+    options = {f"fsname={config.source}", "subtype=pyunion", "default_permissions"}
+    if config.allow_other:
+        options.add("allow_other")
+    if config.readonly or config.upper is None:
+        options.add("ro")
+    flags = set(config.fuse_flags)
+    if os.geteuid() == 0:  # as an overlayfs mount: set-id programs and devices work
+        flags |= {f for f in ("suid", "dev") if "no" + f not in flags}
+    options |= flags
+    if config.debug:
+        options.add("debug")
+    return options
+
+
+def lock_upper(config: MountConfig) -> int | None:
+    """An fd holding an exclusive lock on the upper; MountError if another mount holds it."""
+    if config.upper is None or config.readonly:
+        return None
+    fd = os.open(config.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MountError(f"upper directory {config.upper} is in use by another mount") from None
+    return fd
+
+
+def start(config: MountConfig) -> UnionFS:
+    """Creates the workdir and mounts; on failure removes what it created."""
+    created_workdir = bool(config.workdir) and not os.path.exists(config.workdir or "")
+    try:
+        if created_workdir:
+            assert config.workdir
+            os.mkdir(config.workdir, 0o700)
+        fs = UnionFS(config)
+        fs.prepare_workdir()
+        os.umask(0)
+        pyfuse3.init(UnionOperations(fs), config.mountpoint, fuse_options(config))
+        return fs
+    except BaseException as e:
+        if created_workdir and config.workdir:
+            shutil.rmtree(config.workdir, ignore_errors=True)
+        if isinstance(e, RuntimeError):
+            raise MountError(f"mounting {config.mountpoint} failed: {e}") from None
+        if isinstance(e, OSError):
+            raise MountError(f"mounting {config.mountpoint} failed: {e.strerror}") from None
+        raise
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return
+
+
+def serve(fs: UnionFS) -> None:
+    """Runs the request loop until unmounted or signalled, then unmounts."""
+    unmounted = False
+    try:
+        trio.run(_serve)
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+            unmounted = True
+        finally:
+            if fs.config.stats_file:
+                _write_stats(fs)
+    if not unmounted:
+        log.error("unmount of %s failed", fs.config.mountpoint)
+
+
+def _write_stats(fs: UnionFS) -> None:
+    assert fs.config.stats_file
+    with open(fs.config.stats_file, "w") as f:
+        json.dump(dict(sorted(fs.stats.items())), f, indent=1)
+
+
+def setup_logging(config: MountConfig, *, background: bool) -> None:
+    level = logging.DEBUG if config.debug else logging.INFO
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if background and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter("pyunion[%(process)d]: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def mount(config: MountConfig) -> int:
+    """Validates and mounts; returns the exit status for ``mount.pyunion``."""
+    config = validate(config)
+    lock_fd = lock_upper(config)
+    if config.foreground:
+        setup_logging(config, background=False)
+        fs = start(config)
+        serve(fs)
+        return 0
+    return _mount_in_background(config, lock_fd)
+
+
+def _mount_in_background(config: MountConfig, lock_fd: int | None) -> int:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        _daemon_child(config, write_end)
+        os._exit(0)
+    os.close(write_end)
+    if lock_fd is not None:
+        os.close(lock_fd)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode(errors="replace")
+    if answer == "ok":
+        return 0
+    if not answer:
+        os.waitpid(pid, 0)
+        answer = "the daemon died before the filesystem was mounted"
+    raise MountError(answer.strip())
+
+
+def _daemon_child(config: MountConfig, ready_fd: int) -> None:
+    """Detaches, mounts, reports readiness (or the error) through ``ready_fd``, serves."""
+    try:
+        os.setsid()
+        if os.fork() != 0:  # the session leader exits; the daemon can't get a terminal back
+            os._exit(0)
+        _detach_stdio()
+        setup_logging(config, background=True)
+        fs = start(config)
+    except MountError as e:
+        os.write(ready_fd, str(e).encode())
+        os._exit(1)
+    except BaseException as e:  # noqa: BLE001 - anything must reach the waiting parent
+        os.write(ready_fd, f"internal error: {e!r}".encode())
+        os._exit(1)
+    os.write(ready_fd, b"ok")
+    os.close(ready_fd)
+    with contextlib.suppress(Exception):
+        serve(fs)
+    os._exit(0)
+
+
+def _detach_stdio() -> None:
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)

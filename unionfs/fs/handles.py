@@ -1,0 +1,89 @@
+"""Open files and directories.
+
+A file handle keeps one real file descriptor. When its object is copied up, every handle open
+on the lower file is re-pointed at the upper copy in place (``dup2`` onto the same fd number),
+so a reader that opened the file before another process wrote to it sees the new data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from itertools import count
+
+from unionfs.fs.inodes import Node
+
+
+class FileHandle:
+    __slots__ = ("fh", "node", "fd", "flags", "uid")
+
+    def __init__(self, fh: int, node: Node, fd: int, flags: int, uid: int) -> None:
+        self.fh = fh
+        self.node = node
+        self.fd = fd
+        self.flags = flags  # the flags the real file was opened with
+        self.uid = uid      # who opened it (set-id bits are cleared when a non-root user writes)
+
+    @property
+    def writable(self) -> bool:
+        return (self.flags & os.O_ACCMODE) != os.O_RDONLY
+
+
+class DirHandle:
+    __slots__ = ("fh", "node", "names")
+
+    def __init__(self, fh: int, node: Node) -> None:
+        self.fh = fh
+        self.node = node
+        self.names: list[str] | None = None  # snapshot taken at offset 0
+
+
+class HandleTable:
+    def __init__(self) -> None:
+        self._ids = count(1)
+        self.files: dict[int, FileHandle] = {}
+        self.dirs: dict[int, DirHandle] = {}
+        self._by_node: dict[int, set[FileHandle]] = defaultdict(set)
+
+    def open_file(self, node: Node, fd: int, flags: int, uid: int) -> FileHandle:
+        handle = FileHandle(next(self._ids), node, fd, flags, uid)
+        self.files[handle.fh] = handle
+        self._by_node[node.ino].add(handle)
+        node.open_count += 1
+        return handle
+
+    def close_file(self, fh: int) -> FileHandle:
+        handle = self.files.pop(fh)
+        os.close(handle.fd)
+        handles = self._by_node[handle.node.ino]
+        handles.discard(handle)
+        if not handles:
+            del self._by_node[handle.node.ino]
+        handle.node.open_count -= 1
+        return handle
+
+    def of_node(self, node: Node) -> list[FileHandle]:
+        return list(self._by_node.get(node.ino, ()))
+
+    def any_fd(self, node: Node) -> int | None:
+        for handle in self._by_node.get(node.ino, ()):
+            return handle.fd
+        return None
+
+    def repoint(self, node: Node, real_path: str) -> None:
+        """After a copy-up: make every handle of ``node`` read the upper copy."""
+        for handle in self.of_node(node):
+            flags = handle.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+            new_fd = os.open(real_path, flags | os.O_NOFOLLOW)
+            try:
+                os.dup2(new_fd, handle.fd)
+            finally:
+                os.close(new_fd)
+
+    def open_dir(self, node: Node) -> DirHandle:
+        handle = DirHandle(next(self._ids), node)
+        self.dirs[handle.fh] = handle
+        return handle
+
+    def close_dir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)

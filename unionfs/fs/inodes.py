@@ -1,0 +1,145 @@
+"""The inode table: FUSE node ids for merged objects, their names, lookup counts.
+
+A node id is derived from the identity of the object that backs it, ``(st_dev, st_ino)`` of
+its top-most real file, packed as ``device tag << 48 | st_ino``. So the same object always gets
+the same number for the life of the mount, even after the kernel forgot it, and hard links
+(same real inode) are one node. A copy-up gives the object a new real identity; the table maps
+that identity back to the node's original number, so ``st_ino`` never changes under a user.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pyfuse3
+
+from unionfs.fs.layers import Found, LowerRef, join
+
+INO_BITS = 48
+
+
+class Node:
+    """One merged object as the kernel knows it."""
+
+    __slots__ = ("ino", "kind", "parent", "name", "upper", "lowers", "lookups", "open_count",
+                 "dead")
+
+    def __init__(self, ino: int, kind: int, parent: Node | None, name: str) -> None:
+        self.ino = ino
+        self.kind = kind
+        self.parent = parent          # a directory this object is reachable from (None: no name)
+        self.name = name              # its name there
+        self.upper = False            # the upper holds this object at its merged path
+        self.lowers: tuple[LowerRef, ...] = ()
+        self.lookups = 0
+        self.open_count = 0
+        self.dead = False             # its last name is gone; only open files still reach it
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def merged(self) -> bool:
+        """A directory with lower content below it (renaming it needs a redirect)."""
+        return self.is_dir and bool(self.lowers)
+
+    def __repr__(self) -> str:
+        return f"Node({self.ino:#x}, {self.name!r}, upper={self.upper}, lowers={self.lowers})"
+
+
+class NodeTable:
+    def __init__(self) -> None:
+        self.nodes: dict[int, Node] = {}
+        self._dev_tags: dict[int, int] = {}
+        self._aliases: dict[tuple[int, int], int] = {}  # real identity -> node id (copy-ups)
+        self._big_inos: dict[tuple[int, int], int] = {}
+        self._fresh_count = 0
+        self._alias_keys: dict[int, list[tuple[int, int]]] = {}
+        self.root = Node(pyfuse3.ROOT_INODE, stat.S_IFDIR, None, "")
+        self.root.lookups = 1
+        self.nodes[self.root.ino] = self.root
+
+    # --- identities --------------------------------------------------------------------------
+
+    def ino_for(self, st: os.stat_result) -> int:
+        key = (st.st_dev, st.st_ino)
+        alias = self._aliases.get(key)
+        if alias is not None:
+            return alias
+        tag = self._dev_tags.setdefault(st.st_dev, len(self._dev_tags) + 1)
+        if st.st_ino < (1 << INO_BITS) and tag < (1 << (63 - INO_BITS)):
+            return (tag << INO_BITS) | st.st_ino
+        return self._big_inos.setdefault(key, (1 << 63) | len(self._big_inos))
+
+    def alias(self, st: os.stat_result, ino: int) -> None:
+        """The real object ``st`` now backs node ``ino`` (after a copy-up)."""
+        key = (st.st_dev, st.st_ino)
+        self._aliases[key] = ino
+        self._alias_keys.setdefault(ino, []).append(key)
+
+    # --- nodes -------------------------------------------------------------------------------
+
+    def get(self, ino: int) -> Node | None:
+        return self.nodes.get(ino)
+
+    def node_for(self, found: Found, parent: Node, name: str) -> Node:
+        """The node for a freshly resolved name, created or refreshed."""
+        ino = self.ino_for(found.st)
+        node = self.nodes.get(ino)
+        kind = stat.S_IFMT(found.st.st_mode)
+        if node is not None and (node.dead or node.kind != kind):
+            # The real inode number was reused while the kernel still knows the old object:
+            # give the new one a number of its own.
+            ino = self._fresh_ino()
+            self.alias(found.st, ino)
+            node = None
+        if node is None:
+            node = Node(ino, kind, parent, name)
+            self.nodes[ino] = node
+        node.parent, node.name = parent, name
+        node.upper = found.upper
+        node.lowers = found.lowers
+        return node
+
+    def _fresh_ino(self) -> int:
+        self._fresh_count += 1
+        return (1 << 62) | self._fresh_count
+
+    def mark_dead(self, node: Node) -> None:
+        """``node`` has no name left; its number may come back for another object."""
+        node.dead = True
+        node.parent = None
+        self.unalias_node(node)
+        self.drop_if_unused(node)
+
+    def unalias_node(self, node: Node) -> None:
+        for key in self._alias_keys.pop(node.ino, ()):
+            if self._aliases.get(key) == node.ino:
+                del self._aliases[key]
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None or node is self.root:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self.drop_if_unused(node)
+
+    def drop_if_unused(self, node: Node) -> None:
+        if node.lookups == 0 and node.open_count == 0 and node is not self.root:
+            if self.nodes.get(node.ino) is node:
+                del self.nodes[node.ino]
+
+    def path_of(self, node: Node) -> str | None:
+        """The merged path of ``node`` (which is also its path in the upper), None if unnamed."""
+        names = []
+        while node.parent is not None:
+            names.append(node.name)
+            node = node.parent
+        if node is not self.root:
+            return None
+        path = ""
+        for name in reversed(names):
+            path = join(path, name)
+        return path

@@ -1,0 +1,191 @@
+"""The layer stack and name resolution across it (the kernel's ``namei.c``).
+
+Layer 0 is the upper (absent for a read-only view); layers 1..n are the lowers, top-most first.
+A merged object is described by where it lives: whether the upper has it, and which lower
+directories merge below it (for a directory) or which lower file provides it (otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from unionfs.fs import ondisk
+
+UPPER = 0
+LowerRef = tuple[int, str]  # (layer index >= 1, path relative to that layer's root)
+
+
+@dataclass(slots=True)
+class Found:
+    """The result of resolving one name in a merged directory."""
+
+    st: os.stat_result          # lstat of the top-most object
+    upper: bool                 # the top-most object is in the upper, at the merged path
+    lowers: tuple[LowerRef, ...]  # dirs: lower dirs merged below; others: the lower file, if any
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+class LayerStack:
+    """Real paths of the layers and the lookup rules that merge them."""
+
+    def __init__(self, upper: str | None, lowers: list[str], *, follow_redirects: bool) -> None:
+        self.roots: list[str | None] = [upper, *lowers]
+        self.follow_redirects = follow_redirects
+        self.lower_count = len(lowers)
+
+    @property
+    def has_upper(self) -> bool:
+        return self.roots[UPPER] is not None
+
+    def real(self, layer: int, path: str) -> str:
+        root = self.roots[layer]
+        assert root is not None
+        return f"{root}/{path}" if path else root
+
+    def upper_path(self, path: str) -> str:
+        return self.real(UPPER, path)
+
+    def root_lowers(self) -> tuple[LowerRef, ...]:
+        return tuple((i, "") for i in range(1, self.lower_count + 1))
+
+    # ------------------------------------------------------------------------------------------
+
+    def resolve_root(self) -> Found:
+        top = UPPER if self.has_upper else 1
+        st = os.lstat(self.real(top, ""))
+        lowers: tuple[LowerRef, ...] = self.root_lowers()
+        if self.has_upper:
+            markers = ondisk.read_dir_markers(self.real(UPPER, ""), oci=False,
+                                              follow_redirects=False)
+            if markers.opaque:
+                lowers = ()
+        else:
+            lowers = self._merge_lower_dirs((i, "") for i in range(1, self.lower_count + 1))
+        return Found(st=st, upper=self.has_upper, lowers=lowers)
+
+    def _merge_lower_dirs(self, refs) -> tuple[LowerRef, ...]:
+        """Root dirs of the lowers, down to the first opaque one."""
+        out = []
+        for layer, path in refs:
+            out.append((layer, path))
+            if ondisk.read_dir_markers(self.real(layer, path), oci=True,
+                                       follow_redirects=False).opaque:
+                break
+        return tuple(out)
+
+    def resolve(self, parent_path: str, parent_upper: bool,
+                parent_lowers: tuple[LowerRef, ...], name: str) -> Found | None:
+        """Resolves ``name`` in a merged directory; None when nothing visible has that name."""
+        upper_st = None
+        redirect = None
+        if parent_upper:
+            path = join(parent_path, name)
+            upper_st = _lstat(self.upper_path(path))
+            if upper_st is not None:
+                if ondisk.is_whiteout(upper_st):
+                    return None
+                if not stat.S_ISDIR(upper_st.st_mode):
+                    return Found(st=upper_st, upper=True, lowers=())
+                if not parent_lowers:
+                    return Found(st=upper_st, upper=True, lowers=())
+                markers = ondisk.read_dir_markers(self.upper_path(path), oci=False,
+                                                  follow_redirects=self.follow_redirects)
+                if markers.opaque:
+                    return Found(st=upper_st, upper=True, lowers=())
+                redirect = markers.redirect
+        found_st, lowers = self._resolve_lowers(parent_lowers, name, redirect,
+                                                want_dirs_only=upper_st is not None)
+        if upper_st is not None:
+            return Found(st=upper_st, upper=True, lowers=lowers)
+        if found_st is None:
+            return None
+        return Found(st=found_st, upper=False, lowers=lowers)
+
+    def lower_has(self, parent_lowers: tuple[LowerRef, ...], name: str) -> bool:
+        """Whether a lower layer shows something at ``name`` (so removing it needs a whiteout)."""
+        st, _ = self._resolve_lowers(parent_lowers, name, None, want_dirs_only=False)
+        return st is not None
+
+    def _resolve_lowers(self, parent_lowers: tuple[LowerRef, ...], name: str,
+                        redirect: str | None, *, want_dirs_only: bool
+                        ) -> tuple[os.stat_result | None, tuple[LowerRef, ...]]:
+        """Walks the lowers below a parent for ``name``.
+
+        Returns the top-most lower object's stat and the lower refs that make it up. With
+        ``want_dirs_only`` (a directory above already won) only directories merge in, and the
+        first non-directory stops the walk.
+        """
+        candidates = list(parent_lowers)
+        lookup_name = name
+        absolute: str | None = None
+        if redirect is not None:
+            absolute, lookup_name, candidates = self._apply_redirect(
+                redirect, parent_lowers, candidates, 0, None, lookup_name)
+        top_st = None
+        merged: list[LowerRef] = []
+        k = 0
+        while k < len(candidates):
+            layer, parent = candidates[k]
+            k += 1
+            path = absolute if absolute is not None else join(parent, lookup_name)
+            real = self.real(layer, path)
+            st = _lstat(real)
+            if st is None:
+                if self._oci_whiteout(layer, path):
+                    break
+                continue
+            if ondisk.is_whiteout(st):
+                break
+            if not stat.S_ISDIR(st.st_mode):
+                if top_st is None and not want_dirs_only:
+                    return st, ((layer, path),)
+                break
+            if top_st is None:
+                top_st = st
+            merged.append((layer, path))
+            if k >= len(candidates):
+                break
+            markers = ondisk.read_dir_markers(real, oci=True,
+                                              follow_redirects=self.follow_redirects)
+            if markers.opaque or self._oci_whiteout(layer, path):
+                break
+            if markers.redirect is not None:
+                absolute, lookup_name, candidates = self._apply_redirect(
+                    markers.redirect, parent_lowers, candidates, layer, absolute, lookup_name)
+                k = 0
+        return top_st, tuple(merged)
+
+    def _apply_redirect(self, redirect: str, parent_lowers, candidates, layer: int,
+                        absolute: str | None, lookup_name: str):
+        """Follow an ``overlay.redirect``: absolute from the root, or a sibling name."""
+        remaining = [c for c in candidates if c[0] > layer]
+        if redirect.startswith("/"):
+            absolute = redirect.strip("/")
+            return absolute, lookup_name, [(i, "") for i in range(layer + 1,
+                                                                  self.lower_count + 1)]
+        if absolute is not None:
+            return join(os.path.dirname(absolute), redirect), lookup_name, remaining
+        return None, redirect, remaining
+
+    def _oci_whiteout(self, layer: int, path: str) -> bool:
+        parent, _, name = path.rpartition("/")
+        marker = join(parent, ondisk.oci_whiteout_name(name))
+        return os.path.lexists(self.real(layer, marker))
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None

@@ -1,0 +1,290 @@
+"""The FUSE request handlers: a thin layer that turns requests into calls on the modules.
+
+Handlers decode names, take the namespace lock for changes, count kernel lookups, and turn
+``OSError`` into the errno the kernel expects. What they mean lives in ``dirops``, ``copyup``,
+``attrs``, ``readdir`` and ``layers``.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from unionfs.fs import attrs, dirops, ondisk
+from unionfs.fs.copyup import copy_up
+from unionfs.fs.inodes import Node
+from unionfs.fs.readdir import merged_names
+from unionfs.fs.state import UnionFS
+
+log = logging.getLogger("pyunion")
+BIG_IO = 128 * 1024  # reads and writes at least this large run in a worker thread
+
+
+def _handler(fn: Callable) -> Callable:
+    """Counts the request and maps OSError to FUSEError; anything else is a bug: EIO, logged."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: UnionOperations, *args):
+        self.fs.stats[name] += 1
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s%r", name, args)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+class UnionOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs: UnionFS) -> None:
+        super().__init__()
+        self.fs = fs
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        """Attributes for a reply that gives the kernel a new reference to ``node``."""
+        node.lookups += 1
+        return attrs.getattr_(self.fs, node)
+
+    # --- lookup and attributes ---------------------------------------------------------------
+
+    @_handler
+    async def lookup(self, parent_inode, name, ctx):
+        fs = self.fs
+        parent = fs.node(parent_inode)
+        text = os.fsdecode(name)
+        if text == ".":
+            return self._entry(parent)
+        if text == "..":
+            return self._entry(parent.parent or fs.table.root)
+        fs.check_name(text)
+        if ondisk.is_internal_name(text):
+            return attrs.negative_entry(fs)
+        found = fs.resolve(parent, text)
+        if found is None:
+            return attrs.negative_entry(fs)
+        node = fs.table.node_for(found, parent, text)
+        node.lookups += 1
+        return attrs.entry_attributes(fs, node, found.st)
+
+    @_handler
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            self.fs.table.forget(ino, count)
+
+    @_handler
+    async def getattr(self, inode, ctx):
+        return attrs.getattr_(self.fs, self.fs.node(inode))
+
+    @_handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        async with self.fs.ns_lock:
+            return await attrs.setattr_(self.fs, self.fs.node(inode), attr, fields, fh, ctx)
+
+    @_handler
+    async def readlink(self, inode, ctx):
+        return os.fsencode(os.readlink(self.fs.real_path(self.fs.node(inode))))
+
+    @_handler
+    async def statfs(self, ctx):
+        return attrs.statfs(self.fs)
+
+    # --- namespace -----------------------------------------------------------------------------
+
+    async def _create(self, parent_inode, name, ctx, mode: int, make) -> pyfuse3.EntryAttributes:
+        fs = self.fs
+        async with fs.ns_lock:
+            node = await dirops.create_object(fs, fs.node(parent_inode), os.fsdecode(name),
+                                              ctx, mode, make)
+            return self._entry(node)
+
+    @_handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return await self._create(parent_inode, name, ctx, mode,
+                                  lambda path: os.mknod(path, mode, rdev))
+
+    @_handler
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        return await self._create(parent_inode, name, ctx, mode,
+                                  lambda path: os.mkdir(path, stat.S_IMODE(mode)))
+
+    @_handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        return await self._create(parent_inode, name, ctx, stat.S_IFLNK | 0o777,
+                                  lambda path: os.symlink(os.fsdecode(target), path))
+
+    @_handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        fs = self.fs
+        async with fs.ns_lock:
+            node = await dirops.link(fs, fs.node(inode), fs.node(new_parent_inode),
+                                     os.fsdecode(new_name))
+            return self._entry(node)
+
+    @_handler
+    async def unlink(self, parent_inode, name, ctx):
+        async with self.fs.ns_lock:
+            await dirops.unlink(self.fs, self.fs.node(parent_inode), os.fsdecode(name))
+
+    @_handler
+    async def rmdir(self, parent_inode, name, ctx):
+        async with self.fs.ns_lock:
+            await dirops.rmdir(self.fs, self.fs.node(parent_inode), os.fsdecode(name))
+
+    @_handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        fs = self.fs
+        async with fs.ns_lock:
+            await dirops.rename(fs, fs.node(parent_inode_old), os.fsdecode(name_old),
+                                fs.node(parent_inode_new), os.fsdecode(name_new), flags)
+
+    # --- files ---------------------------------------------------------------------------------
+
+    @_handler
+    async def open(self, inode, flags, ctx):
+        fs = self.fs
+        node = fs.node(inode)
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            fs.check_writable()
+            async with fs.ns_lock:
+                await copy_up(fs, node, with_data=not flags & os.O_TRUNC)
+        fd = self._open_real(fs.real_path(node), flags)
+        if flags & os.O_TRUNC and ctx.uid != 0:
+            attrs.clear_setid(fd)
+        handle = fs.handles.open_file(node, fd, flags, ctx.uid)
+        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True)
+
+    @staticmethod
+    def _open_real(path: str, flags: int) -> int:
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
+        return os.open(path, flags | os.O_NOFOLLOW)
+
+    @_handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fs = self.fs
+        fds: list[int] = []
+
+        def make(path: str) -> None:
+            open_flags = (flags & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fds.append(os.open(path, open_flags, stat.S_IMODE(mode)))
+
+        async with fs.ns_lock:
+            try:
+                node = await dirops.create_object(fs, fs.node(parent_inode), os.fsdecode(name),
+                                                  ctx, stat.S_IFREG | stat.S_IMODE(mode), make)
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            handle = fs.handles.open_file(node, fds[0], flags, ctx.uid)
+            return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True), self._entry(node)
+
+    @_handler
+    async def read(self, fh, off, size):
+        fd = self.fs.handles.files[fh].fd
+        if size >= BIG_IO:
+            return await trio.to_thread.run_sync(os.pread, fd, size, off)
+        return os.pread(fd, size, off)
+
+    @_handler
+    async def write(self, fh, off, buf):
+        handle = self.fs.handles.files[fh]
+        if len(buf) >= BIG_IO:
+            written = await trio.to_thread.run_sync(os.pwrite, handle.fd, buf, off)
+        else:
+            written = os.pwrite(handle.fd, buf, off)
+        if handle.uid != 0:
+            attrs.clear_setid(handle.fd)
+        return written
+
+    @_handler
+    async def release(self, fh):
+        handle = self.fs.handles.close_file(fh)
+        self.fs.table.drop_if_unused(handle.node)
+
+    @_handler
+    async def fsync(self, fh, datasync):
+        fd = self.fs.handles.files[fh].fd
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+
+    # --- directories ---------------------------------------------------------------------------
+
+    @_handler
+    async def opendir(self, inode, ctx):
+        node = self.fs.node(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return self.fs.handles.open_dir(node).fh
+
+    @_handler
+    async def readdir(self, fh, start_id, token):
+        fs = self.fs
+        handle = fs.handles.dirs[fh]
+        if start_id == 0 or handle.names is None:
+            handle.names = [".", "..", *merged_names(fs, handle.node)]
+        names = handle.names
+        for index in range(start_id, len(names)):
+            if index < 2:  # "." and "..": the kernel takes no reference for these
+                node = handle.node if index == 0 else (handle.node.parent or handle.node)
+                attr = attrs.getattr_(fs, node)
+                if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attr, index + 1):
+                    break
+                continue
+            found = fs.resolve(handle.node, names[index])
+            if found is None:
+                continue
+            node = fs.table.node_for(found, handle.node, names[index])
+            attr = attrs.entry_attributes(fs, node, found.st)
+            if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attr, index + 1):
+                break
+            node.lookups += 1
+
+    @_handler
+    async def releasedir(self, fh):
+        self.fs.handles.close_dir(fh)
+
+    @_handler
+    async def fsyncdir(self, fh, datasync):
+        node = self.fs.handles.dirs[fh].node
+        if node.upper:
+            fd = os.open(self.fs.upper_path(node), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                await trio.to_thread.run_sync(os.fsync, fd)
+            finally:
+                os.close(fd)
+
+    # --- extended attributes -------------------------------------------------------------------
+
+    @_handler
+    async def getxattr(self, inode, name, ctx):
+        return attrs.getxattr(self.fs, self.fs.node(inode), name)
+
+    @_handler
+    async def listxattr(self, inode, ctx):
+        return attrs.listxattr(self.fs, self.fs.node(inode))
+
+    @_handler
+    async def setxattr(self, inode, name, value, ctx):
+        async with self.fs.ns_lock:
+            await attrs.setxattr(self.fs, self.fs.node(inode), name, value)
+
+    @_handler
+    async def removexattr(self, inode, name, ctx):
+        async with self.fs.ns_lock:
+            await attrs.removexattr(self.fs, self.fs.node(inode), name)

@@ -1,0 +1,292 @@
+"""Mount options: parsing the ``-o`` string and validating a stack before anything is touched.
+
+Everything here only reads the filesystem; nothing is created until validation has passed, so
+bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+
+# Mount flags handed to the kernel through libfuse (mount(8) semantics).
+FUSE_MOUNT_FLAGS = {
+    "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime",
+    "diratime", "nodiratime", "sync", "async", "dirsync",
+}
+# What mount(8) or fstab pass that does not concern a filesystem, and kernel overlayfs
+# options whose only value we implement is the default.
+IGNORED_OPTIONS = {
+    "rw", "defaults", "nofail", "_netdev", "auto", "noauto", "user", "users", "nouser",
+    "owner", "group", "relatime", "norelatime", "strictatime", "lazytime", "nolazytime",
+    "default_permissions", "allow_root",
+}
+IGNORED_PREFIXES = ("x-", "comment=", "helper=")
+REDIRECT_MODES = ("on", "follow", "nofollow", "off", "copy")
+DEFAULT_TIMEOUT = 3600.0
+
+
+class MountError(Exception):
+    """Bad input or a failed mount; the message is one line for the user."""
+
+
+@dataclass
+class MountConfig:
+    """A mount as asked for, before validation resolves the paths."""
+
+    lowers: list[str]
+    upper: str | None
+    mountpoint: str
+    workdir: str | None = None
+    source: str = "pyunion"
+    readonly: bool = False
+    foreground: bool = False
+    debug: bool = False
+    allow_other: bool = True
+    fuse_flags: list[str] = field(default_factory=list)
+    redirect_dir: str = "on"
+    index: bool = True
+    userxattr: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    fsync: bool = True
+    stats_file: str | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.upper is not None and not self.readonly
+
+    @property
+    def follow_redirects(self) -> bool:
+        return self.redirect_dir in ("on", "follow", "copy")
+
+
+def split_options(text: str) -> list[tuple[str, str | None]]:
+    """``a=1,b,c=x\\,y`` -> [("a", "1"), ("b", None), ("c", "x,y")]; malformed -> MountError."""
+    if not text:
+        raise MountError("empty option string after -o")
+    out = []
+    for part in re.split(r"(?<!\\),", text):
+        part = part.replace("\\,", ",")
+        if not part:
+            raise MountError(f"malformed option string '{text}': empty option")
+        key, sep, value = part.partition("=")
+        if not key:
+            raise MountError(f"malformed option '{part}': no name before '='")
+        if sep and not value:
+            raise MountError(f"option '{key}' needs a value")
+        out.append((key, value if sep else None))
+    return out
+
+
+def split_lowers(text: str) -> list[str]:
+    """Colon-separated lower dirs, top-most first; ``\\:`` escapes a colon in a path."""
+    if "::" in text.replace("\\:", ""):
+        raise MountError("data-only lower layers ('::' in the lower list) are not supported")
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", text)]
+    if not parts or any(p == "" for p in parts):
+        raise MountError(f"malformed lower directory list '{text}'")
+    return parts
+
+
+_VALUE_OPTIONS = ("lowerdir", "upperdir", "workdir", "fsname", "subtype", "timeout",
+                  "redirect_dir", "index", "xino", "metacopy", "uuid", "nfs_export", "stats")
+
+
+def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) -> None:
+    """Applies parsed ``-o`` options (except lowerdir/upperdir, handled by the caller)."""
+    for key, value in options:
+        if key in _VALUE_OPTIONS and value is None:
+            raise MountError(f"option '{key}' needs a value")
+        if key in IGNORED_OPTIONS or key.startswith(IGNORED_PREFIXES):
+            continue
+        if key in FUSE_MOUNT_FLAGS:
+            _no_value(key, value)
+            if key == "ro":
+                config.readonly = True
+            else:
+                config.fuse_flags.append(key)
+        elif key in ("lowerdir", "upperdir"):
+            continue
+        elif key == "workdir":
+            config.workdir = value
+        elif key in ("fsname", "subtype"):
+            if key == "fsname":
+                config.source = value or config.source
+        elif key == "allow_other":
+            _no_value(key, value)
+            config.allow_other = True
+        elif key in ("debug", "userxattr", "volatile"):
+            _no_value(key, value)
+            _apply_flag(config, key)
+        elif key == "timeout":
+            config.timeout = _seconds(value)
+        elif key == "redirect_dir":
+            if value not in REDIRECT_MODES:
+                modes = ", ".join(REDIRECT_MODES)
+                raise MountError(f"redirect_dir={value}: expected one of {modes}")
+            config.redirect_dir = value
+        elif key == "index":
+            config.index = _on_off(key, value)
+        elif key in ("metacopy", "nfs_export"):
+            if _on_off(key, value):
+                raise MountError(f"{key}=on is not supported")
+        elif key in ("xino", "uuid"):
+            continue  # inode numbers are always made unique; no fsid is stored
+        elif key == "stats":
+            config.stats_file = value
+        else:
+            raise MountError(f"unknown mount option '{key}'")
+
+
+def _apply_flag(config: MountConfig, key: str) -> None:
+    if key == "debug":
+        config.debug = True
+    elif key == "userxattr":
+        config.userxattr = True
+    elif key == "volatile":
+        config.fsync = False
+
+
+def _no_value(key: str, value: str | None) -> None:
+    if value is not None:
+        raise MountError(f"option '{key}' takes no value")
+
+
+def _on_off(key: str, value: str | None) -> bool:
+    if value in ("on", "off"):
+        return value == "on"
+    raise MountError(f"{key}={value}: expected 'on' or 'off'")
+
+
+def _seconds(value: str | None) -> float:
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        raise MountError(f"timeout={value}: not a number of seconds") from None
+    if seconds < 0 or seconds != seconds:
+        raise MountError(f"timeout={value}: must be zero or more seconds")
+    return seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def default_workdir(upper: str) -> str:
+    """A sibling of the upper: on its filesystem, never inside it, never in the merged view."""
+    parent, name = os.path.split(upper.rstrip("/"))
+    return os.path.join(parent, f".{name}.work")
+
+
+def mounted_points() -> set[str]:
+    points = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            points.add(line.split()[4].encode().decode("unicode_escape"))
+    return points
+
+
+def _inside(path: str, other: str) -> bool:
+    """True when ``path`` is ``other`` or lies below it (both real paths)."""
+    return path == other or path.startswith(other.rstrip("/") + "/")
+
+
+def _existing_dir(path: str, what: str) -> str:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise MountError(f"{what} {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"{what} {path} is not a directory")
+    return os.path.realpath(path)
+
+
+def _writable_fs(path: str, what: str) -> None:
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        raise MountError(f"{what} {path} is on a read-only filesystem")
+    if not os.access(path, os.W_OK):
+        raise MountError(f"{what} {path} is not writable")
+
+
+def validate(config: MountConfig) -> MountConfig:
+    """Checks the stack and returns a copy with real paths and the workdir filled in."""
+    if not config.lowers:
+        raise MountError("no lower directory given")
+    lowers = [_existing_dir(p, "lower directory") for p in config.lowers]
+    upper = _existing_dir(config.upper, "upper directory") if config.upper else None
+    mountpoint = _existing_dir(config.mountpoint, "mountpoint")
+    if mountpoint in mounted_points():
+        raise MountError(f"mountpoint {mountpoint} is already a mount point")
+    layers = [("lower directory", p) for p in lowers]
+    if upper:
+        layers.append(("upper directory", upper))
+    _check_distinct(layers)
+    _check_nesting(layers, mountpoint)
+    workdir = None
+    if upper and not config.readonly:
+        _writable_fs(upper, "upper directory")
+        workdir = _check_workdir(config, upper, lowers, mountpoint)
+    _check_fuse_device()
+    return _replace(config, lowers=lowers, upper=upper, mountpoint=mountpoint, workdir=workdir)
+
+
+def _check_distinct(layers: list[tuple[str, str]]) -> None:
+    seen: dict[tuple[int, int], str] = {}
+    for what, path in layers:
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise MountError(f"{what} {path} is the same directory as {seen[key]}")
+        seen[key] = path
+
+
+def _check_nesting(layers: list[tuple[str, str]], mountpoint: str) -> None:
+    upper = [p for what, p in layers if what.startswith("upper")]
+    for what, path in layers:
+        if _inside(mountpoint, path):
+            raise MountError(f"mountpoint {mountpoint} is inside {what} {path}")
+        if _inside(path, mountpoint):
+            raise MountError(f"{what} {path} is inside the mountpoint {mountpoint}")
+        for up in upper:
+            if what.startswith("lower") and _inside(path, up):
+                raise MountError(f"lower directory {path} is inside the upper directory {up}")
+            if what.startswith("lower") and _inside(up, path):
+                raise MountError(f"upper directory {up} is inside lower directory {path}")
+
+
+def _check_workdir(config: MountConfig, upper: str, lowers: list[str], mountpoint: str) -> str:
+    if config.workdir:
+        workdir = _existing_dir(config.workdir, "workdir")
+    else:
+        workdir = default_workdir(upper)
+        if os.path.lexists(workdir) and not os.path.isdir(workdir):
+            raise MountError(f"default workdir {workdir} exists and is not a directory")
+    probe = workdir if os.path.isdir(workdir) else os.path.dirname(workdir)
+    if _inside(workdir, upper) or _inside(upper, workdir):
+        raise MountError(f"workdir {workdir} and upper directory {upper} are nested")
+    for lower in lowers:
+        if _inside(workdir, lower) or _inside(lower, workdir):
+            raise MountError(f"workdir {workdir} and lower directory {lower} are nested")
+    if _inside(workdir, mountpoint) or _inside(mountpoint, workdir):
+        raise MountError(f"workdir {workdir} and mountpoint {mountpoint} are nested")
+    if os.stat(probe).st_dev != os.stat(upper).st_dev:
+        hint = "" if config.workdir else " (give one with -o workdir=DIR)"
+        raise MountError(f"workdir {workdir} is not on the upper directory's filesystem{hint}")
+    _writable_fs(probe, "workdir")
+    return workdir
+
+
+def _check_fuse_device() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse does not exist (is the fuse kernel module loaded?)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("permission denied for /dev/fuse")
+
+
+def _replace(config: MountConfig, **changes) -> MountConfig:
+    values = {**config.__dict__, **changes}
+    return MountConfig(**values)

@@ -1,0 +1,171 @@
+"""The state of one mounted union: config, layers, inode table, handles, workdir, locks.
+
+The operation modules (copyup, dirops, attrs, readdir) take a ``UnionFS`` and act on it;
+``operations.py`` only translates FUSE requests into calls on them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections import Counter
+from itertools import count
+
+import pyfuse3
+import trio
+
+from unionfs.fs import ondisk
+from unionfs.fs.handles import HandleTable
+from unionfs.fs.inodes import Node, NodeTable
+from unionfs.fs.layers import UPPER, Found, LayerStack
+from unionfs.fs.options import MountConfig
+
+PRIVATE_DIR = "pyunion"
+NAME_MAX = 255
+
+
+class UnionFS:
+    def __init__(self, config: MountConfig) -> None:
+        self.config = config
+        self.stack = LayerStack(config.upper, config.lowers,
+                                follow_redirects=config.follow_redirects)
+        self.table = NodeTable()
+        self.handles = HandleTable()
+        self.ns_lock = trio.Lock()
+        self.stats: Counter[str] = Counter()
+        self._temp_ids = count()
+        self.private_dir = ""
+        self.temp_dir = ""
+        self.format = ondisk.Format("trusted")
+        self._hardlinks: dict[int, dict[int, list[str]]] = {}
+        found = self.stack.resolve_root()
+        self.table.root.upper = found.upper
+        self.table.root.lowers = found.lowers
+        self.table.alias(found.st, self.table.root.ino)
+
+    # --- workdir ----------------------------------------------------------------------------
+
+    def prepare_workdir(self) -> None:
+        """Creates ``<workdir>/pyunion/tmp`` and removes what a crash left there."""
+        if not self.config.writable:
+            return
+        assert self.config.workdir
+        self.private_dir = os.path.join(self.config.workdir, PRIVATE_DIR)
+        self.temp_dir = os.path.join(self.private_dir, "tmp")
+        os.makedirs(self.private_dir, mode=0o700, exist_ok=True)
+        if os.path.isdir(self.temp_dir):
+            shutil.rmtree(self.temp_dir)
+        os.mkdir(self.temp_dir, 0o700)
+        namespace = "user" if self.config.userxattr else ondisk.probe_namespace(self.temp_dir)
+        self.format = ondisk.Format(namespace)
+
+    def temp_path(self) -> str:
+        """A fresh name in the workdir, on the upper's filesystem (for atomic renames)."""
+        return os.path.join(self.temp_dir, f"t{next(self._temp_ids)}")
+
+    # --- checks ------------------------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        if not self.config.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    @staticmethod
+    def check_name(name: str) -> None:
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
+    @staticmethod
+    def check_new_name(name: str) -> None:
+        """Names we refuse to create: they would read back as whiteouts."""
+        UnionFS.check_name(name)
+        if ondisk.is_internal_name(name):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+
+    # --- nodes and paths -----------------------------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        node = self.table.get(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return node
+
+    def path(self, node: Node) -> str:
+        path = self.table.path_of(node)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return path
+
+    def upper_path(self, node: Node) -> str:
+        return self.stack.upper_path(self.path(node))
+
+    def real_path(self, node: Node) -> str:
+        """Where the top-most object of ``node`` lives now."""
+        if node.upper:
+            return self.upper_path(node)
+        if not node.lowers:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return self.stack.real(*node.lowers[0])
+
+    def stat_of(self, node: Node) -> os.stat_result:
+        if node.upper and self.table.path_of(node) is None:
+            fd = self.handles.any_fd(node)
+            if fd is None:
+                raise pyfuse3.FUSEError(errno.ESTALE)
+            return os.fstat(fd)
+        return os.lstat(self.real_path(node))
+
+    def resolve(self, parent: Node, name: str) -> Found | None:
+        if not parent.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        parent_path = self.path(parent)
+        return self.stack.resolve(parent_path, parent.upper, parent.lowers, name)
+
+    def lookup(self, parent: Node, name: str) -> Node | None:
+        """The node at ``name`` in ``parent``, without counting a kernel lookup."""
+        found = self.resolve(parent, name)
+        if found is None:
+            return None
+        return self.table.node_for(found, parent, name)
+
+    def child(self, parent: Node, name: str) -> Node:
+        node = self.lookup(parent, name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def lower_has(self, parent: Node, name: str) -> bool:
+        """A lower layer shows ``name`` in ``parent``: removing it needs a whiteout."""
+        return bool(parent.lowers) and self.stack.lower_has(parent.lowers, name)
+
+    def node_at(self, path: str) -> Node | None:
+        """Walks a merged path from the root (used for hard-link siblings)."""
+        node = self.table.root
+        for name in filter(None, path.split("/")):
+            if not node.is_dir:
+                return None
+            found = self.stack.resolve(self.path(node), node.upper, node.lowers, name)
+            if found is None:
+                return None
+            node = self.table.node_for(found, node, name)
+        return node
+
+    def hardlink_paths(self, layer: int, st: os.stat_result) -> list[str]:
+        """Every path in lower ``layer`` that is a hard link of the file ``st`` (cached walk)."""
+        if layer not in self._hardlinks:
+            by_ino: dict[int, list[str]] = {}
+            root = self.stack.real(layer, "")
+            for dirpath, _dirs, files in os.walk(root):
+                rel = os.path.relpath(dirpath, root)
+                for name in files:
+                    full = os.path.join(dirpath, name)
+                    fst = os.lstat(full)
+                    if fst.st_nlink > 1 and stat.S_ISREG(fst.st_mode):
+                        by_ino.setdefault(fst.st_ino, []).append(
+                            name if rel == "." else f"{rel}/{name}")
+            self._hardlinks[layer] = by_ino
+        return self._hardlinks[layer].get(st.st_ino, [])
+
+    def has_upper_layer(self) -> bool:
+        return self.stack.roots[UPPER] is not None

@@ -1,0 +1,35 @@
+"""System calls the os module lacks: renameat2 (RENAME_NOREPLACE/EXCHANGE/WHITEOUT), FICLONE."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+RENAME_WHITEOUT = 1 << 2
+_AT_FDCWD = -100
+_FICLONE = 0x40049409
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def renameat2(src: str, dst: str, flags: int) -> None:
+    """rename(2) with flags; raises OSError like os.rename."""
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), src, None, dst)
+
+
+def clone_file(src_fd: int, dst_fd: int) -> bool:
+    """Reflink ``src_fd``'s data into ``dst_fd``; False where the filesystem cannot."""
+    try:
+        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+        return True
+    except OSError:
+        return False
