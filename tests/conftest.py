@@ -58,7 +58,7 @@ def pyunion_daemon(mount_stack, tmp_path):
 
 @pytest.fixture
 def overlay(mount_stack, tmp_path):
-    """Factory: ``overlay(lowers, upper, workdir, mnt=None, options=...)`` mounts kernel overlayfs."""
+    """Factory: ``overlay(lowers, upper, workdir, mnt=None, options=...)``: kernel overlayfs."""
 
     def mount(lowers, upper, workdir, mnt=None, options=("redirect_dir=on", "index=on")) -> Path:
         if mnt is None:

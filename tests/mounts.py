@@ -71,12 +71,13 @@ def unmount(mnt: os.PathLike | str, proc: subprocess.Popen | None = None) -> Non
         return
     try:
         proc.wait(timeout=EXIT_TIMEOUT)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as timeout:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=EXIT_TIMEOUT)
         if is_mounted(mnt):
             _umount(mnt, "-l")
-        raise MountError(f"pyunion daemon {proc.pid} did not exit after unmount of {mnt}")
+        msg = f"pyunion daemon {proc.pid} did not exit after unmount of {mnt}"
+        raise MountError(msg) from timeout
 
 
 def pyunion_command(

@@ -116,7 +116,7 @@ def _copy_range(src_fd: int, dst_fd: int, size: int) -> None:
 
 
 def copy_xattrs(src: str, dst: str) -> None:
-    """Every xattr but overlay bookkeeping; ones the upper refuses are skipped, as the kernel does."""
+    """Every xattr but overlay bookkeeping; those the upper refuses are skipped (as the kernel)."""
     try:
         names = os.listxattr(src, follow_symlinks=False)
     except OSError as e:
