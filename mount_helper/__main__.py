@@ -33,8 +33,10 @@ stats=FILE debug. -f stays in the foreground, -d logs every request.
 """
 
 
-def parse_args(argv: list[str]) -> MountConfig:
+def parse_args(argv: list[str]) -> tuple[MountConfig, int | None]:
+    """The mount asked for, and the ``--ready-fd`` given by ``unionfs.mount()`` (if any)."""
     positional: list[str] = []
+    ready_fd = None
     option_strings: list[str] = []
     foreground = debug = False
     args = iter(argv)
@@ -51,6 +53,8 @@ def parse_args(argv: list[str]) -> MountConfig:
             option_strings.append(arg[2:])
         elif arg == "-f":
             foreground = True
+        elif arg.startswith("--ready-fd="):
+            ready_fd = _fd_number(arg.partition("=")[2])
         elif arg == "-d":
             debug = foreground = True
         elif arg in ("-n", "-s", "-v", "-sn", "-ns", "-nv", "-vn"):
@@ -63,7 +67,13 @@ def parse_args(argv: list[str]) -> MountConfig:
     config = _config_from(positional, dict(options))
     config.foreground, config.debug = foreground, debug
     apply_options(config, options)
-    return config
+    return config, ready_fd
+
+
+def _fd_number(text: str) -> int:
+    if not text.isdigit():
+        raise MountError(f"--ready-fd={text}: not a file descriptor number")
+    return int(text)
 
 
 def _config_from(positional: list[str], options: dict[str, str | None]) -> MountConfig:
@@ -91,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     from unionfs.fs.daemon import mount  # imports pyfuse3: keep --help and parse errors fast
 
     try:
-        config = parse_args(sys.argv[1:] if argv is None else argv)
-        return mount(config)
+        config, ready_fd = parse_args(sys.argv[1:] if argv is None else argv)
+        return mount(config, ready_fd)
     except MountError as e:
         print(f"mount.pyunion: {e}", file=sys.stderr)
         return 1

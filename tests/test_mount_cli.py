@@ -113,12 +113,13 @@ def test_background_daemon_does_not_hold_callers_output(tmp_path: Path) -> None:
     proc = subprocess.Popen([*HELPER, *s.std()], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode(errors="replace")
-        assert mounts.is_mounted(s.mnt)
+        status = proc.wait(timeout=60)
         try:
-            proc.communicate(timeout=10)
+            _, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             pytest.fail("mount.pyunion exited but its daemon keeps the caller's pipes open")
+        assert status == 0, err.decode(errors="replace")
+        assert mounts.is_mounted(s.mnt)
     finally:
         pids = pids_with_arg(s.mnt)
         if mounts.is_mounted(s.mnt):
@@ -147,12 +148,14 @@ def test_foreground_signal_unmounts_cleanly(sig: signal.Signals, pyunion_daemon,
 
 def test_argument_forms_give_the_same_tree(tmp_path: Path) -> None:
     """All three contract forms show the kernel overlayfs view of the same layers."""
-    s = make_stack(tmp_path / "stack")
-    kwork, work = s.base / "kwork", s.base / "work"
+    ref = make_stack(tmp_path / "reference")  # the same content; the kernel marks its upper
+    kwork = ref.base / "kwork"
     kwork.mkdir()
-    work.mkdir()
-    with mounts.overlay_mounted([s.l1, s.l2], s.upper, kwork, s.mnt) as mnt:
+    with mounts.overlay_mounted([ref.l1, ref.l2], ref.upper, kwork, ref.mnt) as mnt:
         reference = snapshot(mnt)
+    s = make_stack(tmp_path / "stack")
+    work = s.base / "work"
+    work.mkdir()
     forms = {
         "LOWERS UPPER MNT": s.std(),
         "LOWERS MNT -o upperdir=": [s.lowers, s.mnt, "-o", f"upperdir={s.upper}"],
@@ -260,12 +263,13 @@ def test_readonly_mounts_refuse_writes(form: str, pyunion, tmp_path: Path) -> No
     kwork, kmnt = s.base / "kwork", s.base / "kmnt"
     kwork.mkdir()
     kmnt.mkdir()
-    before = {d: tree_shape(d) for d in (s.l1, s.l2, s.upper)}
     upper = s.upper if form == "ro-option" else None
     with mounts.overlay_mounted([s.l1, s.l2], upper, upper and kwork, kmnt,
                                 options=("ro",)) as k:
         want = _write_attempts(k)
     assert want == {k: errno.EROFS for k in want}, f"reference surprise: {want}"
+    # after the kernel's mount: even read-only, it stores trusted.overlay.uuid on the upper
+    before = {d: tree_shape(d) for d in (s.l1, s.l2, s.upper)}
     if form == "ro-option":
         mnt = pyunion([s.l1, s.l2], s.upper, options=["ro"])
     else:

@@ -42,17 +42,20 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
-def lock_upper(config: MountConfig) -> int | None:
-    """An fd holding an exclusive lock on the upper; MountError if another mount holds it."""
+def lock_upper(config: MountConfig) -> None:
+    """Locks the upper for this process and its daemon child; MountError if another mount has it.
+
+    The lock lives on an fd deliberately left open (and inherited by the daemon): it is
+    released only when the process serving the mount exits.
+    """
     if config.upper is None or config.readonly:
-        return None
+        return
     fd = os.open(config.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise MountError(f"upper directory {config.upper} is in use by another mount") from None
-    return fd
 
 
 def start(config: MountConfig) -> UnionFS:
@@ -122,19 +125,37 @@ def setup_logging(config: MountConfig, *, background: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
-def mount(config: MountConfig) -> int:
-    """Validates and mounts; returns the exit status for ``mount.pyunion``."""
-    config = validate(config)
-    lock_fd = lock_upper(config)
-    if config.foreground:
-        setup_logging(config, background=False)
-        fs = start(config)
-        serve(fs)
-        return 0
-    return _mount_in_background(config, lock_fd)
+def mount(config: MountConfig, ready_fd: int | None = None) -> int:
+    """Validates and mounts; returns the exit status for ``mount.pyunion``.
+
+    In the foreground, ``ready_fd`` (if given) receives ``ok`` once the filesystem is mounted,
+    or the error line if it could not be; this is how ``unionfs.mount()`` waits for readiness.
+    """
+    try:
+        config = validate(config)
+        lock_upper(config)
+        if config.foreground:
+            setup_logging(config, background=False)
+            fs = start(config)
+    except MountError as e:
+        if ready_fd is not None:
+            _report(ready_fd, str(e))
+        raise
+    if not config.foreground:
+        return _mount_in_background(config)
+    if ready_fd is not None:
+        _report(ready_fd, "ok")
+    serve(fs)
+    return 0
 
 
-def _mount_in_background(config: MountConfig, lock_fd: int | None) -> int:
+def _report(fd: int, message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, message.encode())
+        os.close(fd)
+
+
+def _mount_in_background(config: MountConfig) -> int:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -142,8 +163,6 @@ def _mount_in_background(config: MountConfig, lock_fd: int | None) -> int:
         _daemon_child(config, write_end)
         os._exit(0)
     os.close(write_end)
-    if lock_fd is not None:
-        os.close(lock_fd)
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read().decode(errors="replace")
     if answer == "ok":

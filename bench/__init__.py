@@ -1,0 +1,1 @@
+"""The pyunion benchmark (``make bench`` / ``python -m bench``); see bench/run.py."""

@@ -1,0 +1,196 @@
+"""The library API: throw-away copy-on-write trees for tests and tools.
+
+    from unionfs import mount
+
+    with mount(["/srv/fixtures/app", "/srv/fixtures/base"]) as tree:  # a temporary upper
+        (tree / "etc/app.conf").write_text("debug = true\\n")
+
+The daemon is ``mount.pyunion`` itself, run in the foreground as a child process, so the
+library mounts through exactly the command line's code path and knows the pid it must stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+from unionfs.fs.options import MountError
+
+__all__ = ["Mount", "MountError", "mount", "mount_async"]
+
+EXIT_TIMEOUT = 20.0
+
+
+class Mount:
+    """One pyunion mount. ``start()`` mounts, ``unmount()`` undoes it and removes temp dirs.
+
+    ``upper=None`` makes a temporary upper (and workdir) that ``unmount()`` removes;
+    ``mountpoint=None`` a temporary mountpoint.
+    """
+
+    def __init__(self, lowers: Sequence[os.PathLike | str], upper: os.PathLike | str | None = None,
+                 mountpoint: os.PathLike | str | None = None, *,
+                 workdir: os.PathLike | str | None = None, readonly: bool = False,
+                 options: Sequence[str] = ()) -> None:
+        if isinstance(lowers, (str, os.PathLike)):
+            lowers = [lowers]
+        self.lowers = [Path(p) for p in lowers]
+        self._temp_root: Path | None = None
+        self.upper = Path(upper) if upper is not None else None
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.path = Path(mountpoint) if mountpoint is not None else None
+        self.readonly = readonly
+        self.options = list(options)
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def mounted(self) -> bool:
+        return self._proc is not None
+
+    def _prepare_dirs(self, temporary_upper: bool) -> None:
+        if temporary_upper or self.path is None:
+            self._temp_root = Path(tempfile.mkdtemp(prefix="pyunion-"))
+        if temporary_upper:
+            assert self._temp_root is not None
+            self.upper = self._temp_root / "upper"
+            self.workdir = self._temp_root / "work"
+            self.upper.mkdir()
+            self.workdir.mkdir()
+        if self.path is None:
+            assert self._temp_root is not None
+            self.path = self._temp_root / "mnt"
+            self.path.mkdir()
+
+    def command(self, ready_fd: int) -> list[str]:
+        assert self.path is not None
+        cmd = [sys.executable, "-m", "mount_helper", ":".join(str(p) for p in self.lowers)]
+        if self.upper is not None:
+            cmd.append(str(self.upper))
+        cmd += [str(self.path), "-f", f"--ready-fd={ready_fd}"]
+        options = list(self.options)
+        if self.workdir is not None:
+            options.append(f"workdir={self.workdir}")
+        if self.readonly:
+            options.append("ro")
+        if options:
+            cmd += ["-o", ",".join(options)]
+        return cmd
+
+    def start(self) -> Path:
+        """Mounts and returns the mountpoint once the filesystem answers; MountError if not."""
+        if self._proc is not None:
+            raise MountError(f"{self.path} is already mounted by this object")
+        self._prepare_dirs(temporary_upper=self.upper is None and not self.readonly)
+        read_end, write_end = os.pipe()
+        try:
+            proc = subprocess.Popen(self.command(write_end), pass_fds=[write_end],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except BaseException:
+            os.close(read_end)
+            self._remove_temp()
+            raise
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read().decode(errors="replace")
+        if answer != "ok":
+            stderr = proc.communicate(timeout=EXIT_TIMEOUT)[1].decode(errors="replace")
+            self._remove_temp()
+            message = answer or stderr.strip().removeprefix("mount.pyunion: ")
+            raise MountError(message or f"mount.pyunion exited with {proc.returncode}")
+        self._proc = proc
+        assert self.path is not None
+        return self.path
+
+    def unmount(self) -> None:
+        """Unmounts (lazily as a last resort), stops the daemon, removes temporary dirs."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            _unmount(str(self.path), proc)
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
+            self._remove_temp()
+
+    def _remove_temp(self) -> None:
+        if self._temp_root is not None:
+            shutil.rmtree(self._temp_root, ignore_errors=True)
+            self._temp_root = None
+
+    def __enter__(self) -> Path:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.unmount()
+
+
+def _unmount(mountpoint: str, proc: subprocess.Popen) -> None:
+    """Asks the daemon to unmount (SIGTERM), then ``umount``, then lazy, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=EXIT_TIMEOUT / 2)
+    except subprocess.TimeoutExpired:
+        for args in (["umount", mountpoint], ["umount", "-l", mountpoint]):
+            subprocess.run(args, capture_output=True, timeout=30)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=EXIT_TIMEOUT / 2)
+                break
+        else:
+            proc.kill()
+            proc.wait()
+    _wait_unmounted(mountpoint)
+
+
+def _wait_unmounted(mountpoint: str) -> None:
+    """The kernel drops the mount just after the daemon exits; a dead mount is unmounted."""
+    for _ in range(100):
+        if not _is_mounted(mountpoint):
+            return
+        time.sleep(0.02)
+    subprocess.run(["umount", "-l", mountpoint], capture_output=True, timeout=30)
+
+
+def _is_mounted(mountpoint: str) -> bool:
+    target = os.path.realpath(mountpoint)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+@contextlib.contextmanager
+def mount(lowers: Sequence[os.PathLike | str], upper: os.PathLike | str | None = None, *,
+          mountpoint: os.PathLike | str | None = None, workdir: os.PathLike | str | None = None,
+          readonly: bool = False, options: Sequence[str] = ()) -> Iterator[Path]:
+    """Mounts a union for the duration of the block and yields its mountpoint (a Path)."""
+    m = Mount(lowers, upper, mountpoint, workdir=workdir, readonly=readonly, options=options)
+    path = m.start()
+    try:
+        yield path
+    finally:
+        m.unmount()
+
+
+@contextlib.asynccontextmanager
+async def mount_async(lowers: Sequence[os.PathLike | str], upper: os.PathLike | str | None = None,
+                      **kwargs) -> AsyncIterator[Path]:
+    """``mount()`` for trio code: mounting and unmounting run in a worker thread."""
+    import trio
+
+    m = Mount(lowers, upper, **kwargs)
+    path = await trio.to_thread.run_sync(m.start)
+    try:
+        yield path
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(m.unmount)
