@@ -40,7 +40,7 @@ lint: setup
 	$(VENV)/bin/ruff check unionfs mount_helper tests bench
 
 demo: setup
-	$(PY) -m unionfs.fs.demo
+	$(PY) -m unionfs.demo
 
 bench: setup
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BENCH_PACKAGES)"
