@@ -91,6 +91,9 @@ def _config_from(positional: list[str], options: dict[str, str | None]) -> Mount
     elif len(positional) == 2:
         lowers, mountpoint = positional
         upper = upperdir
+    elif len(positional) > 3:
+        extra = " ".join(positional[3:])
+        raise MountError(f"too many arguments: '{extra}' (see --help)")
     else:
         raise MountError("expected LOWER[:LOWER...] [UPPER] MOUNTPOINT (see --help)")
     return MountConfig(lowers=split_lowers(lowers), upper=upper, mountpoint=mountpoint,

@@ -59,7 +59,7 @@ class Result:
 
 
 def run_helper(args: Sequence[str], *, wrapper: Sequence[str] = (), timeout: float = RUN_TIMEOUT,
-               cmd: Sequence[str] = HELPER) -> Result:
+               cmd: Sequence[str] = HELPER, cwd: os.PathLike | str | None = None) -> Result:
     """Run ``[*wrapper, *cmd, *args]`` and wait for that process only.
 
     Output goes to anonymous files, not pipes: a background daemon that (wrongly) keeps the
@@ -67,7 +67,7 @@ def run_helper(args: Sequence[str], *, wrapper: Sequence[str] = (), timeout: flo
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([*wrapper, *cmd, *map(str, args)], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err)
+                                stdout=out, stderr=err, cwd=cwd)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

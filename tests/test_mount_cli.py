@@ -12,6 +12,7 @@ import os
 import signal
 import stat
 import subprocess
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,21 @@ def test_argument_forms_give_the_same_tree(tmp_path: Path) -> None:
             assert_same_tree(reference, snapshot(mnt), f"kernel overlay vs pyunion {name!r}")
 
 
+def test_no_upper_form_gives_the_kernel_tree(tmp_path: Path) -> None:
+    """``LOWERS MNT`` and ``SOURCE MNT -o lowerdir=``: the read-only merge of the lowers."""
+    s = make_stack(tmp_path / "stack")
+    with mounts.overlay_mounted([s.l1, s.l2], None, None, s.mnt) as mnt:
+        reference = snapshot(mnt)
+    forms = {
+        "LOWERS MNT": [s.lowers, s.mnt],
+        "SOURCE MNT -o lowerdir=": ["mysource", s.mnt, "-o", f"lowerdir={s.lowers}"],
+    }
+    for name, args in forms.items():
+        with foreground_mounted(args, s.mnt) as mnt:
+            assert_same_tree(reference, snapshot(mnt), f"kernel overlay vs pyunion {name!r}")
+    assert not default_workdir(s.upper).exists(), "a workdir was made for a mount without upper"
+
+
 def test_label_form_shows_source_in_mount_table(tmp_path: Path) -> None:
     """``SOURCE MNT -o lowerdir=...``: the positional SOURCE is a label (like overlay's
     ``overlay``), not a layer; mountinfo shows it as the mount source."""
@@ -265,8 +281,8 @@ def test_readonly_mounts_refuse_writes(form: str, pyunion, tmp_path: Path) -> No
     kmnt.mkdir()
     upper = s.upper if form == "ro-option" else None
     with mounts.overlay_mounted([s.l1, s.l2], upper, upper and kwork, kmnt,
-                                options=("ro",)) as k:
-        want = _write_attempts(k)
+                                options=("ro",)) as kmounted:
+        want = _write_attempts(kmounted)
     assert want == {k: errno.EROFS for k in want}, f"reference surprise: {want}"
     # after the kernel's mount: even read-only, it stores trusted.overlay.uuid on the upper
     before = {d: tree_shape(d) for d in (s.l1, s.l2, s.upper)}
@@ -348,6 +364,30 @@ def test_default_workdir_next_to_upper_and_invisible(pyunion, tmp_path: Path) ->
     assert sorted(os.listdir(mnt)) == ["a", "b", "dir", "fresh", "link", "opaque"]
     assert sorted(os.listdir(mnt / "dir")) == ["low", "mid", "up"]
     assert sorted(os.listdir(s.upper)) == ["a", "dir", "fresh", "gone", "opaque"]
+
+
+def test_relative_paths_and_trailing_slashes(tmp_path: Path) -> None:
+    """Paths relative to the caller's cwd, with trailing slashes: the daemon must resolve them
+    before it changes directory, and the default workdir is still ``<parent>/.upper.work``."""
+    s = make_stack(tmp_path / "stack")
+    mnt_arg = f"mnt-{uuid.uuid4().hex}/"  # unique: the daemon is found by this argument
+    s.mnt = s.base / mnt_arg
+    s.mnt.mkdir()
+    pids: set[int] = set()
+    try:
+        result = run_helper(["l1/:l2/", "upper/", mnt_arg], cwd=s.base)
+        assert result.returncode == 0, f"mount failed: {result.stderr}"
+        pids = pids_with_arg(mnt_arg)
+        assert mounts.mount_type(s.mnt) == "fuse.pyunion"
+        assert (s.mnt / "dir" / "low").read_text() == "low\n"
+        (s.mnt / "fresh").write_text("fresh\n")
+        assert (s.upper / "fresh").read_text() == "fresh\n"
+        assert default_workdir(s.upper).is_dir()
+        assert sorted(os.listdir(s.upper)) == ["dir", "fresh", "gone", "opaque"]
+    finally:
+        if mounts.is_mounted(s.mnt):
+            mounts.unmount(s.mnt)
+        kill_leftovers(wait_gone(pids, DAEMON_EXIT_TIMEOUT))
 
 
 def test_explicit_workdir_is_used(pyunion, tmp_path: Path) -> None:

@@ -409,3 +409,25 @@ OPTION_CASES: dict[str, OptionCase] = {
 def test_bad_arguments_are_refused(case: OptionCase, tmp_path: Path) -> None:
     lay = make_layout(tmp_path / "case")
     check_refused(case(lay), [lay.base])
+
+
+# --------------------------------------------------------------------------- resources in use
+
+
+def test_upper_in_use_by_another_mount_is_refused(pyunion, tmp_path: Path) -> None:
+    """The same upper may serve one mount at a time (the kernel answers EBUSY)."""
+    lay = make_layout(tmp_path / "case")
+    pyunion([lay.l1, lay.l2], lay.upper)  # its mountpoint is outside lay.base
+    names = [str(lay.upper), str(default_workdir(lay.upper))]
+    check_refused(Bad(lay.std(), names, lay.mnt), [lay.base])
+
+
+def test_workdir_in_use_by_another_mount_is_refused(pyunion, tmp_path: Path) -> None:
+    """Two mounts (different uppers) sharing one workdir: the kernel with index=on refuses the
+    second with EBUSY ("workdir is in-use as upperdir/workdir of another mount")."""
+    lay = make_layout(tmp_path / "case")
+    work, other_upper = lay.base / "work", lay.base / "upper2"
+    work.mkdir()
+    other_upper.mkdir()
+    pyunion([lay.l1], other_upper, options=[f"workdir={work}"])
+    check_refused(Bad([*lay.std(), "-o", f"workdir={work}"], [str(work)], lay.mnt), [lay.base])

@@ -42,20 +42,26 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
-def lock_upper(config: MountConfig) -> None:
-    """Locks the upper for this process and its daemon child; MountError if another mount has it.
+def lock_layers(config: MountConfig) -> None:
+    """Locks the upper and the workdir for this process and its daemon child.
 
-    The lock lives on an fd deliberately left open (and inherited by the daemon): it is
-    released only when the process serving the mount exits.
+    MountError if another mount holds either. The locks live on fds deliberately left open
+    (and inherited by the daemon): they are released only when the serving process exits.
     """
     if config.upper is None or config.readonly:
         return
-    fd = os.open(config.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _lock_dir(config.upper, "upper directory")
+    if config.workdir and os.path.isdir(config.workdir):
+        _lock_dir(config.workdir, "workdir")
+
+
+def _lock_dir(path: str, what: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise MountError(f"upper directory {config.upper} is in use by another mount") from None
+        raise MountError(f"{what} {path} is in use by another mount") from None
 
 
 def start(config: MountConfig) -> UnionFS:
@@ -133,7 +139,7 @@ def mount(config: MountConfig, ready_fd: int | None = None) -> int:
     """
     try:
         config = validate(config)
-        lock_upper(config)
+        lock_layers(config)
         if config.foreground:
             setup_logging(config, background=False)
             fs = start(config)

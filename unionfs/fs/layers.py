@@ -14,7 +14,50 @@ from dataclasses import dataclass
 from unionfs.fs import ondisk
 
 UPPER = 0
+WHITEOUT = -1  # a "kind" meaning: this name is deleted here and in the layers below
 LowerRef = tuple[int, str]  # (layer index >= 1, path relative to that layer's root)
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class Listing:
+    """One lower directory: its entries' file types, and the OCI markers in it."""
+
+    kinds: dict[str, int]       # name -> S_IFMT type, or WHITEOUT for a char 0/0 whiteout
+    oci_whiteouts: set[str]     # names deleted by a ``.wh.NAME`` entry
+    oci_opaque: bool            # a ``.wh..wh..opq`` entry is present
+
+
+def _read_listing(real: str) -> Listing | None:
+    try:
+        entries = os.scandir(real)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    kinds: dict[str, int] = {}
+    whiteouts: set[str] = set()
+    opaque = False
+    with entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(ondisk.WHITEOUT_PREFIX):
+                if name == ondisk.OCI_OPAQUE_MARKER:
+                    opaque = True
+                else:
+                    whiteouts.add(name[len(ondisk.WHITEOUT_PREFIX):])
+                continue
+            kinds[name] = _entry_kind(entry)
+    return Listing(kinds, whiteouts, opaque)
+
+
+def _entry_kind(entry: os.DirEntry) -> int:
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG
+    if entry.is_symlink():
+        return stat.S_IFLNK
+    st = entry.stat(follow_symlinks=False)
+    return WHITEOUT if ondisk.is_whiteout(st) else stat.S_IFMT(st.st_mode)
 
 
 @dataclass(slots=True)
@@ -37,10 +80,14 @@ def join(parent: str, name: str) -> str:
 class LayerStack:
     """Real paths of the layers and the lookup rules that merge them."""
 
-    def __init__(self, upper: str | None, lowers: list[str], *, follow_redirects: bool) -> None:
+    def __init__(self, upper: str | None, lowers: list[str], *, follow_redirects: bool,
+                 cache_lowers: bool = True) -> None:
         self.roots: list[str | None] = [upper, *lowers]
         self.follow_redirects = follow_redirects
         self.lower_count = len(lowers)
+        self.cache_lowers = cache_lowers
+        self._listings: dict[LowerRef, Listing | None] = {}
+        self._marker_cache: dict[LowerRef, ondisk.DirMarkers] = {}
 
     @property
     def has_upper(self) -> bool:
@@ -62,23 +109,20 @@ class LayerStack:
     def resolve_root(self) -> Found:
         top = UPPER if self.has_upper else 1
         st = os.lstat(self.real(top, ""))
-        lowers: tuple[LowerRef, ...] = self.root_lowers()
-        if self.has_upper:
-            markers = ondisk.read_dir_markers(self.real(UPPER, ""), oci=False,
-                                              follow_redirects=False)
-            if markers.opaque:
-                lowers = ()
-        else:
-            lowers = self._merge_lower_dirs((i, "") for i in range(1, self.lower_count + 1))
+        lowers: tuple[LowerRef, ...] = ()
+        if not (self.has_upper and ondisk.read_dir_markers(
+                self.real(UPPER, ""), oci=False, follow_redirects=False).opaque):
+            lowers = self._root_lower_dirs()
         return Found(st=st, upper=self.has_upper, lowers=lowers)
 
-    def _merge_lower_dirs(self, refs) -> tuple[LowerRef, ...]:
+    def _root_lower_dirs(self) -> tuple[LowerRef, ...]:
         """Root dirs of the lowers, down to the first opaque one."""
-        out = []
-        for layer, path in refs:
-            out.append((layer, path))
-            if ondisk.read_dir_markers(self.real(layer, path), oci=True,
-                                       follow_redirects=False).opaque:
+        out: list[LowerRef] = []
+        for layer in range(1, self.lower_count + 1):
+            out.append((layer, ""))
+            listing = self.listing(layer, "")
+            if (listing is not None and listing.oci_opaque) or ondisk.read_dir_markers(
+                    self.real(layer, ""), oci=False, follow_redirects=False).opaque:
                 break
         return tuple(out)
 
@@ -129,7 +173,7 @@ class LayerStack:
         absolute: str | None = None
         if redirect is not None:
             absolute, lookup_name, candidates = self._apply_redirect(
-                redirect, parent_lowers, candidates, 0, None, lookup_name)
+                redirect, candidates, 0, None, lookup_name)
         top_st = None
         merged: list[LowerRef] = []
         k = 0
@@ -137,35 +181,72 @@ class LayerStack:
             layer, parent = candidates[k]
             k += 1
             path = absolute if absolute is not None else join(parent, lookup_name)
-            real = self.real(layer, path)
-            st = _lstat(real)
-            if st is None:
-                if self._oci_whiteout(layer, path):
-                    break
+            kind = self._kind(layer, path)
+            if kind is None:
                 continue
-            if ondisk.is_whiteout(st):
+            if kind == WHITEOUT:
                 break
-            if not stat.S_ISDIR(st.st_mode):
+            if kind != stat.S_IFDIR:
                 if top_st is None and not want_dirs_only:
-                    return st, ((layer, path),)
+                    return os.lstat(self.real(layer, path)), ((layer, path),)
                 break
             if top_st is None:
-                top_st = st
+                top_st = os.lstat(self.real(layer, path))
             merged.append((layer, path))
             if k >= len(candidates):
                 break
-            markers = ondisk.read_dir_markers(real, oci=True,
-                                              follow_redirects=self.follow_redirects)
-            if markers.opaque or self._oci_whiteout(layer, path):
+            markers = self._markers(layer, path)
+            if markers.opaque:
                 break
             if markers.redirect is not None:
                 absolute, lookup_name, candidates = self._apply_redirect(
-                    markers.redirect, parent_lowers, candidates, layer, absolute, lookup_name)
+                    markers.redirect, candidates, layer, absolute, lookup_name)
                 k = 0
         return top_st, tuple(merged)
 
-    def _apply_redirect(self, redirect: str, parent_lowers, candidates, layer: int,
-                        absolute: str | None, lookup_name: str):
+    # --- what a lower layer holds (cached: lowers do not change while mounted) ----------------
+
+    def listing(self, layer: int, path: str) -> Listing | None:
+        """The entries of a lower directory, None if it is not a directory."""
+        key = (layer, path)
+        listing = self._listings.get(key, _MISSING)
+        if listing is _MISSING:
+            listing = _read_listing(self.real(layer, path))
+            if self.cache_lowers:
+                self._listings[key] = listing
+        return listing
+
+    def _kind(self, layer: int, path: str) -> int | None:
+        """File type of a lower entry, WHITEOUT for a whiteout (any form), None if absent."""
+        parent, _, name = path.rpartition("/")
+        listing = self.listing(layer, parent)
+        if listing is None:
+            return None
+        kind = listing.kinds.get(name)
+        if kind is None and name in listing.oci_whiteouts:
+            return WHITEOUT
+        return kind
+
+    def _markers(self, layer: int, path: str) -> ondisk.DirMarkers:
+        """Opaque/redirect of a lower directory; a ``.wh.`` entry beside it makes it opaque."""
+        key = (layer, path)
+        markers = self._marker_cache.get(key)
+        if markers is None:
+            markers = ondisk.read_dir_markers(self.real(layer, path), oci=False,
+                                              follow_redirects=self.follow_redirects)
+            listing = self.listing(layer, path)
+            parent, _, name = path.rpartition("/")
+            parent_listing = self.listing(layer, parent)
+            shadowed = parent_listing is not None and name in parent_listing.oci_whiteouts
+            if (listing is not None and listing.oci_opaque) or shadowed:
+                markers = ondisk.DirMarkers(opaque=True, redirect=markers.redirect)
+            if self.cache_lowers:
+                self._marker_cache[key] = markers
+        return markers
+
+    def _apply_redirect(self, redirect: str, candidates: list[LowerRef], layer: int,
+                        absolute: str | None, lookup_name: str
+                        ) -> tuple[str | None, str, list[LowerRef]]:
         """Follow an ``overlay.redirect``: absolute from the root, or a sibling name."""
         remaining = [c for c in candidates if c[0] > layer]
         if redirect.startswith("/"):
@@ -175,11 +256,6 @@ class LayerStack:
         if absolute is not None:
             return join(os.path.dirname(absolute), redirect), lookup_name, remaining
         return None, redirect, remaining
-
-    def _oci_whiteout(self, layer: int, path: str) -> bool:
-        parent, _, name = path.rpartition("/")
-        marker = join(parent, ondisk.oci_whiteout_name(name))
-        return os.path.lexists(self.real(layer, marker))
 
 
 def _lstat(path: str) -> os.stat_result | None:

@@ -12,39 +12,44 @@ import os
 
 from unionfs.fs import ondisk
 from unionfs.fs.inodes import Node
-from unionfs.fs.layers import UPPER
+from unionfs.fs.layers import UPPER, WHITEOUT
 from unionfs.fs.state import UnionFS
 
 
 def merged_names(fs: UnionFS, node: Node) -> list[str]:
-    layers = []
-    if node.upper:
-        layers.append((UPPER, fs.path(node)))
-    layers.extend(node.lowers)
     visible: set[str] = set()
     hidden: set[str] = set()
-    for layer, path in layers:
-        names, whiteouts = _list_layer(fs.stack.real(layer, path), oci=layer != UPPER)
-        visible.update(names - hidden)
+    if node.upper:
+        names, whiteouts = _list_upper(fs.stack.real(UPPER, fs.path(node)))
+        visible.update(names)
         hidden.update(whiteouts)
+    for layer, path in node.lowers:
+        listing = fs.stack.listing(layer, path)
+        if listing is None:
+            continue
+        for name, kind in listing.kinds.items():
+            if name in hidden:
+                continue
+            if kind == WHITEOUT:
+                hidden.add(name)
+            else:
+                visible.add(name)
+        hidden.update(listing.oci_whiteouts)
     return sorted(visible)
 
 
-def _list_layer(real: str, *, oci: bool) -> tuple[set[str], set[str]]:
-    """(names, whited-out names) of one layer's directory."""
-    names: set[str] = set()
-    whiteouts: set[str] = set()
+def _list_upper(real: str) -> tuple[list[str], list[str]]:
+    """(names, whited-out names) of an upper directory; ``.wh.`` names are never shown."""
+    names: list[str] = []
+    whiteouts: list[str] = []
     with os.scandir(real) as entries:
         for entry in entries:
-            name = entry.name
-            if ondisk.is_internal_name(name):
-                if oci and name != ondisk.OCI_OPAQUE_MARKER:
-                    whiteouts.add(name[len(ondisk.WHITEOUT_PREFIX):])
+            if ondisk.is_internal_name(entry.name):
                 continue
             if _is_whiteout_entry(entry):
-                whiteouts.add(name)
-                continue
-            names.add(name)
+                whiteouts.append(entry.name)
+            else:
+                names.append(entry.name)
     return names, whiteouts
 
 

@@ -30,7 +30,8 @@ class UnionFS:
     def __init__(self, config: MountConfig) -> None:
         self.config = config
         self.stack = LayerStack(config.upper, config.lowers,
-                                follow_redirects=config.follow_redirects)
+                                follow_redirects=config.follow_redirects,
+                                cache_lowers=config.timeout > 0)
         self.table = NodeTable()
         self.handles = HandleTable()
         self.ns_lock = trio.Lock()
