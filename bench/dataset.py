@@ -224,17 +224,18 @@ def _plan_lib(rng: random.Random, pkgs: list[str], n: int) -> list[Entry]:
 
 def _plan_doc(rng: random.Random, pkgs: list[str], n: int) -> list[Entry]:
     out: list[Entry] = []
-    for pkg in pkgs * 10:
-        if len(out) >= n:
-            break
+    i = 0
+    while len(out) < n:
+        pkg = pkgs[i % len(pkgs)] + (f"-{i // len(pkgs)}" if i >= len(pkgs) else "")
+        i += 1
         d = f"{RM_SUBTREE}/{pkg}"
         out.append(Entry(f"{d}/copyright", "text"))
         out.append(Entry(f"{d}/changelog.Debian.gz", "bin"))
         if rng.random() < 0.5:
             out.append(Entry(f"{d}/README.Debian", "text"))
         if rng.random() < 0.2:
-            out += [Entry(f"{d}/examples/ex{i}.txt", "text") for i in range(rng.randrange(2, 8))]
-    return _dedup(out)[:n]
+            out += [Entry(f"{d}/examples/ex{j}.txt", "text") for j in range(rng.randrange(2, 12))]
+    return out[:n]
 
 
 def _plan_locale(rng: random.Random, pkgs: list[str], n: int) -> list[Entry]:

@@ -14,6 +14,8 @@ from bench.workloads import Workload
 
 BASELINE = "fuse-overlayfs"
 LIMIT = "plain"
+COLORS = {"plain": "tab:gray", "kernel": "tab:blue", "fuse-overlayfs": "tab:green",
+          "unionfs-fuse": "tab:purple", "pyunion": "tab:orange"}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -128,7 +130,8 @@ def render(data: dict[str, Any]) -> str:
     out = [
         f"pyunion benchmark {data['started']} ({data['duration_s']:.0f} s): "
         f"{m['nproc']} CPUs, {m['mem_gib']:.1f} GiB, kernel {m['kernel']}, "
-        f"dataset on {m['dataset_fs']['fstype']} ({m['dataset_fs']['source']})",
+        f"dataset on {m['dataset_fs']['fstype']} ({m['dataset_fs']['source']}), "
+        f"load average {' '.join(m['loadavg'])} at start, {' '.join(m['loadavg_end'])} at end",
         f"dataset {ds['scale']['name']}: {ds['counts']['entries']} entries "
         f"({ds['counts']['small_files']} small files, {ds['counts']['dirs']} dirs), "
         f"large file {ds['scale']['large_sizes'][0] >> 20} MiB; "
@@ -145,7 +148,8 @@ def render(data: dict[str, Any]) -> str:
     for title, key, spec in (("median seconds", "median_s", ".3f"),
                              (f"ratio to {BASELINE}", f"ratio_to_{BASELINE}", ".2f"),
                              (f"ratio to {LIMIT}", f"ratio_to_{LIMIT}", ".2f")):
-        if key != "median_s" and not any(r["impls"].get(key.split("_to_")[1]) for r in rows):
+        reference = key.split("_to_")[-1]
+        if not rows or key != "median_s" and not any(reference in r["impls"] for r in rows):
             continue
         table = [[f"{r['workload']} ({r['pass']})"] + [_fmt(r["impls"][i][key], spec)
                                                         for i in impls] for r in rows]
@@ -220,7 +224,7 @@ def chart(data: dict[str, Any], path: Path) -> Path | None:
     for k, impl in enumerate(impls):
         xs = [i + (k - (len(impls) - 1) / 2) * width for i in range(len(rows))]
         ys = [r["impls"][impl][key] or 0 for r in rows]
-        ax.bar(xs, ys, width, label=impl)
+        ax.bar(xs, ys, width, label=impl, color=COLORS.get(impl))
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_ylabel(f"time relative to {BASELINE} (lower is faster)")
@@ -278,6 +282,7 @@ def machine_info(dataset_root: Path) -> dict[str, Any]:
         "cpu": cpu,
         "mem_gib": mem_kib / 2**20,
         "kernel": platform.release(),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "python": platform.python_version(),
         "dataset_fs": _fs_of(dataset_root),
         "fuse_overlayfs": next((ln for ln in fo.splitlines() if "fuse-overlayfs" in ln), fo),

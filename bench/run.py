@@ -116,10 +116,19 @@ def pids_with_arg(arg: str) -> list[int]:
     return pids
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def wait_gone(pids: list[int], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not [p for p in pids if Path(f"/proc/{p}").exists()]:
+        if not any(alive(p) for p in pids):
             return True
         time.sleep(0.002)
     return False
@@ -246,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
 
     ds = dataset.ensure(args.cache_dir, scale, log)
+    machine = report.machine_info(ds.root)
     impls: list[Implementation] = []
     unavailable: dict[str, str] = {}
     for name in impl_names:
@@ -274,10 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cleanup_cell(run_dir)
 
+    machine["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     data = report.build(
         started=started,
         args={k: str(v) for k, v in vars(args).items()},
-        machine=report.machine_info(ds.root),
+        machine=machine,
         dataset={"root": str(ds.root), "scale": ds.manifest["scale"],
                  "counts": ds.manifest["counts"],
                  "rm_subtree_entries": ds.manifest["rm_subtree_entries"],

@@ -42,7 +42,8 @@ DIR_MODES = (0o755, 0o755, 0o700, 0o750, 0o775, 0o1777, 0o2775, 0o555, 0o711)
 ROOT_MODES = (0o755, 0o775, 0o751, 0o711)
 WORDS = ("alpha", "beta", "gamma", "delta", "etc", "usr", "lib", "bin", "data", "cfg",
          "readme", "Makefile", "x", "a b", "caf\u00e9", "z\u00fcrich", "-dash", "_u", "UPPER",
-         "dots.in.name", "n")
+         "dots.in.name", "n", ".hidden", ".wh", ".whx", "wh.", " lead", "trail ", "tab\tname",
+         "new\nline", "bad\udcffbytes", "\u65e5\u672c", "#hash", "colon:name", "back\\slash")
 BASE_TIME_NS = 1_600_000_000 * 10**9
 Kind = str  # "dir" "file" "hardlink" "symlink" "fifo" "chr" "blk" "whiteout"
 
@@ -109,6 +110,8 @@ class _Generator:
                 name = f"user.{self.rng.choice(('mime', 'tag', 'k', 'origin.note'))}{self.counter}"
                 self.counter += 1
                 out[name] = self.rng.randbytes(self.rng.choice((0, 1, 7, 40, 200)))
+        if self.rng.random() < chance / 10:
+            out["user.big"] = self.rng.randbytes(3000)
         if self.rng.random() < chance / 4:
             out[f"trusted.test{self.counter}"] = b"root-only"
         return out
@@ -128,6 +131,8 @@ class _Generator:
         xs = self.xattrs(0.3)
         if self.rng.random() < 0.1:
             xs["trusted.overlay.impure"] = b"y"
+        if not opaque and self.rng.random() < 0.05:
+            xs[OPAQUE_XATTR] = b"n"  # not "y": not opaque, and still private
         mode = self.rng.choice(ROOT_MODES if root else DIR_MODES)
         return Spec("dir", mode, uid, gid, xattrs=xs, opaque=opaque, mtime_ns=self.mtime())
 
@@ -140,8 +145,8 @@ class _Generator:
             return Spec("file", self.rng.choice(FILE_MODES), uid, gid, data=self.data(),
                         xattrs=self.xattrs(0.3), mtime_ns=self.mtime())
         if r < 0.88:
-            targets = ("alpha1", "../etc", "/etc/hostname", "does/not/exist",
-                       "..", ".", "T" * 150, "caf\u00e9")
+            targets = ("alpha1", "../etc", "/etc/hostname", "does/not/exist", "..", ".",
+                       "T" * 150, "caf\u00e9", "bad\udcfe", "d/" * 600 + "end", ".wh.x")
             return Spec("symlink", 0o777, uid, gid, target=self.rng.choice(targets),
                         mtime_ns=self.mtime())
         if r < 0.96:
@@ -151,11 +156,18 @@ class _Generator:
         rdev = (1, 3) if kind == "chr" else (7, self.rng.randint(0, 7))
         return Spec(kind, 0o600, uid, gid, rdev=rdev, mtime_ns=self.mtime())
 
+    def whiteout_spec(self) -> Spec:
+        """Kernel whiteouts are 0000 and often share one inode; fuse-overlayfs makes 0700."""
+        shared = "shared" if self.rng.random() < 0.4 else ""
+        return Spec("whiteout", self.rng.choice((0o000, 0o000, 0o700, 0o644)), target=shared)
+
     # --- trees -----------------------------------------------------------------------------
     def subtree(self, layer: Layer, path: str, depth: int, opaque: bool = False,
                 reuse: tuple[str, ...] = ()) -> None:
         """A fresh directory at ``path`` with random content (``reuse``: names to use first)."""
         self.budget -= 1
+        if path and self.rng.random() < 0.05:
+            opaque = True  # marks a dir that merges with nothing: no effect but must be hidden
         layer[path] = self.dir_spec(opaque=opaque, root=path == "")
         width = self.rng.randint(1, 7) if depth > 0 else self.rng.randint(0, 4)
         names = list(reuse[: self.rng.randint(0, len(reuse))])
@@ -182,6 +194,11 @@ class _Generator:
         layer: Layer = {}
         self.budget = size
         self.subtree(layer, "", depth=4)
+        deep = ""
+        for i in range(self.rng.randint(10, 20)):
+            deep = _join(deep, f"d{i}-{self.fresh_name()[:10]}")
+            layer[deep] = self.dir_spec()
+        layer[_join(deep, "bottom")] = self.leaf_spec()
         while self.budget > 0:  # fill up to the size in random existing dirs
             dirs = sorted(p for p, s in layer.items() if s.kind == "dir")
             parent = self.rng.choice(dirs)
@@ -234,7 +251,7 @@ class _Generator:
                 continue
             claimed.append(target)
             if op in ("whiteout", "whiteout_missing"):
-                layer[target] = Spec("whiteout")
+                layer[target] = self.whiteout_spec()
             elif op == "opaque":
                 below = tuple(p.rpartition("/")[2] for p in sorted(view)
                               if _parent(p) == target)
@@ -295,16 +312,24 @@ def _create(path: Path, spec: Spec, form: str) -> None:
         kind = stat.S_IFCHR if spec.kind == "chr" else stat.S_IFBLK
         os.mknod(path, kind | 0o600, os.makedev(*spec.rdev))
     elif spec.kind == "whiteout" and form == "kernel":
-        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        os.mknod(path, stat.S_IFCHR | spec.mode, os.makedev(0, 0))
     elif spec.kind == "whiteout":
-        (path.parent / (WH_PREFIX + path.name)).write_bytes(b"")
+        marker = path.parent / (WH_PREFIX + path.name)
+        marker.write_bytes(b"")
+        marker.chmod(spec.mode)
 
 
 def write_layer(root: Path, layer: Layer, form: str) -> None:
     """Create ``layer`` under ``root`` (which must not exist yet) in the given form."""
+    shared_whiteout: Path | None = None
     for rel in sorted(layer):
-        if layer[rel].kind != "hardlink":
-            _create(root / rel if rel else root, layer[rel], form)
+        spec = layer[rel]
+        if spec.kind == "whiteout" and spec.target and form == "kernel" and shared_whiteout:
+            os.link(shared_whiteout, root / rel)  # like the kernel's shared whiteout inode
+        elif spec.kind != "hardlink":
+            _create(root / rel if rel else root, spec, form)
+        if spec.kind == "whiteout" and spec.target and shared_whiteout is None:
+            shared_whiteout = root / rel
     for rel in sorted(layer):
         if layer[rel].kind == "hardlink":
             os.link(root / layer[rel].target, root / rel)
@@ -347,11 +372,13 @@ def make_stack(root: Path, seed: int, layers: int = 3, form: str = "kernel") -> 
 def make_wide_stack(root: Path, seed: int, names: int = 2000, form: str = "kernel") -> list[Path]:
     """Three layers merging into one dir ``big`` with about ``names`` visible entries.
 
-    The top layers override some names of the layers below, and white out others.
+    The top layers override some names of the layers below, and white out others. One name in
+    four is about 200 bytes long, so directory pages fill at many different points.
     """
     rng = random.Random(seed)
     share = names // 2
-    bottom = {f"entry-{i:05d}" for i in range(share + names // 10)}
+    bottom = {f"entry-{i:05d}" + ("-" + "w" * rng.randint(150, 230) if i % 4 == 0 else "")
+              for i in range(share + names // 10)}
     middle = {f"mid-{i:05d}" for i in range(share // 2)} | set(rng.sample(sorted(bottom), 200))
     top = {f"top-{i:05d}" for i in range(names - share - share // 2)}
     top |= set(rng.sample(sorted(middle), 150))

@@ -17,14 +17,19 @@ Kernel limits, handled openly:
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import errno
 import hashlib
 import json
+import mmap
 import os
 import random
 import stat
 import subprocess
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,8 @@ import xattr
 from tests import stackgen, treesnap
 
 SEEDS = (1, 2, 3, 4)
+# (seed, layers) for the plain tree comparison: more seeds and other stack heights
+SHAPES = [(s, 3) for s in SEEDS] + [(s, 2) for s in (5, 6, 7)] + [(s, 6) for s in (8, 9, 10)]
 NOBODY = 65534
 PRIVATE_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
@@ -242,11 +249,12 @@ def test_generator_covers_the_cases() -> None:
         assert wanted <= seen, f"seed {seed} lacks {sorted(wanted - seen)}"
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_read_only_view_matches_kernel(seed: int, tmp_path: Path, pyunion, overlay) -> None:
+@pytest.mark.parametrize(("seed", "layers"), SHAPES, ids=[f"seed{s}-{n}layers" for s, n in SHAPES])
+def test_read_only_view_matches_kernel(seed: int, layers: int, tmp_path: Path, pyunion,
+                                       overlay) -> None:
     """No upper: pyunion's tree (names, types, modes, owners, sizes, contents, links, xattrs,
     mtimes, nlink, hard-link groups, the root's attributes) equals the kernel's."""
-    lowers = stackgen.make_stack(tmp_path / "s", seed)
+    lowers = stackgen.make_stack(tmp_path / "s", seed, layers=layers)
     kernel = _snap(overlay(lowers, None, None))
     mine = _snap(pyunion(lowers, None))
     treesnap.assert_same_tree(mine, kernel, f"pyunion vs kernel, no upper, seed {seed}")
@@ -313,6 +321,104 @@ def test_mixed_forms(seed: int, tmp_path: Path, pyunion, fuse_overlayfs) -> None
     treesnap.assert_same_tree(ref, _expected(kernel_form, "kernel", nlink=False), "fo vs resolver")
     treesnap.assert_same_tree(_snap(pyunion(mixed, None), nlink=False), ref,
                               f"pyunion vs fuse-overlayfs, mixed forms, seed {seed}")
+
+
+def _raw_paths(lowers: list[Path]) -> list[str]:
+    """Every path stored in any layer, markers (whiteouts, .wh. files) included."""
+    return sorted({p for layer in lowers for p in _walk(layer)})
+
+
+def _lstat_view(path: Path, nlink: bool) -> tuple | str:
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    size = st.st_size if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) else None
+    mtime = None if stat.S_ISLNK(st.st_mode) else st.st_mtime_ns
+    links = st.st_nlink if nlink and not stat.S_ISDIR(st.st_mode) else None
+    return st.st_mode, st.st_uid, st.st_gid, size, mtime, st.st_rdev, links
+
+
+@pytest.mark.parametrize("form", ["kernel", "oci"])
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_direct_lookups(seed: int, form: str, tmp_path: Path, pyunion, overlay,
+                        fuse_overlayfs) -> None:
+    """On a fresh mount, without listing any dir first: lstat of every visible path gives the
+    reference's attributes, and every path stored in a layer but hidden (whited out, below an
+    opaque dir or a non-dir, or a whiteout/.wh. marker itself) fails like the reference."""
+    lowers = stackgen.make_stack(tmp_path / "s", seed, form=form)
+    ref = overlay(lowers, None, None) if form == "kernel" else fuse_overlayfs(lowers, None, None)
+    nlink = form == "kernel"  # fuse-overlayfs's nlink is not a reference (module docstring)
+    mine = pyunion(lowers, None)
+    visible = set(stackgen.merged_view(lowers, form))
+    paths = sorted(visible) + sorted(set(_raw_paths(lowers)) - visible)
+    random.Random(seed).shuffle(paths)
+    got = {p: _lstat_view(mine / p, nlink) for p in paths}
+    expected = {p: _lstat_view(ref / p, nlink) for p in paths}
+    hidden = [p for p in paths if p not in visible]
+    assert hidden and all(isinstance(expected[p], str) for p in hidden), "reference"
+    assert all(not isinstance(expected[p], str) for p in visible), "reference"
+    wrong = {p: (got[p], expected[p]) for p in paths if got[p] != expected[p]}
+    assert not wrong, f"lstat (pyunion, reference): {dict(list(wrong.items())[:8])}"
+
+
+def _make_files(layer: Path, sizes: dict[str, int], seed: int) -> None:
+    layer.mkdir()
+    rng = random.Random(seed)
+    for name, size in sizes.items():
+        (layer / name).write_bytes(rng.randbytes(size))
+    with open(layer / "sparse", "wb") as f:  # 40 MiB, mostly hole
+        for offset in (0, 1 << 20, (40 << 20) - 5000):
+            f.seek(offset)
+            f.write(rng.randbytes(5000))
+
+
+def _reads(path: Path, seed: int) -> dict[str, str]:
+    """Contents read several ways: sequential chunks of odd sizes, pread, mmap."""
+    out = {}
+    size = path.stat().st_size
+    for chunk in (1, 4097, 1 << 20):
+        if chunk == 1 and size > 20000:
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb", buffering=0) as f:
+            while data := f.read(chunk):
+                h.update(data)
+        out[f"read{chunk}"] = h.hexdigest()
+    rng = random.Random(seed)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        offsets = [0, size, size + 10, max(size - 1, 0)] + [rng.randrange(size + 1)
+                                                            for _ in range(30)]
+        h = hashlib.sha256()
+        for off in offsets:
+            h.update(os.pread(fd, rng.choice((1, 100, 4096, 70000)), off))
+        out["pread"] = h.hexdigest()
+        if size:
+            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as m:
+                out["mmap"] = hashlib.sha256(m[:]).hexdigest()
+    finally:
+        os.close(fd)
+    return out
+
+
+def test_file_contents(tmp_path: Path, pyunion, overlay) -> None:
+    """File data of many sizes (0, page edges, several MiB, a 40 MiB sparse file), read in odd
+    chunk sizes, by pread past EOF and by mmap, equals the kernel's; the top layer's version
+    of a name wins even when it is smaller or larger than the one below."""
+    sizes = {"empty": 0, "one": 1, "page-1": 4095, "page": 4096, "page+1": 4097,
+             "128k+1": (128 << 10) + 1, "3m+7": (3 << 20) + 7, "grow": 10, "shrink": 300000}
+    top, bottom = tmp_path / "top", tmp_path / "bottom"
+    _make_files(bottom, sizes, 1)
+    top.mkdir()
+    rng = random.Random(2)
+    (top / "grow").write_bytes(rng.randbytes(500000))
+    (top / "shrink").write_bytes(rng.randbytes(3))
+    kernel, mine = overlay([top, bottom], None, None), pyunion([top, bottom], None)
+    for name in [*sizes, "sparse"]:
+        ref = _reads(kernel / name, 3)
+        assert len({v for k, v in ref.items() if k != "pread"}) == 1, f"kernel reference {name}"
+        assert _reads(mine / name, 3) == ref, f"{name}: read through pyunion differs"
 
 
 # --- readdir -------------------------------------------------------------------------------
@@ -390,6 +496,28 @@ def _tell_round_trip(path: Path, seed: int) -> None:
         assert d.read() is None, "seekdir to the end position read another entry"
 
 
+def _interleaved(path: Path, names: list[str]) -> None:
+    """Two streams on one dir read alternately each see every name once; a position saved
+    before the first read takes a stream back to the first entry."""
+    with DirStream(path) as a, DirStream(path) as b:
+        start = a.tell()
+        first = a.read()
+        got = {"a": [first[0]] if first else [], "b": []}
+        done: set[str] = set()
+        while len(done) < 2:
+            for key, stream, step in (("a", a, 7), ("b", b, 13)):
+                for _ in range(step if key not in done else 0):
+                    item = stream.read()
+                    if item is None:
+                        done.add(key)
+                        break
+                    got[key].append(item[0])
+        assert sorted(got["a"]) == names and sorted(got["b"]) == names, "interleaved streams"
+        a.seek(start)
+        again = a.read()
+        assert again is not None and first is not None and again[0] == first[0], "rewind"
+
+
 @pytest.mark.parametrize("form", ["kernel", "oci"])
 def test_big_dir_seekdir(form: str, tmp_path: Path, pyunion, overlay, fuse_overlayfs) -> None:
     """~2000 names merged from 3 layers: the listing has them all once, telldir/seekdir round
@@ -409,6 +537,7 @@ def test_big_dir_seekdir(form: str, tmp_path: Path, pyunion, overlay, fuse_overl
             assert len(parts) == len(set(parts)), f"{what}: repeated names after seekdir"
             assert sorted(parts) == sorted(names), f"{what}: names skipped after seekdir"
         _tell_round_trip(big, 5)
+        _interleaved(big, sorted(names))
 
 
 # --- inodes --------------------------------------------------------------------------------
@@ -444,6 +573,32 @@ def test_inodes_stable_and_hard_links(seed: int, tmp_path: Path, pyunion, overla
     assert not shared, f"one pyunion st_ino for several objects: {shared}"
 
 
+def test_concurrent_readers_and_forgets(tmp_path: Path, pyunion, overlay) -> None:
+    """Six threads make 8 walks reading the whole tree while the kernel keeps dropping its
+    inode cache (FORGETs arrive mid-walk, lookups race with readdirplus): every walk sees
+    the kernel's tree."""
+    lowers = stackgen.make_stack(tmp_path / "s", 3)
+    kernel = _snap(overlay(lowers, None, None))
+    mine = pyunion(lowers, None)
+    stop = threading.Event()
+
+    def dropper() -> None:
+        while not stop.is_set():
+            _drop_caches()
+            time.sleep(0.05)
+
+    background = threading.Thread(target=dropper)
+    background.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            snaps = list(pool.map(lambda _: _snap(mine), range(8)))
+    finally:
+        stop.set()
+        background.join()
+    for i, snap in enumerate(snaps):
+        treesnap.assert_same_tree(snap, kernel, f"concurrent walk {i}")
+
+
 @pytest.mark.parametrize("seed", SEEDS[:2])
 def test_inode_numbers_are_the_layers(seed: int, tmp_path: Path, pyunion, overlay) -> None:
     """All layers on one fs: like the kernel, st_ino of each non-dir is the real inode number
@@ -454,6 +609,95 @@ def test_inode_numbers_are_the_layers(seed: int, tmp_path: Path, pyunion, overla
     assert all(kernel[p][0] == ino for p, ino in real.items()), "kernel reference"
     wrong = {p: (mine[p][0], ino) for p, ino in real.items() if mine[p][0] != ino}
     assert not wrong, f"st_ino (pyunion, layer): {dict(list(wrong.items())[:8])}"
+
+
+STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks", "st_blksize",
+               "st_mtime_ns", "st_ctime_ns", "st_rdev")
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_stat_fields_match_kernel(seed: int, tmp_path: Path, pyunion, overlay) -> None:
+    """Every lstat field but st_dev/st_ino/st_atime equals the kernel's, for every object and
+    the root: dir nlink and size, st_blocks (sparse and empty files), blksize, ctime."""
+    lowers = stackgen.make_stack(tmp_path / "s", seed)
+    kernel, mine = overlay(lowers, None, None), pyunion(lowers, None)
+    wrong = {}
+    for rel in ["."] + _walk(kernel):
+        k, m = os.lstat(kernel / rel), os.lstat(mine / rel)
+        diff = {f: (getattr(m, f), getattr(k, f)) for f in STAT_FIELDS
+                if getattr(m, f) != getattr(k, f)}
+        if diff:
+            wrong[rel] = diff
+    assert not wrong, f"lstat fields (pyunion, kernel): {dict(list(wrong.items())[:8])}"
+
+
+def _reset_atimes(lowers: list[Path]) -> list[Path]:
+    """All objects of the layers, with atime set back to mtime (relatime then updates the
+    atime on the next access, so any access shows). Returns them."""
+    objects = [layer / rel for layer in lowers for rel in ["."] + _walk(layer)]
+    for path in objects:
+        st = os.lstat(path)
+        os.utime(path, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+    return objects
+
+
+def _atimes(objects: list[Path]) -> dict[Path, int]:
+    return {path: os.lstat(path).st_atime_ns for path in objects}
+
+
+def test_reads_leave_layer_atimes(tmp_path: Path, pyunion, overlay) -> None:
+    """Reading every file, listing every dir and reading every link through the mount leaves
+    the atime of the layers' objects alone: the kernel opens real files with O_NOATIME
+    (union-semantics.md 3.11). Each atime is set back to its mtime first, so that relatime
+    (ext4 default) would update it on any access."""
+    lowers = stackgen.make_stack(tmp_path / "s", 1)
+    objects = _reset_atimes(lowers)
+    before = _atimes(objects)
+    _snap(overlay(lowers, None, None))
+    assert _atimes(objects) == before, "kernel reference"
+    _snap(pyunion(lowers, None))
+    after = _atimes(objects)
+    changed = [p for p in objects if after[p] != before[p]]
+    kinds = Counter(stat.filemode(os.lstat(p).st_mode)[0] for p in changed)
+    assert not changed, (f"{len(changed)} layer objects got a new atime (by type: "
+                         f"{dict(kinds)}), e.g. {[str(p) for p in changed[:3]]}")
+
+
+def _inos_in_order(mnt: Path, paths: list[str]) -> dict[str, tuple[int, int]]:
+    return {p: (os.lstat(mnt / p).st_ino, os.lstat(mnt / p).st_dev) for p in paths}
+
+
+def test_inode_numbers_survive_remount(tmpfs, tmp_path: Path, pyunion, overlay) -> None:
+    """Layers on two filesystems (top lower on a tmpfs): each non-dir has the same st_ino in
+    two mounts of the stack, one looking up tmpfs objects first, one ext4 objects first, as
+    with the kernel (which keeps the real numbers of non-dirs and gives each lower fs its own
+    st_dev; its dir numbers are synthesized per mount here, union-semantics.md 3.9); no
+    (st_dev, st_ino) pair is shared by two different objects."""
+    layers = stackgen.make_layers(4)
+    lowers = [tmpfs(tmp_path / "topfs", "24m") / "layer0"]
+    lowers += [tmp_path / f"layer{i}" for i in range(1, len(layers))]
+    for path, layer in zip(lowers, layers, strict=True):
+        stackgen.write_layer(path, layer, "kernel")
+    view = stackgen.merged_view(lowers)
+    paths = sorted(p for p in view if not stat.S_ISDIR(os.lstat(view[p]).st_mode))
+    real = {p: (os.lstat(view[p]).st_dev, os.lstat(view[p]).st_ino) for p in paths}
+    runs: dict[str, list[dict[str, tuple[int, int]]]] = {"kernel": [], "pyunion": []}
+    on_top = {p: view[p].is_relative_to(lowers[0]) for p in paths}
+    orders = [sorted(paths, key=lambda p, t=t: (on_top[p] != t, p.count("/"), p))
+              for t in (True, False)]
+    assert [on_top[o[0]] for o in orders] == [True, False] and "/" not in orders[1][0]
+    for order in orders:
+        k_mnt = overlay(lowers, None, None)
+        runs["kernel"].append(_inos_in_order(k_mnt, order))
+        p_mnt = pyunion(lowers, None)
+        runs["pyunion"].append(_inos_in_order(p_mnt, order))
+    for what, (first, second) in runs.items():
+        objects: dict[tuple[int, int], set[tuple[int, int]]] = {}
+        for p in paths:
+            objects.setdefault(first[p], set()).add(real[p])
+        assert all(len(v) == 1 for v in objects.values()), f"{what}: (st_dev, st_ino) shared"
+        moved = {p: (first[p][0], second[p][0]) for p in paths if first[p][0] != second[p][0]}
+        assert not moved, f"{what}: st_ino differs between mounts: {dict(list(moved.items())[:5])}"
 
 
 # --- xattrs, symlinks, special files, statfs ------------------------------------------------
@@ -472,7 +716,7 @@ def test_xattrs_match_kernel(seed: int, tmp_path: Path, pyunion, overlay) -> Non
         got, ref = _all_xattrs(mine / rel), _all_xattrs(kernel / rel)
         assert ref == {n: v for n, v in on_disk.items() if n not in private}, "kernel reference"
         assert got == ref, f"{rel}: xattrs {got} != kernel {ref}"
-        for name in private:
+        for name in [*private, "user.not-there"]:
             assert _getxattr_errno(mine / rel, name) == "ENODATA", f"{rel}: {name} readable"
     assert private_on_disk, "the stack should carry trusted.overlay.* xattrs"
 

@@ -247,10 +247,12 @@ def fuse_unavailable() -> str | None:
 def upper_changes(upper: Path, lowers: Sequence[Path]) -> list[str]:
     """What an upper directory changes over its lowers: ``+added ~changed -deleted !replaced``.
 
-    Read from the overlayfs on-disk format: a 0/0 character device is a whiteout, a directory
-    with ``overlay.opaque=y`` hides what is below it, a directory with ``overlay.redirect`` is a
-    renamed lower directory (reported as added at its new name, deleted at the old one). Lowers
-    are searched top-most first for each path (a whiteout in a lower ends the search).
+    Read from the overlayfs on-disk format: a 0/0 character device is a whiteout; a directory
+    with ``overlay.opaque=y`` replaces the directory below it (if there is none, it is added); a
+    directory with ``overlay.redirect`` is a renamed lower directory (added at its new name,
+    deleted at the old one); a directory that only merges with the one below is descended into,
+    and changed itself only if its mode or owner differ. Lowers are searched top-most first for
+    each path as overlayfs looks them up (whiteouts and opaque directories in lowers count).
     """
     return _scan(upper, Path(), list(lowers))
 
@@ -271,11 +273,10 @@ def _entry_changes(upper: Path, path: Path, lowers: list[Path]) -> list[str]:
     below = _lower_stat(lowers, path)
     if not stat.S_ISDIR(st.st_mode):
         return [f"~{path}" if below else f"+{path}"]
-    if _overlay_xattr(upper / path, "opaque") == b"y":
-        return [f"!{path}/"]
-    if below is None:
+    if below is None:  # (the kernel marks new directories opaque too: that hides nothing)
         return [f"+{path}/"]
-    if not stat.S_ISDIR(below.st_mode) or _overlay_xattr(upper / path, "redirect"):
+    if (not stat.S_ISDIR(below.st_mode) or _overlay_xattr(upper / path, "opaque") == b"y"
+            or _overlay_xattr(upper / path, "redirect")):
         return [f"!{path}/"]
     own = [f"~{path}/"] if _owner_mode(st) != _owner_mode(below) else []
     return own + _scan(upper, path, lowers)
@@ -286,13 +287,33 @@ def _is_whiteout(st: os.stat_result) -> bool:
 
 
 def _lower_stat(lowers: list[Path], path: Path) -> os.stat_result | None:
+    """What the lowers show at ``path`` (overlayfs lookup, top-most first), or None."""
     for lower in lowers:
-        try:
-            st = os.lstat(lower / path)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        return None if _is_whiteout(st) else st
+        st = _lstat(lower / path)
+        if st is not None:
+            return None if _is_whiteout(st) else st
+        if _hides_below(lower, path):
+            return None
     return None
+
+
+def _hides_below(lower: Path, path: Path) -> bool:
+    """Whether ``lower`` ends the lookup of ``path``: a whiteout, file or opaque dir above it."""
+    for parent in path.parents:
+        if parent == Path():
+            break
+        st = _lstat(lower / parent)
+        if st is not None and (not stat.S_ISDIR(st.st_mode)
+                               or _overlay_xattr(lower / parent, "opaque") == b"y"):
+            return True
+    return False
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _overlay_xattr(path: Path, name: str) -> bytes | None:

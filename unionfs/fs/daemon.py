@@ -36,6 +36,9 @@ def fuse_options(config: MountConfig) -> set[str]:
     flags = set(config.fuse_flags)
     if os.geteuid() == 0:  # as an overlayfs mount: set-id programs and devices work
         flags |= {f for f in ("suid", "dev") if "no" + f not in flags}
+    if "atime" not in flags:
+        # As fuse-overlayfs: a read then needs no attribute refresh (lower atimes never change).
+        flags.add("noatime")
     options |= flags
     if config.debug:
         options.add("debug")

@@ -164,16 +164,21 @@ class UnionOperations(pyfuse3.Operations):
             fs.check_writable()
             async with fs.ns_lock:
                 await copy_up(fs, node, with_data=not flags & os.O_TRUNC)
-        fd = self._open_real(fs.real_path(node), flags)
+        fd = self._open_real(fs.real_path(node), flags, lower=not node.upper)
         if flags & os.O_TRUNC and ctx.uid != 0:
             attrs.clear_setid(fd)
         handle = fs.handles.open_file(node, fd, flags, ctx.uid)
         return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True)
 
     @staticmethod
-    def _open_real(path: str, flags: int) -> int:
-        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
-        return os.open(path, flags | os.O_NOFOLLOW)
+    def _open_real(path: str, flags: int, *, lower: bool) -> int:
+        flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_NOFOLLOW
+        if lower:  # reading through the union never changes a lower file, not even its atime
+            try:
+                return os.open(path, flags | os.O_NOATIME)
+            except PermissionError:
+                pass
+        return os.open(path, flags)
 
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
