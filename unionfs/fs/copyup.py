@@ -19,7 +19,7 @@ import trio
 
 from unionfs.fs import ondisk, syscalls
 from unionfs.fs.inodes import Node
-from unionfs.fs.layers import join
+from unionfs.fs.layers import join, open_lower
 from unionfs.fs.state import UnionFS
 
 CHUNK = 16 << 20
@@ -81,7 +81,7 @@ async def _make_copy(fs: UnionFS, src: str, tmp: str, st: os.stat_result, *,
 
 def copy_file(src: str, dst: str, size: int, fsync: bool) -> None:
     """Copies ``size`` bytes of ``src`` into the new file ``dst`` (runs in a worker thread)."""
-    src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    src_fd = open_lower(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -20,6 +20,7 @@ import trio
 from unionfs.fs import attrs, dirops, ondisk
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
+from unionfs.fs.layers import open_lower
 from unionfs.fs.readdir import merged_names
 from unionfs.fs.state import UnionFS
 
@@ -173,12 +174,7 @@ class UnionOperations(pyfuse3.Operations):
     @staticmethod
     def _open_real(path: str, flags: int, *, lower: bool) -> int:
         flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_NOFOLLOW
-        if lower:  # reading through the union never changes a lower file, not even its atime
-            try:
-                return os.open(path, flags | os.O_NOATIME)
-            except PermissionError:
-                pass
-        return os.open(path, flags)
+        return open_lower(path, flags) if lower else os.open(path, flags)
 
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
