@@ -1,10 +1,12 @@
 """The inode table: FUSE node ids for merged objects, their names, lookup counts.
 
-A node id is derived from the identity of the object that backs it, ``(st_dev, st_ino)`` of
-its top-most real file, packed as ``device tag << 48 | st_ino``. So the same object always gets
-the same number for the life of the mount, even after the kernel forgot it, and hard links
-(same real inode) are one node. A copy-up gives the object a new real identity; the table maps
-that identity back to the node's original number, so ``st_ino`` never changes under a user.
+A node id (which is also the ``st_ino`` users see) is derived from the identity of the object
+that backs it: when every layer is on one filesystem, the real inode number, as kernel
+overlayfs reports it; otherwise ``device tag << 48 | st_ino`` with the tags given in layer
+order (the kernel's ``xino`` idea). So the same object always gets the same number, even after
+the kernel forgot it and across remounts, and hard links (same real inode) are one node. A
+copy-up gives the object a new real identity; the table maps that identity back to the node's
+original number, so ``st_ino`` never changes under a user for the life of the mount.
 """
 
 from __future__ import annotations
@@ -50,9 +52,13 @@ class Node:
 
 
 class NodeTable:
-    def __init__(self) -> None:
+    def __init__(self, layer_devices: list[int]) -> None:
+        """``layer_devices``: st_dev of each layer's root, upper first, then the lowers."""
         self.nodes: dict[int, Node] = {}
         self._dev_tags: dict[int, int] = {}
+        for dev in layer_devices:
+            self._dev_tags.setdefault(dev, len(self._dev_tags) + 1)
+        self._single_dev = len(self._dev_tags) == 1
         self._aliases: dict[tuple[int, int], int] = {}  # real identity -> node id (copy-ups)
         self._big_inos: dict[tuple[int, int], int] = {}
         self._fresh_count = 0
@@ -68,8 +74,13 @@ class NodeTable:
         alias = self._aliases.get(key)
         if alias is not None:
             return alias
-        tag = self._dev_tags.setdefault(st.st_dev, len(self._dev_tags) + 1)
-        if st.st_ino < (1 << INO_BITS) and tag < (1 << (63 - INO_BITS)):
+        if st.st_dev not in self._dev_tags:  # a mount inside a layer
+            self._single_dev = False
+            self._dev_tags[st.st_dev] = len(self._dev_tags) + 1
+        if self._single_dev and st.st_ino > pyfuse3.ROOT_INODE and st.st_ino < (1 << 62):
+            return st.st_ino
+        tag = self._dev_tags[st.st_dev]
+        if st.st_ino < (1 << INO_BITS) and tag < (1 << (62 - INO_BITS)):
             return (tag << INO_BITS) | st.st_ino
         return self._big_inos.setdefault(key, (1 << 63) | len(self._big_inos))
 

@@ -30,13 +30,20 @@ class Listing:
 
 def _read_listing(real: str) -> Listing | None:
     try:
-        entries = os.scandir(real)
+        fd = open_lower(real, os.O_RDONLY | os.O_DIRECTORY)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        return _listing_of(fd)
+    finally:
+        os.close(fd)
+
+
+def _listing_of(fd: int) -> Listing:
     kinds: dict[str, int] = {}
     whiteouts: set[str] = set()
     opaque = False
-    with entries:
+    with os.scandir(fd) as entries:
         for entry in entries:
             name = entry.name
             if name.startswith(ondisk.WHITEOUT_PREFIX):

@@ -32,7 +32,7 @@ class UnionFS:
         self.stack = LayerStack(config.upper, config.lowers,
                                 follow_redirects=config.follow_redirects,
                                 cache_lowers=config.timeout > 0)
-        self.table = NodeTable()
+        self.table = NodeTable([os.stat(r).st_dev for r in self.stack.roots if r is not None])
         self.handles = HandleTable()
         self.ns_lock = trio.Lock()
         self.stats: Counter[str] = Counter()
