@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import dataclass
 
 import pyfuse3
 
@@ -59,8 +60,7 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
     target = _target(fs, node, fh)
     if fields.update_size:
         os.truncate(target, attr.st_size)
-        if ctx.uid != 0:
-            clear_setid(target)
+        clear_setid(target, caller_of(ctx))
     if fields.update_uid or fields.update_gid:
         uid = attr.st_uid if fields.update_uid else -1
         gid = attr.st_gid if fields.update_gid else -1
@@ -103,13 +103,39 @@ def _set_times(target: str | int, attr: pyfuse3.EntryAttributes,
         os.utime(target, ns=(atime, mtime), follow_symlinks=False)
 
 
-def clear_setid(target: str | int) -> None:
-    """What a write or truncate by an ordinary user does to set-id bits (as ext4 does)."""
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked for a change: what clearing set-id bits on a write depends on."""
+
+    uid: int
+    groups: frozenset[int]
+
+
+ROOT = Caller(0, frozenset({0}))
+
+
+def caller_of(ctx: pyfuse3.RequestContext) -> Caller:
+    if ctx.uid == 0:
+        return ROOT
+    groups = {ctx.gid}
+    try:
+        groups.update(pyfuse3.get_sup_groups(ctx.pid))
+    except (OSError, ValueError):
+        pass  # the process is gone already: its primary group is what we know
+    return Caller(ctx.uid, frozenset(groups))
+
+
+def clear_setid(target: str | int, caller: Caller) -> None:
+    """What a write or truncate by an unprivileged caller does to set-id bits, as the kernel:
+    set-user-ID always goes; set-group-ID goes if group-executable or the caller is not in
+    the file's group."""
+    if caller.uid == 0:
+        return
     st = os.stat(target) if isinstance(target, int) else os.lstat(target)
     if not stat.S_ISREG(st.st_mode) or not st.st_mode & SETID_BITS:
         return
     mode = st.st_mode & ~stat.S_ISUID
-    if st.st_mode & stat.S_IXGRP:
+    if st.st_mode & stat.S_IXGRP or st.st_gid not in caller.groups:
         mode &= ~stat.S_ISGID
     if mode != st.st_mode:
         os.chmod(target, stat.S_IMODE(mode))

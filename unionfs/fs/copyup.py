@@ -58,6 +58,7 @@ async def _copy_up_one(fs: UnionFS, node: Node, *, with_data: bool) -> None:
     dest = fs.stack.upper_path(path)
     fs.table.alias(os.lstat(dest), node.ino)
     node.upper = True
+    fs.invalidate_attrs(node, node.parent)
     if stat.S_ISREG(st.st_mode):
         fs.handles.repoint(node, dest)
         if st.st_nlink > 1:
@@ -103,7 +104,6 @@ def _copy_range(src_fd: int, dst_fd: int, size: int) -> None:
             if n == 0:
                 break
             copied += n
-        return
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
@@ -111,8 +111,13 @@ def _copy_range(src_fd: int, dst_fd: int, size: int) -> None:
         chunk = os.pread(src_fd, min(1 << 20, size - copied), copied)
         if not chunk:
             break
-        os.pwrite(dst_fd, chunk, copied)
-        copied += len(chunk)
+        view = memoryview(chunk)
+        while view:  # a short write (the disk filling up) is retried: it then raises ENOSPC
+            written = os.pwrite(dst_fd, view, copied)
+            copied += written
+            view = view[written:]
+    if copied != size:
+        raise OSError(errno.EIO, f"copy-up read {copied} of {size} bytes")
 
 
 def copy_xattrs(src: str, dst: str) -> None:
@@ -169,6 +174,7 @@ async def _link_siblings(fs: UnionFS, layer: int, lower_path: str, st: os.stat_r
         parent_st = os.lstat(parent_upper)
         os.link(dest, target)
         os.utime(parent_upper, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
+        fs.invalidate_attrs(parent)
 
 
 def _remove_quietly(path: str) -> None:

@@ -10,19 +10,23 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from itertools import count
+from typing import TYPE_CHECKING
 
 from unionfs.fs.inodes import Node
 
+if TYPE_CHECKING:
+    from unionfs.fs.attrs import Caller
+
 
 class FileHandle:
-    __slots__ = ("fh", "node", "fd", "flags", "uid")
+    __slots__ = ("fh", "node", "fd", "flags", "caller")
 
-    def __init__(self, fh: int, node: Node, fd: int, flags: int, uid: int) -> None:
+    def __init__(self, fh: int, node: Node, fd: int, flags: int, caller: Caller) -> None:
         self.fh = fh
         self.node = node
         self.fd = fd
-        self.flags = flags  # the flags the real file was opened with
-        self.uid = uid      # who opened it (set-id bits are cleared when a non-root user writes)
+        self.flags = flags    # the flags the real file was opened with
+        self.caller = caller  # who opened it (an unprivileged writer clears set-id bits)
 
     @property
     def writable(self) -> bool:
@@ -45,8 +49,8 @@ class HandleTable:
         self.dirs: dict[int, DirHandle] = {}
         self._by_node: dict[int, set[FileHandle]] = defaultdict(set)
 
-    def open_file(self, node: Node, fd: int, flags: int, uid: int) -> FileHandle:
-        handle = FileHandle(next(self._ids), node, fd, flags, uid)
+    def open_file(self, node: Node, fd: int, flags: int, caller: Caller) -> FileHandle:
+        handle = FileHandle(next(self._ids), node, fd, flags, caller)
         self.files[handle.fh] = handle
         self._by_node[node.ino].add(handle)
         node.open_count += 1

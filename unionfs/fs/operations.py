@@ -166,9 +166,10 @@ class UnionOperations(pyfuse3.Operations):
             async with fs.ns_lock:
                 await copy_up(fs, node, with_data=not flags & os.O_TRUNC)
         fd = self._open_real(fs.real_path(node), flags, lower=not node.upper)
-        if flags & os.O_TRUNC and ctx.uid != 0:
-            attrs.clear_setid(fd)
-        handle = fs.handles.open_file(node, fd, flags, ctx.uid)
+        caller = attrs.caller_of(ctx)
+        if flags & os.O_TRUNC:
+            attrs.clear_setid(fd, caller)
+        handle = fs.handles.open_file(node, fd, flags, caller)
         return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True)
 
     @staticmethod
@@ -193,7 +194,7 @@ class UnionOperations(pyfuse3.Operations):
                 for fd in fds:
                     os.close(fd)
                 raise
-            handle = fs.handles.open_file(node, fds[0], flags, ctx.uid)
+            handle = fs.handles.open_file(node, fds[0], flags, attrs.caller_of(ctx))
             return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True), self._entry(node)
 
     @_handler
@@ -210,8 +211,7 @@ class UnionOperations(pyfuse3.Operations):
             written = await trio.to_thread.run_sync(os.pwrite, handle.fd, buf, off)
         else:
             written = os.pwrite(handle.fd, buf, off)
-        if handle.uid != 0:
-            attrs.clear_setid(handle.fd)
+        attrs.clear_setid(handle.fd, handle.caller)
         return written
 
     @_handler

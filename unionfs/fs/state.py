@@ -168,5 +168,17 @@ class UnionFS:
             self._hardlinks[layer] = by_ino
         return self._hardlinks[layer].get(st.st_ino, [])
 
+    @staticmethod
+    def invalidate_attrs(*nodes: Node | None) -> None:
+        """Tells the kernel to drop cached attributes we changed behind its back (ctime after
+        a copy-up, a parent directory's times)."""
+        for node in nodes:
+            if node is None:
+                continue
+            try:
+                pyfuse3.invalidate_inode(node.ino, attr_only=True)
+            except OSError:
+                pass  # the kernel does not know this inode (any more): nothing cached
+
     def has_upper_layer(self) -> bool:
         return self.stack.roots[UPPER] is not None
