@@ -137,7 +137,7 @@ def _failed(item: pytest.Item) -> bool:
 
 @dataclass
 class Tree:
-    """One mounted tree: ``root`` (under the basetemp) holds ``upper``, ``work`` and ``mnt``."""
+    """One mounted tree: ``root`` (under the basetemp) holds ``upper``, its workdir, ``mnt``."""
 
     root: Path
     lowers: list[Path]
@@ -166,9 +166,11 @@ class UnionTrees:
         if reason:
             pytest.skip(f"union_tree: FUSE is not available here: {reason}")
         root = Path(tempfile.mkdtemp(prefix="union-tree-", dir=self.basetemp))
-        for name in ("upper", "work", "mnt"):
+        for name in ("upper", "mnt"):
             (root / name).mkdir()
-        m = Mount(lowers, root / "upper", root / "mnt", workdir=root / "work", options=options)
+        # The daemon's default workdir (root/.upper.work): Mount passes an explicit one in -o
+        # without escaping commas, which breaks on a basetemp path with a comma in it.
+        m = Mount(lowers, root / "upper", root / "mnt", options=options)
         self.trees.append(Tree(root, [Path(p).absolute() for p in lowers], m))
         with _sigint_deferred():
             path = m.start()
@@ -194,7 +196,7 @@ class UnionTrees:
             changes.append(" ".join(upper_changes(tree.upper, tree.lowers)) or "(no changes)")
             if keep:
                 kept.append(tree.upper)
-                for name in ("work", "mnt"):
+                for name in (".upper.work", "mnt"):
                     shutil.rmtree(tree.root / name, ignore_errors=True)
             else:
                 shutil.rmtree(tree.root, ignore_errors=True)

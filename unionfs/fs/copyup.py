@@ -58,6 +58,7 @@ async def _copy_up_one(fs: UnionFS, node: Node, *, with_data: bool) -> None:
     dest = fs.stack.upper_path(path)
     fs.table.alias(os.lstat(dest), node.ino)
     node.upper = True
+    fs.generation += 1  # before any further await: readdir snapshots must see it
     fs.invalidate_attrs(node, node.parent)
     if stat.S_ISREG(st.st_mode):
         fs.handles.repoint(node, dest)

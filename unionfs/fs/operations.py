@@ -21,7 +21,7 @@ from unionfs.fs import attrs, dirops, ondisk
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
 from unionfs.fs.layers import open_lower
-from unionfs.fs.readdir import merged_names
+from unionfs.fs.readdir import merged_listing
 from unionfs.fs.state import UnionFS
 
 log = logging.getLogger("pyunion")
@@ -93,7 +93,7 @@ class UnionOperations(pyfuse3.Operations):
 
     @_handler
     async def setattr(self, inode, attr, fields, fh, ctx):
-        async with self.fs.ns_lock:
+        async with self.fs.changing():
             return await attrs.setattr_(self.fs, self.fs.node(inode), attr, fields, fh, ctx)
 
     @_handler
@@ -108,7 +108,7 @@ class UnionOperations(pyfuse3.Operations):
 
     async def _create(self, parent_inode, name, ctx, mode: int, make) -> pyfuse3.EntryAttributes:
         fs = self.fs
-        async with fs.ns_lock:
+        async with fs.changing():
             node = await dirops.create_object(fs, fs.node(parent_inode), os.fsdecode(name),
                                               ctx, mode, make)
             return self._entry(node)
@@ -132,25 +132,25 @@ class UnionOperations(pyfuse3.Operations):
     @_handler
     async def link(self, inode, new_parent_inode, new_name, ctx):
         fs = self.fs
-        async with fs.ns_lock:
+        async with fs.changing():
             node = await dirops.link(fs, fs.node(inode), fs.node(new_parent_inode),
                                      os.fsdecode(new_name))
             return self._entry(node)
 
     @_handler
     async def unlink(self, parent_inode, name, ctx):
-        async with self.fs.ns_lock:
+        async with self.fs.changing():
             await dirops.unlink(self.fs, self.fs.node(parent_inode), os.fsdecode(name))
 
     @_handler
     async def rmdir(self, parent_inode, name, ctx):
-        async with self.fs.ns_lock:
+        async with self.fs.changing():
             await dirops.rmdir(self.fs, self.fs.node(parent_inode), os.fsdecode(name))
 
     @_handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         fs = self.fs
-        async with fs.ns_lock:
+        async with fs.changing():
             await dirops.rename(fs, fs.node(parent_inode_old), os.fsdecode(name_old),
                                 fs.node(parent_inode_new), os.fsdecode(name_new), flags)
 
@@ -163,7 +163,7 @@ class UnionOperations(pyfuse3.Operations):
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
             fs.check_writable()
-            async with fs.ns_lock:
+            async with fs.changing():
                 await copy_up(fs, node, with_data=not flags & os.O_TRUNC)
         fd = self._open_real(fs.real_path(node), flags, lower=not node.upper)
         caller = attrs.caller_of(ctx)
@@ -186,7 +186,7 @@ class UnionOperations(pyfuse3.Operations):
             open_flags = (flags & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             fds.append(os.open(path, open_flags, stat.S_IMODE(mode)))
 
-        async with fs.ns_lock:
+        async with fs.changing():
             try:
                 node = await dirops.create_object(fs, fs.node(parent_inode), os.fsdecode(name),
                                                   ctx, stat.S_IFREG | stat.S_IMODE(mode), make)
@@ -237,22 +237,29 @@ class UnionOperations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         fs = self.fs
         handle = fs.handles.dirs[fh]
+        directory = handle.node
         if start_id == 0 or handle.names is None:
-            handle.names = [".", "..", *merged_names(fs, handle.node)]
+            names, handle.in_upper = merged_listing(fs, directory)
+            handle.names = [".", "..", *names]
+            handle.generation = fs.generation
         names = handle.names
+        path = fs.path(directory)
+        upper_known = handle.generation == fs.generation
         for index in range(start_id, len(names)):
+            name = names[index]
             if index < 2:  # "." and "..": the kernel takes no reference for these
-                node = handle.node if index == 0 else (handle.node.parent or handle.node)
+                node = directory if index == 0 else (directory.parent or directory)
                 attr = attrs.getattr_(fs, node)
-                if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attr, index + 1):
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
                     break
                 continue
-            found = fs.resolve(handle.node, names[index])
+            look_in_upper = directory.upper and (not upper_known or name in handle.in_upper)
+            found = fs.stack.resolve(path, look_in_upper, directory.lowers, name)
             if found is None:
                 continue
-            node = fs.table.node_for(found, handle.node, names[index])
+            node = fs.table.node_for(found, directory, name)
             attr = attrs.entry_attributes(fs, node, found.st)
-            if not pyfuse3.readdir_reply(token, os.fsencode(names[index]), attr, index + 1):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
                 break
             node.lookups += 1
 
@@ -282,10 +289,10 @@ class UnionOperations(pyfuse3.Operations):
 
     @_handler
     async def setxattr(self, inode, name, value, ctx):
-        async with self.fs.ns_lock:
+        async with self.fs.changing():
             await attrs.setxattr(self.fs, self.fs.node(inode), name, value)
 
     @_handler
     async def removexattr(self, inode, name, ctx):
-        async with self.fs.ns_lock:
+        async with self.fs.changing():
             await attrs.removexattr(self.fs, self.fs.node(inode), name)

@@ -17,10 +17,18 @@ from unionfs.fs.state import UnionFS
 
 
 def merged_names(fs: UnionFS, node: Node) -> list[str]:
+    return merged_listing(fs, node)[0]
+
+
+def merged_listing(fs: UnionFS, node: Node) -> tuple[list[str], set[str]]:
+    """The sorted visible names, and which of them the upper has (no need to look there for
+    the others)."""
     visible: set[str] = set()
     hidden: set[str] = set()
+    in_upper: set[str] = set()
     if node.upper:
         names, whiteouts = _list_upper(fs.stack.real(UPPER, fs.path(node)))
+        in_upper.update(names)
         visible.update(names)
         hidden.update(whiteouts)
     for layer, path in node.lowers:
@@ -35,7 +43,7 @@ def merged_names(fs: UnionFS, node: Node) -> list[str]:
             else:
                 visible.add(name)
         hidden.update(listing.oci_whiteouts)
-    return sorted(visible)
+    return sorted(visible), in_upper
 
 
 def _list_upper(real: str) -> tuple[list[str], list[str]]:

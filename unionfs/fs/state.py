@@ -6,11 +6,13 @@ The operation modules (copyup, dirops, attrs, readdir) take a ``UnionFS`` and ac
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import stat
 from collections import Counter
+from collections.abc import AsyncIterator
 from itertools import count
 
 import pyfuse3
@@ -36,6 +38,7 @@ class UnionFS:
         self.handles = HandleTable()
         self.ns_lock = trio.Lock()
         self.stats: Counter[str] = Counter()
+        self.generation = 0  # bumped by every change to the upper (see readdir snapshots)
         self._temp_ids = count()
         self.private_dir = ""
         self.temp_dir = ""
@@ -65,6 +68,15 @@ class UnionFS:
     def temp_path(self) -> str:
         """A fresh name in the workdir, on the upper's filesystem (for atomic renames)."""
         return os.path.join(self.temp_dir, f"t{next(self._temp_ids)}")
+
+    @contextlib.asynccontextmanager
+    async def changing(self) -> AsyncIterator[None]:
+        """Serializes changes to the namespace and the upper; counts them for readdir."""
+        async with self.ns_lock:
+            try:
+                yield
+            finally:
+                self.generation += 1
 
     # --- checks ------------------------------------------------------------------------------
 
