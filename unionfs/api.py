@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 from unionfs.fs.options import MountError
 
@@ -50,6 +51,7 @@ class Mount:
         self.readonly = readonly
         self.options = list(options)
         self._proc: subprocess.Popen | None = None
+        self._stderr: IO[bytes] | None = None
 
     @property
     def mounted(self) -> bool:
@@ -77,7 +79,7 @@ class Mount:
         cmd += [str(self.path), "-f", f"--ready-fd={ready_fd}"]
         options = list(self.options)
         if self.workdir is not None:
-            options.append(f"workdir={self.workdir}")
+            options.append("workdir=" + str(self.workdir).replace(",", "\\,"))
         if self.readonly:
             options.append("ro")
         if options:
@@ -90,26 +92,46 @@ class Mount:
             raise MountError(f"{self.path} is already mounted by this object")
         self._prepare_dirs(temporary_upper=self.upper is None and not self.readonly)
         read_end, write_end = os.pipe()
+        # The daemon's stderr goes to a file: a pipe nobody reads would block a daemon that
+        # logs (-o debug) and hang the filesystem.
+        self._stderr = tempfile.TemporaryFile()
         try:
             proc = subprocess.Popen(self.command(write_end), pass_fds=[write_end],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, start_new_session=True)
+                                    stderr=self._stderr, start_new_session=True)
         except BaseException:
             os.close(read_end)
-            self._remove_temp()
+            self._cleanup()
             raise
         finally:
             os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            answer = pipe.read().decode(errors="replace")
+        try:
+            with os.fdopen(read_end, "rb") as pipe:
+                answer = pipe.read().decode(errors="replace")
+        except BaseException:  # interrupted while waiting (SIGINT): undo what is there
+            _unmount(str(self.path), proc)
+            self._cleanup()
+            raise
         if answer != "ok":
-            stderr = proc.communicate(timeout=EXIT_TIMEOUT)[1].decode(errors="replace")
-            self._remove_temp()
-            message = answer or stderr.strip().removeprefix("mount.pyunion: ")
+            proc.wait(timeout=EXIT_TIMEOUT)
+            message = answer or self._daemon_stderr().removeprefix("mount.pyunion: ")
+            self._cleanup()
             raise MountError(message or f"mount.pyunion exited with {proc.returncode}")
         self._proc = proc
         assert self.path is not None
         return self.path
+
+    def _daemon_stderr(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace").strip()
+
+    def _cleanup(self) -> None:
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        self._remove_temp()
 
     def unmount(self) -> None:
         """Unmounts (lazily as a last resort), stops the daemon, removes temporary dirs."""
@@ -119,9 +141,7 @@ class Mount:
         try:
             _unmount(str(self.path), proc)
         finally:
-            if proc.stderr:
-                proc.stderr.close()
-            self._remove_temp()
+            self._cleanup()
 
     def _remove_temp(self) -> None:
         if self._temp_root is not None:
@@ -139,6 +159,8 @@ def _unmount(mountpoint: str, proc: subprocess.Popen) -> None:
     """Asks the daemon to unmount (SIGTERM), then ``umount``, then lazy, then SIGKILL."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
+    elif proc.returncode < 0:  # it died by a signal: its mount is dead, take it away now
+        subprocess.run(["umount", "-l", mountpoint], capture_output=True, timeout=30)
     try:
         proc.wait(timeout=EXIT_TIMEOUT / 2)
     except subprocess.TimeoutExpired:

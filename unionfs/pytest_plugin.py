@@ -27,10 +27,8 @@ import contextlib
 import functools
 import os
 import shutil
-import signal
 import stat
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,16 +166,10 @@ class UnionTrees:
         root = Path(tempfile.mkdtemp(prefix="union-tree-", dir=self.basetemp))
         for name in ("upper", "mnt"):
             (root / name).mkdir()
-        # The daemon's default workdir (root/.upper.work): Mount passes an explicit one in -o
-        # without escaping commas, which breaks on a basetemp path with a comma in it.
+        # The upper's workdir is the daemon's default, root/.upper.work.
         m = Mount(lowers, root / "upper", root / "mnt", options=options)
         self.trees.append(Tree(root, [Path(p).absolute() for p in lowers], m))
-        with _sigint_deferred():
-            path = m.start()
-        # Workaround: the daemon reports ready before it handles SIGTERM, so stopping it
-        # right away kills it and leaves a dead mount; one served request closes that window.
-        os.listdir(path)
-        return path
+        return m.start()
 
     def close(self, *, keep: bool) -> tuple[list[str], list[Path]]:
         """Unmounts every tree (even if one fails); returns the change lines and kept uppers."""
@@ -204,25 +196,6 @@ class UnionTrees:
         if errors:
             raise errors[0]
         return changes, kept
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Holds Ctrl-C back while a mount starts, then delivers it once the tree is registered.
-
-    An interrupt inside ``Mount.start()`` would leave its daemon running with nobody to stop it.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            signal.raise_signal(signal.SIGINT)
 
 
 @functools.cache

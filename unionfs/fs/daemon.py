@@ -28,7 +28,8 @@ log = logging.getLogger("pyunion")
 
 
 def fuse_options(config: MountConfig) -> set[str]:
-    options = {f"fsname={config.source}", "subtype=pyunion", "default_permissions"}
+    fsname = config.source.replace("\\", "\\\\").replace(",", "\\,")
+    options = {f"fsname={fsname}", "subtype=pyunion", "default_permissions"}
     if config.allow_other:
         options.add("allow_other")
     if config.readonly or config.upper is None:
@@ -96,8 +97,18 @@ async def _serve() -> None:
         nursery.cancel_scope.cancel()
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def hold_stop_signals() -> None:
+    """Keeps SIGTERM/SIGINT/SIGHUP pending until the loop can handle them: a stop request
+    that arrives right after the mount is ready must unmount cleanly, not kill the daemon."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 async def _stop_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         async for _ in signals:
             pyfuse3.terminate()
             return
@@ -152,6 +163,7 @@ def mount(config: MountConfig, ready_fd: int | None = None) -> int:
         raise
     if not config.foreground:
         return _mount_in_background(config)
+    hold_stop_signals()
     if ready_fd is not None:
         _report(ready_fd, "ok")
     serve(fs)
@@ -197,6 +209,7 @@ def _daemon_child(config: MountConfig, ready_fd: int) -> None:
     except BaseException as e:  # noqa: BLE001 - anything must reach the waiting parent
         os.write(ready_fd, f"internal error: {e!r}".encode())
         os._exit(1)
+    hold_stop_signals()
     os.write(ready_fd, b"ok")
     os.close(ready_fd)
     with contextlib.suppress(Exception):
