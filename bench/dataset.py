@@ -13,6 +13,7 @@ Layout of ``<cache>/dataset-v<VERSION>-<scale>/`` (lowers are listed top-most fi
 - ``merged/``  the merged tree as a plain directory (copied once from a read-only kernel
            overlay mount): the ``plain`` implementation and the expected tree for checks.
 - ``src.tar``  a deterministic uncompressed tarball of source-like text files (untar workload).
+- ``tree.txt``  the merged tree, one ``path<TAB>type<TAB>size`` line per entry (tree checks).
 - ``manifest.json``  everything workloads need: paths, targets, the expected tree's digest,
                      and a fingerprint of the layers so a damaged cache is noticed and rebuilt.
 """
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 KiB = 1024
 MiB = 1024 * KiB
 SMALL_LIMIT = 1 * MiB  # regular files below this are "small files"
@@ -498,6 +499,7 @@ def fingerprint(paths: list[Path]) -> str:
 def make_manifest(root: Path, scale: Scale) -> dict[str, Any]:
     merged = root / "merged"
     lines = tree_lines(merged)
+    (root / "tree.txt").write_text("\n".join(lines) + "\n")
     paths, small, from_base = [], [], []
     for line in lines:
         path, kind, size = line.split("\t")

@@ -6,9 +6,11 @@ only then deletes the cell directory. Only processes started here are ever signa
 
 ``plain`` is the limit: the merged tree as an ordinary directory. Read workloads use the
 cached copy directly. Workloads that only add new names (create, untar) get a fresh empty
-directory on the same filesystem; workloads that modify existing files (copy-up, rm -rf) get a
-fresh full ``cp -a`` copy of the merged tree (made before the cache drop, not timed): a
-hard-link copy would let chmod/append change the cached tree and would not be a fair baseline.
+directory on the same filesystem; workloads that modify existing files (append, chmod, rm -rf)
+get a fresh ``cp -a --parents`` copy of exactly the paths they touch, at the same relative
+paths (made before the cache drop, not timed). A hard-link copy would let chmod/append change
+the cached tree (and share its inodes), so it would not be a fair baseline; a full copy of the
+tree per cell would cost the same per-file work and only make the run longer.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.dataset import Dataset
+from bench.workloads import Workload
 
 REPO = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT = 30.0
@@ -148,7 +151,7 @@ def peak_rss_kib(pid: int) -> int | None:
 
 
 class Implementation:
-    """Base: ``session()`` yields a fresh mount; ``mode`` is 'read', 'add' or 'modify'."""
+    """Base: ``session()`` yields a fresh mount for one workload."""
 
     name = "?"
     fuse = True
@@ -158,7 +161,7 @@ class Implementation:
         return None
 
     @contextlib.contextmanager
-    def session(self, ds: Dataset, cell: Path, mode: str) -> Iterator[Mounted]:
+    def session(self, ds: Dataset, cell: Path, wl: Workload) -> Iterator[Mounted]:
         cell.mkdir(parents=True)
         mnt, upper, work = cell / "mnt", cell / "upper", cell / "work"
         for d in (mnt, upper, work):
@@ -186,16 +189,21 @@ class Plain(Implementation):
     fuse = False
 
     @contextlib.contextmanager
-    def session(self, ds: Dataset, cell: Path, mode: str) -> Iterator[Mounted]:
+    def session(self, ds: Dataset, cell: Path, wl: Workload) -> Iterator[Mounted]:
         cell.mkdir(parents=True)
-        if mode == "read":
+        if wl.mode == "read":
             yield Mounted(ds.merged)
-        elif mode == "add":
-            (cell / "fresh").mkdir()
-            yield Mounted(cell / "fresh")
-        else:
-            subprocess.run(["cp", "-a", str(ds.merged), str(cell / "copy")], check=True)
-            yield Mounted(cell / "copy")
+            return
+        fresh = cell / "fresh"
+        fresh.mkdir()
+        if wl.mode == "modify":
+            paths: list[str] = []
+            for key in wl.touches:
+                value = ds.manifest[key]
+                paths += value if isinstance(value, list) else [value]
+            subprocess.run(["cp", "-a", "--parents", "--", *paths, str(fresh)], cwd=ds.merged,
+                           check=True)
+        yield Mounted(fresh)
 
 
 class Kernel(Implementation):
@@ -296,9 +304,6 @@ class Pyunion(Implementation):
                     raise
                 first_error = str(e)
             # rejected: try without; if that works, the option is not implemented yet
-            for leftover in (cell / ".upper.work",):
-                if leftover.exists():
-                    shutil.rmtree(leftover)
             proc = start_daemon([*self._cmd(ds, mnt, upper, []), "-f"], mnt, log)
             self.stats_supported = False
             m = Mounted(mnt, proc)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -55,23 +56,32 @@ def run_worker(name: str, mnt: Path, ds: dataset.Dataset, passes: int, timeout: 
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise WorkerFailed(f"timed out after {timeout:.0f} s") from None
+        raise WorkerFailed(f"timed out after {timeout:.1f} s") from None
+    except BaseException:  # interrupted: don't leave the worker busy in the mount
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
-        raise WorkerFailed(" | ".join(lines[-3:]) or f"exit status {proc.returncode}")
+        raise WorkerFailed(lines[-1] if lines else f"exit status {proc.returncode}")
     result: list[dict[str, Any]] = json.loads(out.decode().splitlines()[-1])
     return result
 
 
 def run_cell(impl: Implementation, wl: Workload, ds: dataset.Dataset, cell: Path,
-             timeout: float) -> dict[str, Any]:
+             timeout: float, drop: bool = True) -> dict[str, Any]:
     """One fresh mount, one cold (+ warm) pass, teardown. Never raises for a failing impl."""
     rec: dict[str, Any] = {"workload": wl.name, "impl": impl.name, "ok": False}
     m: Mounted | None = None
+    t = {"start": time.monotonic()}
     try:
-        with impl.session(ds, cell, wl.mode) as m:
-            drop_caches()
+        with impl.session(ds, cell, wl) as m:
+            t["setup"] = time.monotonic()
+            if drop:
+                drop_caches()
+            t["drop"] = time.monotonic()
             results = run_worker(wl.name, m.path, ds, len(wl.passes), timeout)
+            t["worker"] = time.monotonic()
             if m.daemon is not None:
                 rec["peak_rss_kib"] = peak_rss_kib(m.daemon.pid)
         rec["passes"] = dict(zip(wl.passes, results, strict=True))
@@ -86,6 +96,9 @@ def run_cell(impl: Implementation, wl: Workload, ds: dataset.Dataset, cell: Path
         problem = cleanup_cell(cell)
         if problem:
             rec.setdefault("notes", []).append(problem)
+        t["teardown"] = time.monotonic()
+    # where the wall time went: mount (and plain's copy), cache drop, worker, teardown
+    rec["wall_s"] = {k: round(b - a, 3) for (_, a), (k, b) in pairwise(t.items())}
     return rec
 
 
@@ -213,37 +226,46 @@ def select(spec: str | None, known: list[str], what: str) -> list[str]:
 
 
 def check_trees(impls: list[Implementation], ds: dataset.Dataset, run_dir: Path,
-                timeout: float) -> tuple[dict[str, Any], list[Implementation]]:
+                timeout: float) -> tuple[dict[str, Any], dict[str, str]]:
     """Mount each implementation once and compare its tree with the merged tree.
 
-    An implementation that cannot even mount here is left out of the run (a mount timeout
-    per cell would otherwise eat the time budget); a wrong tree is reported, not excluded.
+    Returns the checks and the implementations that could not even mount or list the tree:
+    their cells are reported as failed without trying (a mount timeout per cell would eat
+    the time budget). A wrong tree is reported, not excluded.
     """
     checks: dict[str, Any] = {}
-    usable = []
+    broken: dict[str, str] = {}
     for impl in impls:
-        rec = run_cell(impl, BY_NAME_CHECK, ds, run_dir / f"check-{impl.name}", timeout)
+        if impl.name == "plain":
+            continue  # it *is* the merged tree
+        rec = run_cell(impl, BY_NAME_CHECK, ds, run_dir / f"check-{impl.name}", timeout,
+                       drop=False)
         if rec["ok"]:
             res = rec["passes"]["cold"]
             checks[impl.name] = {k: res[k] for k in
                                  ("ok", "count", "n_missing", "n_extra", "missing", "extra")}
-            usable.append(impl)
             state = "same tree" if res["ok"] else (
                 f"DIFFERENT TREE: {res['n_missing']} missing {res['missing'][:2]}, "
                 f"{res['n_extra']} extra {res['extra'][:2]}")
         else:
             checks[impl.name] = {"ok": False, "error": rec.get("error")}
-            state = f"FAILED ({rec.get('error')}): left out of this run"
+            broken[impl.name] = f"skipped: failed the tree check: {rec.get('error')}"
+            state = f"FAILED ({rec.get('error')}): its workloads are skipped"
         if rec.get("notes"):
             state += "  notes: " + "; ".join(rec["notes"])
         log(f"  check {impl.name:15s} {state}")
-    return checks, usable
+    return checks, broken
 
 
 BY_NAME_CHECK = Workload("check", "read", "tree check", single_pass=True)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: everything unmounted
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     args = parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("the benchmark mounts filesystems and drops caches: run it as root")
@@ -271,14 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True)
     try:
         checks: dict[str, Any] = {}
+        broken: dict[str, str] = {}
         if not args.no_check:
             log("checking that every implementation shows the merged tree:")
-            checks, impls = check_trees(impls, ds, run_dir, args.timeout)
-        cells = run_reps(args, ds, impls, workloads, run_dir)
+            checks, broken = check_trees(impls, ds, run_dir, args.timeout)
+        cells = run_reps(args, ds, impls, workloads, run_dir, broken)
         latency: dict[str, Any] = {}
         if LATENCY in wl_names:
             for impl in impls:
-                if impl.fuse or impl.name == "kernel":
+                if impl.name != "plain" and impl.name not in broken:
                     log(f"mount/unmount latency: {impl.name} x{args.latency_reps}")
                     latency[impl.name] = measure_latency(impl, ds, run_dir, args.latency_reps)
     finally:
@@ -311,24 +334,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_reps(args: argparse.Namespace, ds: dataset.Dataset, impls: list[Implementation],
-             workloads: list[Workload], run_dir: Path) -> list[dict[str, Any]]:
-    """Repetitions; in each, every workload on every implementation (order rotated per rep)."""
+             workloads: list[Workload], run_dir: Path, broken: dict[str, str]
+             ) -> list[dict[str, Any]]:
+    """Repetitions; in each, every workload on every implementation (order rotated per rep).
+
+    ``broken``: implementations not to run (name -> reason), reported as failed cells.
+    """
     cells: list[dict[str, Any]] = []
-    timed_out: set[tuple[str, str]] = set()
+    skip: dict[tuple[str, str], str] = {(i, w.name): why for i, why in broken.items()
+                                        for w in workloads}
     for rep in range(args.reps):
         shift = rep % max(1, len(impls))
         order = impls[shift:] + impls[:shift]
         for wl in workloads:
             for impl in order:
                 key = (impl.name, wl.name)
-                if key in timed_out:
+                if key in skip:
                     rec = {"workload": wl.name, "impl": impl.name, "ok": False,
-                           "error": "skipped: timed out in an earlier repetition"}
+                           "error": skip[key]}
                 else:
                     cell = run_dir / f"r{rep}-{wl.name}-{impl.name}"
                     rec = run_cell(impl, wl, ds, cell, args.timeout)
                     if "timed out" in rec.get("error", ""):
-                        timed_out.add(key)
+                        skip[key] = "skipped: timed out in an earlier repetition"
                 rec["rep"] = rep
                 cells.append(rec)
                 notes = "  [" + "; ".join(rec["notes"]) + "]" if rec.get("notes") else ""

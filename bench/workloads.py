@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ class Workload:
     mode: str  # "read" (cold + warm) | "add" (new names only) | "modify" (changes lower files)
     about: str
     single_pass: bool = False
+    touches: tuple[str, ...] = ()  # manifest keys of the lower paths a "modify" workload changes
 
     @property
     def passes(self) -> tuple[str, ...]:
@@ -44,12 +46,14 @@ WORKLOADS = [
     Workload("readdir", "read", "recursive scandir walk, names and d_type only"),
     Workload("seqread", "read", "read the largest file sequentially in 1 MiB reads"),
     Workload("readsmall", "read", "open/read/close every regular file under 1 MiB"),
-    Workload("parallel", "read", "2 processes: each walks the whole tree, reads half the files"),
+    Workload("parallel", "read",
+             "2 processes together: each lists every other directory, reads its small files"),
     Workload("create", "add", "create small files (0-2 KiB) in new directories"),
     Workload("untar-grep", "add", "tar -xf a source tarball into the mount, then grep -r it"),
-    Workload("append", "modify", "append 1 byte to the largest lower file (full copy-up)"),
-    Workload("chmod", "modify", "chmod lower files (copy-up of each)"),
-    Workload("rm-rf", "modify", "rm -rf a lower subtree"),
+    Workload("append", "modify", "append 1 byte to the largest lower file (full copy-up)",
+             touches=("append_file",)),
+    Workload("chmod", "modify", "chmod lower files (copy-up of each)", touches=("chmod_files",)),
+    Workload("rm-rf", "modify", "rm -rf a lower subtree", touches=("rm_subtree",)),
 ]
 BY_NAME = {w.name: w for w in WORKLOADS}
 
@@ -63,6 +67,10 @@ class Context:
     def path(self, rel: str) -> str:
         return os.path.join(self.mnt, rel)
 
+    def tree(self) -> list[str]:
+        """The expected tree: ``path<TAB>type (octal)<TAB>size`` lines."""
+        return (self.dataset / "tree.txt").read_text().splitlines()
+
 
 def read_file(path: str) -> int:
     fd = os.open(path, os.O_RDONLY)
@@ -75,8 +83,8 @@ def read_file(path: str) -> int:
         os.close(fd)
 
 
-def walk(top: str, on_file: Callable[[str], None] | None = None) -> int:
-    """Depth-first scandir walk in name order; calls ``on_file`` for regular files."""
+def walk(top: str) -> int:
+    """Depth-first scandir walk in name order (d_type only, no stat); counts the entries."""
     count = 0
     stack = [top]
     while stack:
@@ -84,11 +92,7 @@ def walk(top: str, on_file: Callable[[str], None] | None = None) -> int:
         with os.scandir(d) as it:
             entries = sorted(it, key=lambda e: e.name)
         count += len(entries)
-        for e in reversed(entries):
-            if e.is_dir(follow_symlinks=False):
-                stack.append(e.path)
-            elif on_file is not None and e.is_file(follow_symlinks=False):
-                on_file(e.path)
+        stack += [e.path for e in reversed(entries) if e.is_dir(follow_symlinks=False)]
     return count
 
 
@@ -117,15 +121,16 @@ def w_readsmall(c: Context) -> Result:
 
 
 def _reader(c: Context, k: int) -> None:
-    state = {"i": 0}
+    """List every other directory of the tree and read the small files in it."""
     large = {c.path(rel) for rel in c.m["large_files"]}
-
-    def on_file(path: str) -> None:
-        state["i"] += 1
-        if state["i"] % 2 == k and path not in large:
-            read_file(path)
-
-    walk(str(c.mnt), on_file)
+    dirs = ["."] + [line.split("\t")[0] for line in c.tree()
+                    if int(line.split("\t")[1], 8) == stat.S_IFDIR]
+    for d in dirs[k::2]:
+        with os.scandir(c.path(d)) as it:
+            files = [e.path for e in it if e.is_file(follow_symlinks=False)]
+        for path in files:
+            if path not in large:
+                read_file(path)
 
 
 def w_parallel(c: Context) -> Result:
@@ -211,7 +216,7 @@ def w_check(c: Context) -> Result:
     from bench.dataset import tree_lines
 
     lines = tree_lines(c.mnt)
-    expected = tree_lines(c.dataset / "merged")
+    expected = c.tree()
     missing = sorted(set(expected) - set(lines))
     extra = sorted(set(lines) - set(expected))
     return {"count": len(lines), "ok": not missing and not extra,

@@ -109,8 +109,13 @@ class Op:
         return outcome_of(lambda: _IMPLS[self.kind](root, *self.args))
 
     def __str__(self) -> str:
-        args = (str(a) if isinstance(a, Op) else short(a) for a in self.args)
+        octal = _MODE_ARG.get(self.kind)
+        args = (str(a) if isinstance(a, Op) else oct(a) if i == octal else short(a)
+                for i, a in enumerate(self.args))
         return f"{self.kind}({', '.join(args)})"
+
+
+_MODE_ARG = {"create": 2, "mkdir": 1, "mkfifo": 1, "chmod": 1}  # printed in octal
 
 
 def outcome_of(fn: Callable[[], Any]) -> Outcome:
