@@ -48,7 +48,10 @@ def negative_entry(fs: UnionFS) -> pyfuse3.EntryAttributes:
 
 
 def getattr_(fs: UnionFS, node: Node) -> pyfuse3.EntryAttributes:
-    return entry_attributes(fs, node, fs.stat_of(node))
+    attr = entry_attributes(fs, node, fs.stat_of(node))
+    if node.metacopy:  # the blocks are the lower data's, as the kernel reports them
+        attr.st_blocks = os.lstat(fs.data_path(node)).st_blocks
+    return attr
 
 
 async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
@@ -56,7 +59,8 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
     fs.check_writable()
     truncating_to_zero = fields.update_size and attr.st_size == 0
-    await copy_up(fs, node, with_data=not truncating_to_zero)
+    await copy_up(fs, node, with_data=not truncating_to_zero,
+                  metadata_only=not fields.update_size)
     target = _target(fs, node, fh)
     if fields.update_size:
         os.truncate(target, attr.st_size)
@@ -166,7 +170,7 @@ def listxattr(fs: UnionFS, node: Node) -> list[bytes]:
 async def setxattr(fs: UnionFS, node: Node, name: bytes, value: bytes) -> None:
     text = _xattr_name(name)
     fs.check_writable()
-    await copy_up(fs, node)
+    await copy_up(fs, node, metadata_only=True)
     os.setxattr(fs.upper_path(node), text, value, follow_symlinks=False)
 
 
@@ -176,7 +180,7 @@ async def removexattr(fs: UnionFS, node: Node, name: bytes) -> None:
     # Nothing to remove means no copy-up, as on the kernel.
     if text not in os.listxattr(fs.real_path(node), follow_symlinks=False):
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-    await copy_up(fs, node)
+    await copy_up(fs, node, metadata_only=True)
     os.removexattr(fs.upper_path(node), text, follow_symlinks=False)
 
 

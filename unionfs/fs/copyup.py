@@ -25,9 +25,18 @@ from unionfs.fs.state import UnionFS
 CHUNK = 16 << 20
 
 
-async def copy_up(fs: UnionFS, node: Node, *, with_data: bool = True) -> None:
-    """Makes the upper hold ``node`` (and every ancestor of it)."""
+async def copy_up(fs: UnionFS, node: Node, *, with_data: bool = True,
+                  metadata_only: bool = False) -> None:
+    """Makes the upper hold ``node`` (and every ancestor of it).
+
+    ``with_data=False``: the data is about to be truncated away, copy none of it.
+    ``metadata_only``: the change concerns attributes only; with ``metacopy=on`` a regular
+    file then gets a kernel-form metacopy upper (attributes, no data) and keeps reading its
+    lower data until it is opened for writing.
+    """
     if node.upper:
+        if node.metacopy and not metadata_only:
+            await _copy_up_data(fs, node, with_data=with_data)
         return
     fs.check_writable()
     chain = []
@@ -38,17 +47,25 @@ async def copy_up(fs: UnionFS, node: Node, *, with_data: bool = True) -> None:
     if walk is None:  # no name leads to this object any more
         raise OSError(errno.ESTALE, "object has no name to copy up to")
     for item in reversed(chain):
-        await _copy_up_one(fs, item, with_data=with_data or item is not node)
+        is_target = item is node
+        await _copy_up_one(fs, item, with_data=with_data or not is_target,
+                           metadata_only=metadata_only and is_target)
 
 
-async def _copy_up_one(fs: UnionFS, node: Node, *, with_data: bool) -> None:
+async def _copy_up_one(fs: UnionFS, node: Node, *, with_data: bool,
+                       metadata_only: bool) -> None:
     path = fs.path(node)
     layer, lower_path = node.lowers[0]
     src = fs.stack.real(layer, lower_path)
     st = os.lstat(src)
     tmp = fs.temp_path()
+    metacopy = (metadata_only and fs.config.metacopy and stat.S_ISREG(st.st_mode)
+                and st.st_nlink == 1 and st.st_size > 0)
     try:
-        await _make_copy(fs, src, tmp, st, with_data=with_data)
+        if metacopy:
+            _make_metacopy(fs, tmp, st)
+        else:
+            await _make_copy(fs, src, tmp, st, with_data=with_data)
         copy_xattrs(src, tmp)
         copy_metadata(tmp, st)
         _rename_into_upper(fs, tmp, path)
@@ -58,13 +75,48 @@ async def _copy_up_one(fs: UnionFS, node: Node, *, with_data: bool) -> None:
     dest = fs.stack.upper_path(path)
     fs.table.alias(os.lstat(dest), node.ino)
     node.upper = True
+    node.metacopy = metacopy
     fs.generation += 1  # before any further await: readdir snapshots must see it
     fs.invalidate_attrs(node, node.parent)
-    if stat.S_ISREG(st.st_mode):
+    if stat.S_ISREG(st.st_mode) and not metacopy:
         fs.handles.repoint(node, dest)
         if st.st_nlink > 1:
             await _link_siblings(fs, layer, lower_path, st, dest)
     fs.stats["copy_up"] += 1
+
+
+def _make_metacopy(fs: UnionFS, tmp: str, st: os.stat_result) -> None:
+    """An upper file of the lower's size with no data in it, marked as the kernel does."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, st.st_size)
+    finally:
+        os.close(fd)
+    fs.format.set_metacopy(tmp)
+
+
+async def _copy_up_data(fs: UnionFS, node: Node, *, with_data: bool) -> None:
+    """Completes a metacopy upper file: its lower data under its upper attributes."""
+    path = fs.path(node)
+    dest = fs.stack.upper_path(path)
+    meta = os.lstat(dest)
+    tmp = fs.temp_path()
+    try:
+        size = meta.st_size if with_data else 0
+        await trio.to_thread.run_sync(copy_file, fs.data_path(node), tmp, size, fs.config.fsync)
+        copy_xattrs(dest, tmp)
+        copy_metadata(tmp, meta)
+        _rename_into_upper(fs, tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    fs.table.unalias(meta)
+    fs.table.alias(os.lstat(dest), node.ino)
+    node.metacopy = False
+    fs.generation += 1
+    fs.handles.repoint(node, dest)
+    fs.invalidate_attrs(node, node.parent)
+    fs.stats["copy_up_data"] += 1
 
 
 async def _make_copy(fs: UnionFS, src: str, tmp: str, st: os.stat_result, *,

@@ -25,7 +25,7 @@ class Node:
     """One merged object as the kernel knows it."""
 
     __slots__ = ("ino", "kind", "parent", "name", "upper", "lowers", "lookups", "open_count",
-                 "dead")
+                 "dead", "metacopy")
 
     def __init__(self, ino: int, kind: int, parent: Node | None, name: str) -> None:
         self.ino = ino
@@ -37,6 +37,7 @@ class Node:
         self.lookups = 0
         self.open_count = 0
         self.dead = False             # its last name is gone; only open files still reach it
+        self.metacopy = False         # upper has the metadata, the data is lowers[0]'s
 
     @property
     def is_dir(self) -> bool:
@@ -112,6 +113,7 @@ class NodeTable:
         node.parent, node.name = parent, name
         node.upper = found.upper
         node.lowers = found.lowers
+        node.metacopy = found.metacopy
         return node
 
     def _fresh_ino(self) -> int:
@@ -124,6 +126,10 @@ class NodeTable:
         node.parent = None
         self.unalias_node(node)
         self.drop_if_unused(node)
+
+    def unalias(self, st: os.stat_result) -> None:
+        """``st`` (a replaced upper file) no longer backs anything."""
+        self._aliases.pop((st.st_dev, st.st_ino), None)
 
     def unalias_node(self, node: Node) -> None:
         for key in self._alias_keys.pop(node.ino, ()):

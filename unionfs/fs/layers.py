@@ -7,6 +7,7 @@ directories merge below it (for a directory) or which lower file provides it (ot
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class Found:
     st: os.stat_result          # lstat of the top-most object
     upper: bool                 # the top-most object is in the upper, at the merged path
     lowers: tuple[LowerRef, ...]  # dirs: lower dirs merged below; others: the lower file, if any
+    metacopy: bool = False      # an upper file whose data is still the lower file's
 
     @property
     def is_dir(self) -> bool:
@@ -88,11 +90,12 @@ class LayerStack:
     """Real paths of the layers and the lookup rules that merge them."""
 
     def __init__(self, upper: str | None, lowers: list[str], *, follow_redirects: bool,
-                 cache_lowers: bool = True) -> None:
+                 cache_lowers: bool = True, metacopy: bool = False) -> None:
         self.roots: list[str | None] = [upper, *lowers]
         self.follow_redirects = follow_redirects
         self.lower_count = len(lowers)
         self.cache_lowers = cache_lowers
+        self.metacopy = metacopy
         self._listings: dict[LowerRef, Listing | None] = {}
         self._marker_cache: dict[LowerRef, ondisk.DirMarkers] = {}
 
@@ -145,7 +148,7 @@ class LayerStack:
                 if ondisk.is_whiteout(upper_st):
                     return None
                 if not stat.S_ISDIR(upper_st.st_mode):
-                    return Found(st=upper_st, upper=True, lowers=())
+                    return self._upper_file(path, upper_st, parent_lowers, name)
                 if not parent_lowers:
                     return Found(st=upper_st, upper=True, lowers=())
                 markers = ondisk.read_dir_markers(self.upper_path(path), oci=False,
@@ -160,6 +163,21 @@ class LayerStack:
         if found_st is None:
             return None
         return Found(st=found_st, upper=False, lowers=lowers)
+
+    def _upper_file(self, path: str, st: os.stat_result, parent_lowers: tuple[LowerRef, ...],
+                    name: str) -> Found:
+        """An upper non-directory; with metacopy=on, one whose data is in a lower file."""
+        if not (self.metacopy and stat.S_ISREG(st.st_mode) and parent_lowers):
+            return Found(st=st, upper=True, lowers=())
+        real = self.upper_path(path)
+        if not ondisk.is_metacopy(real):
+            return Found(st=st, upper=True, lowers=())
+        redirect = ondisk.read_redirect(real)
+        lower_st, lowers = self._resolve_lowers(parent_lowers, name, redirect,
+                                                want_dirs_only=False)
+        if lower_st is None or not stat.S_ISREG(lower_st.st_mode):
+            raise OSError(errno.EIO, "metacopy file without lower data", real)
+        return Found(st=st, upper=True, lowers=lowers, metacopy=True)
 
     def lower_has(self, parent_lowers: tuple[LowerRef, ...], name: str) -> bool:
         """Whether a lower layer shows something at ``name`` (so removing it needs a whiteout)."""

@@ -90,6 +90,22 @@ def read_dir_markers(path: str, *, oci: bool, follow_redirects: bool) -> DirMark
     return DirMarkers(opaque=opaque, redirect=redirect)
 
 
+def read_redirect(path: str) -> str | None:
+    for name in ("trusted.overlay.redirect", "user.overlay.redirect"):
+        value = _getxattr(path, name)
+        if value:
+            return os.fsdecode(value)
+    return None
+
+
+def is_metacopy(path: str) -> bool:
+    """An upper file written by a metadata-only copy-up (its data is still in a lower)."""
+    for name in ("trusted.overlay.metacopy", "user.overlay.metacopy"):
+        if _getxattr(path, name) is not None:
+            return True
+    return False
+
+
 def _getxattr(path: str, name: str) -> bytes | None:
     try:
         return os.getxattr(path, name, follow_symlinks=False)
@@ -108,6 +124,11 @@ class Format:
         self.namespace = namespace
         self.opaque_xattr = f"{namespace}.overlay.opaque"
         self.redirect_xattr = f"{namespace}.overlay.redirect"
+        self.metacopy_xattr = f"{namespace}.overlay.metacopy"
+
+    def set_metacopy(self, path: str) -> None:
+        """Marks an upper file that has the metadata but not the data of its lower file."""
+        os.setxattr(path, self.metacopy_xattr, b"", follow_symlinks=False)
 
     def make_whiteout(self, path: str) -> None:
         os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))

@@ -165,7 +165,7 @@ class UnionOperations(pyfuse3.Operations):
             fs.check_writable()
             async with fs.changing():
                 await copy_up(fs, node, with_data=not flags & os.O_TRUNC)
-        fd = self._open_real(fs.real_path(node), flags, lower=not node.upper)
+        fd = self._open_real(fs.data_path(node), flags, lower=not node.upper or node.metacopy)
         caller = attrs.caller_of(ctx)
         if flags & os.O_TRUNC:
             attrs.clear_setid(fd, caller)

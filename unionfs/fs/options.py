@@ -51,6 +51,7 @@ class MountConfig:
     userxattr: bool = False
     timeout: float = DEFAULT_TIMEOUT
     fsync: bool = True
+    metacopy: bool = False
     stats_file: str | None = None
 
     @property
@@ -129,7 +130,9 @@ def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) ->
             config.redirect_dir = value
         elif key == "index":
             config.index = _on_off(key, value)
-        elif key in ("metacopy", "nfs_export"):
+        elif key == "metacopy":
+            config.metacopy = _on_off(key, value)
+        elif key == "nfs_export":
             if _on_off(key, value):
                 raise MountError(f"{key}=on is not supported")
         elif key in ("xino", "uuid"):
@@ -214,6 +217,8 @@ def _writable_fs(path: str, what: str) -> None:
 
 def validate(config: MountConfig) -> MountConfig:
     """Checks the stack and returns a copy with real paths and the workdir filled in."""
+    if config.metacopy and config.redirect_dir not in ("on", "follow"):
+        raise MountError(f"metacopy=on needs redirect_dir=on, not {config.redirect_dir}")
     if not config.lowers:
         raise MountError("no lower directory given")
     lowers = [_existing_dir(p, "lower directory") for p in config.lowers]

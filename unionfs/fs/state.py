@@ -33,7 +33,8 @@ class UnionFS:
         self.config = config
         self.stack = LayerStack(config.upper, config.lowers,
                                 follow_redirects=config.follow_redirects,
-                                cache_lowers=config.timeout > 0)
+                                cache_lowers=config.timeout > 0,
+                                metacopy=config.metacopy)
         self.table = NodeTable([os.stat(r).st_dev for r in self.stack.roots if r is not None])
         self.handles = HandleTable()
         self.ns_lock = trio.Lock()
@@ -120,6 +121,12 @@ class UnionFS:
         if not node.lowers:
             raise pyfuse3.FUSEError(errno.ESTALE)
         return self.stack.real(*node.lowers[0])
+
+    def data_path(self, node: Node) -> str:
+        """Where the data of ``node`` is read from (a metacopy file's is in the lower)."""
+        if node.metacopy:
+            return self.stack.real(*node.lowers[0])
+        return self.real_path(node)
 
     def stat_of(self, node: Node) -> os.stat_result:
         if node.upper and self.table.path_of(node) is None:
