@@ -25,7 +25,28 @@ from unionfs.fs.readdir import merged_listing
 from unionfs.fs.state import UnionFS
 
 log = logging.getLogger("pyunion")
-BIG_IO = 128 * 1024  # reads and writes at least this large run in a worker thread
+BIG_IO = 1 << 20  # reads and writes at least this large run in a worker thread
+
+
+async def read_without_blocking(fd: int, size: int, off: int) -> bytes:
+    """Reads what the page cache has inline (cheaper than a thread hop); only a read that
+    would wait for the disk goes to a worker thread, so other requests are served meanwhile."""
+    data = b""
+    if size < BIG_IO:
+        buf = bytearray(size)
+        try:
+            n = os.preadv(fd, [buf], off, os.RWF_NOWAIT)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            n = 0
+        if n == size or off + n >= os.fstat(fd).st_size:  # all of it, or up to the end
+            return bytes(buf[:n])
+        data = bytes(buf[:n])
+    rest = await trio.to_thread.run_sync(os.pread, fd, size - len(data), off + len(data))
+    return data + rest
 
 
 def _handler(fn: Callable) -> Callable:
@@ -200,9 +221,7 @@ class UnionOperations(pyfuse3.Operations):
     @_handler
     async def read(self, fh, off, size):
         fd = self.fs.handles.files[fh].fd
-        if size >= BIG_IO:
-            return await trio.to_thread.run_sync(os.pread, fd, size, off)
-        return os.pread(fd, size, off)
+        return await read_without_blocking(fd, size, off)
 
     @_handler
     async def write(self, fh, off, buf):
