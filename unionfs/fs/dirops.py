@@ -121,8 +121,7 @@ async def unlink(fs: UnionFS, parent: Node, name: str) -> None:
     node = fs.child(parent, name)
     if node.is_dir:
         raise _error(errno.EISDIR)
-    if not node.upper and fs.stat_of(node).st_nlink > 1 and stat.S_ISREG(node.kind):
-        await copy_up(fs, node)  # keeps the other names of a lower hard link one file
+    await _before_dropping_a_link(fs, node)
     needs_whiteout = fs.lower_has(parent, name)
     await copy_up(fs, parent)
     dest = fs.stack.upper_path(join(fs.path(parent), name))
@@ -154,6 +153,13 @@ async def rmdir(fs: UnionFS, parent: Node, name: str) -> None:
     else:
         fs.format.make_whiteout(dest)
     _forget_name(fs, node, parent, name, 0)
+
+
+async def _before_dropping_a_link(fs: UnionFS, node: Node) -> None:
+    """A lower file with several names loses one: copy it up first, so its other names
+    become upper hard links whose link count drops (as kernel overlayfs with index=on)."""
+    if not node.upper and stat.S_ISREG(node.kind) and fs.stat_of(node).st_nlink > 1:
+        await copy_up(fs, node)
 
 
 def _whiteout_over(fs: UnionFS, dest: str) -> None:
@@ -203,6 +209,7 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
         if dst is src:
             return
         _check_replace(fs, src, dst)
+        await _before_dropping_a_link(fs, dst)
     await _prepare_move(fs, src)
     await copy_up(fs, old_parent)
     await copy_up(fs, new_parent)
