@@ -120,7 +120,14 @@ def pyunion_mounted(
     options: Sequence[str] = (),
 ) -> Iterator[Path]:
     """Mount a pyunion stack at ``mnt`` for the duration of the block."""
-    proc = start_pyunion(pyunion_command(lowers, upper, mnt, options), mnt)
+    with _daemon_mounted(pyunion_command(lowers, upper, mnt, options), mnt) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def _daemon_mounted(cmd: list[str], mnt: os.PathLike | str) -> Iterator[Path]:
+    """Runs a foreground FUSE daemon for the duration of the block; unmounts, waits for it."""
+    proc = start_pyunion(cmd, mnt)
     try:
         yield Path(mnt)
     finally:
@@ -169,12 +176,5 @@ def fuse_overlayfs_mounted(
     if upper is not None:
         opts += [f"upperdir={upper}", f"workdir={workdir}"]
     cmd = ["fuse-overlayfs", "-f", "-o", ",".join(opts), str(mnt)]
-    proc = start_pyunion(cmd, mnt)
-    try:
-        yield Path(mnt)
-    finally:
-        try:
-            unmount(mnt, proc)
-        finally:
-            if proc.stderr:
-                proc.stderr.close()
+    with _daemon_mounted(cmd, mnt) as path:
+        yield path

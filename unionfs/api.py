@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -91,27 +92,28 @@ class Mount:
         if self._proc is not None:
             raise MountError(f"{self.path} is already mounted by this object")
         self._prepare_dirs(temporary_upper=self.upper is None and not self.readonly)
-        read_end, write_end = os.pipe()
         # The daemon's stderr goes to a file: a pipe nobody reads would block a daemon that
         # logs (-o debug) and hang the filesystem.
         self._stderr = tempfile.TemporaryFile()
+        proc: subprocess.Popen | None = None
         try:
-            proc = subprocess.Popen(self.command(write_end), pass_fds=[write_end],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=self._stderr, start_new_session=True)
-        except BaseException:
-            os.close(read_end)
-            self._cleanup()
-            raise
-        finally:
-            os.close(write_end)
-        try:
-            with os.fdopen(read_end, "rb") as pipe:
+            read_end, write_end = os.pipe()
+            with open(read_end, "rb") as pipe:
+                try:
+                    with _interrupts_held():  # a Ctrl-C now is raised once we know the pid
+                        proc = subprocess.Popen(
+                            self.command(write_end), pass_fds=[write_end],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=self._stderr, start_new_session=True)
+                finally:
+                    os.close(write_end)
                 answer = pipe.read().decode(errors="replace")
-        except BaseException:  # interrupted while waiting (SIGINT): undo what is there
-            _unmount(str(self.path), proc)
+        except BaseException:  # interrupted (SIGINT) or failed: undo what is there
+            if proc is not None:
+                _unmount(str(self.path), proc)
             self._cleanup()
             raise
+        assert proc is not None
         if answer != "ok":
             proc.wait(timeout=EXIT_TIMEOUT)
             message = answer or self._daemon_stderr().removeprefix("mount.pyunion: ")
@@ -153,6 +155,24 @@ class Mount:
 
     def __exit__(self, *exc) -> None:
         self.unmount()
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Holds SIGINT/SIGTERM back (in the main thread) while a daemon is being spawned.
+
+    A KeyboardInterrupt inside ``subprocess.Popen`` would leave a started daemon without
+    anyone knowing its pid; held back, it is raised right after, when it can be stopped.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _unmount(mountpoint: str, proc: subprocess.Popen) -> None:

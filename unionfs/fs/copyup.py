@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -58,31 +59,65 @@ async def _copy_up_one(fs: UnionFS, node: Node, *, with_data: bool,
     layer, lower_path = node.lowers[0]
     src = fs.stack.real(layer, lower_path)
     st = os.lstat(src)
-    tmp = fs.temp_path()
     metacopy = (metadata_only and fs.config.metacopy and stat.S_ISREG(st.st_mode)
                 and st.st_nlink == 1 and st.st_size > 0)
-    try:
+
+    async def build(tmp: str) -> None:
         if metacopy:
             _make_metacopy(fs, tmp, st)
         else:
             await _make_copy(fs, src, tmp, st, with_data=with_data)
-        copy_xattrs(src, tmp)
-        copy_metadata(tmp, st)
+
+    dest = await _install(fs, path, build, xattrs_from=src, attrs=st)
+    _now_in_upper(fs, node, dest, metacopy=metacopy)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and not metacopy:
+        await _link_siblings(fs, layer, lower_path, st, fs.stack.upper_path(path))
+    fs.stats["copy_up"] += 1
+
+
+async def _copy_up_data(fs: UnionFS, node: Node, *, with_data: bool) -> None:
+    """Completes a metacopy upper file: its lower data under its upper attributes."""
+    path = fs.path(node)
+    current = fs.stack.upper_path(path)
+    meta = os.lstat(current)
+    size = meta.st_size if with_data else 0
+
+    async def build(tmp: str) -> None:
+        await trio.to_thread.run_sync(copy_file, fs.data_path(node), tmp, size, fs.config.fsync)
+
+    dest = await _install(fs, path, build, xattrs_from=current, attrs=meta)
+    fs.table.unalias(meta)
+    _now_in_upper(fs, node, dest, metacopy=False)
+    fs.stats["copy_up_data"] += 1
+
+
+async def _install(fs: UnionFS, path: str, build: Callable[[str], Awaitable[None]], *,
+                   xattrs_from: str, attrs: os.stat_result) -> os.stat_result:
+    """Builds an object under a temporary name in the workdir (``build(tmp)``), gives it the
+    xattrs of ``xattrs_from`` and the owner, mode and times of ``attrs``, and renames it to
+    ``path`` in the upper. Nothing partial is ever at ``path``. Returns its lstat."""
+    tmp = fs.temp_path()
+    try:
+        await build(tmp)
+        copy_xattrs(xattrs_from, tmp)
+        copy_metadata(tmp, attrs)
         _rename_into_upper(fs, tmp, path)
     except BaseException:
         _remove_quietly(tmp)
         raise
-    dest = fs.stack.upper_path(path)
-    fs.table.alias(os.lstat(dest), node.ino)
+    return os.lstat(fs.stack.upper_path(path))
+
+
+def _now_in_upper(fs: UnionFS, node: Node, dest: os.stat_result, *, metacopy: bool) -> None:
+    """Bookkeeping once the upper holds ``node``: same inode number, fresh attributes,
+    readdir snapshots told, open files re-pointed at the upper copy (if it has the data)."""
+    fs.table.alias(dest, node.ino)
     node.upper = True
     node.metacopy = metacopy
     fs.generation += 1  # before any further await: readdir snapshots must see it
     fs.invalidate_attrs(node, node.parent)
-    if stat.S_ISREG(st.st_mode) and not metacopy:
-        fs.handles.repoint(node, dest)
-        if st.st_nlink > 1:
-            await _link_siblings(fs, layer, lower_path, st, dest)
-    fs.stats["copy_up"] += 1
+    if stat.S_ISREG(dest.st_mode) and not metacopy:
+        fs.handles.repoint(node, fs.upper_path(node))
 
 
 def _make_metacopy(fs: UnionFS, tmp: str, st: os.stat_result) -> None:
@@ -93,30 +128,6 @@ def _make_metacopy(fs: UnionFS, tmp: str, st: os.stat_result) -> None:
     finally:
         os.close(fd)
     fs.format.set_metacopy(tmp)
-
-
-async def _copy_up_data(fs: UnionFS, node: Node, *, with_data: bool) -> None:
-    """Completes a metacopy upper file: its lower data under its upper attributes."""
-    path = fs.path(node)
-    dest = fs.stack.upper_path(path)
-    meta = os.lstat(dest)
-    tmp = fs.temp_path()
-    try:
-        size = meta.st_size if with_data else 0
-        await trio.to_thread.run_sync(copy_file, fs.data_path(node), tmp, size, fs.config.fsync)
-        copy_xattrs(dest, tmp)
-        copy_metadata(tmp, meta)
-        _rename_into_upper(fs, tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    fs.table.unalias(meta)
-    fs.table.alias(os.lstat(dest), node.ino)
-    node.metacopy = False
-    fs.generation += 1
-    fs.handles.repoint(node, dest)
-    fs.invalidate_attrs(node, node.parent)
-    fs.stats["copy_up_data"] += 1
 
 
 async def _make_copy(fs: UnionFS, src: str, tmp: str, st: os.stat_result, *,
