@@ -24,6 +24,7 @@ from unionfs.fs.layers import join, open_lower
 from unionfs.fs.state import UnionFS
 
 CHUNK = 16 << 20
+INLINE_COPY = 256 << 10  # files smaller than this are copied up without a thread hop
 
 
 async def copy_up(fs: UnionFS, node: Node, *, with_data: bool = True,
@@ -83,7 +84,7 @@ async def _copy_up_data(fs: UnionFS, node: Node, *, with_data: bool) -> None:
     size = meta.st_size if with_data else 0
 
     async def build(tmp: str) -> None:
-        await trio.to_thread.run_sync(copy_file, fs.data_path(node), tmp, size, fs.config.fsync)
+        await copy_file_off_loop(fs, fs.data_path(node), tmp, size)
 
     dest = await _install(fs, path, build, xattrs_from=current, attrs=meta)
     fs.table.unalias(meta)
@@ -137,11 +138,20 @@ async def _make_copy(fs: UnionFS, src: str, tmp: str, st: os.stat_result, *,
         os.mkdir(tmp, 0o700)
     elif kind == stat.S_IFREG:
         size = st.st_size if with_data else 0
-        await trio.to_thread.run_sync(copy_file, src, tmp, size, fs.config.fsync)
+        await copy_file_off_loop(fs, src, tmp, size)
     elif kind == stat.S_IFLNK:
         os.symlink(os.readlink(src), tmp)
     else:
         os.mknod(tmp, st.st_mode, st.st_rdev)
+
+
+async def copy_file_off_loop(fs: UnionFS, src: str, dst: str, size: int) -> None:
+    """``copy_file`` in a worker thread, so other requests are served meanwhile; a small
+    file is copied inline, where the thread hop would cost more than the copy."""
+    if size < INLINE_COPY:
+        copy_file(src, dst, size, fs.config.fsync)
+    else:
+        await trio.to_thread.run_sync(copy_file, src, dst, size, fs.config.fsync)
 
 
 def copy_file(src: str, dst: str, size: int, fsync: bool) -> None:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class FileHandle:
-    __slots__ = ("fh", "node", "fd", "flags", "caller")
+    __slots__ = ("fh", "node", "fd", "flags", "caller", "next_read")
 
     def __init__(self, fh: int, node: Node, fd: int, flags: int, caller: Caller) -> None:
         self.fh = fh
@@ -27,6 +27,7 @@ class FileHandle:
         self.fd = fd
         self.flags = flags    # the flags the real file was opened with
         self.caller = caller  # who opened it (an unprivileged writer clears set-id bits)
+        self.next_read = -1   # where a sequential reader's next read starts
 
     @property
     def writable(self) -> bool:

@@ -111,9 +111,6 @@ class LayerStack:
     def upper_path(self, path: str) -> str:
         return self.real(UPPER, path)
 
-    def root_lowers(self) -> tuple[LowerRef, ...]:
-        return tuple((i, "") for i in range(1, self.lower_count + 1))
-
     # ------------------------------------------------------------------------------------------
 
     def resolve_root(self) -> Found:
@@ -121,7 +118,7 @@ class LayerStack:
         st = os.lstat(self.real(top, ""))
         lowers: tuple[LowerRef, ...] = ()
         if not (self.has_upper and ondisk.read_dir_markers(
-                self.real(UPPER, ""), oci=False, follow_redirects=False).opaque):
+                self.real(UPPER, ""), follow_redirects=False).opaque):
             lowers = self._root_lower_dirs()
         return Found(st=st, upper=self.has_upper, lowers=lowers)
 
@@ -132,7 +129,7 @@ class LayerStack:
             out.append((layer, ""))
             listing = self.listing(layer, "")
             if (listing is not None and listing.oci_opaque) or ondisk.read_dir_markers(
-                    self.real(layer, ""), oci=False, follow_redirects=False).opaque:
+                    self.real(layer, ""), follow_redirects=False).opaque:
                 break
         return tuple(out)
 
@@ -151,7 +148,7 @@ class LayerStack:
                     return self._upper_file(path, upper_st, parent_lowers, name)
                 if not parent_lowers:
                     return Found(st=upper_st, upper=True, lowers=())
-                markers = ondisk.read_dir_markers(self.upper_path(path), oci=False,
+                markers = ondisk.read_dir_markers(self.upper_path(path),
                                                   follow_redirects=self.follow_redirects)
                 if markers.opaque:
                     return Found(st=upper_st, upper=True, lowers=())
@@ -190,8 +187,8 @@ class LayerStack:
         """Walks the lowers below a parent for ``name``.
 
         Returns the top-most lower object's stat and the lower refs that make it up. With
-        ``want_dirs_only`` (a directory above already won) only directories merge in, and the
-        first non-directory stops the walk.
+        ``want_dirs_only`` (a directory above already won) only directories merge in, the
+        first non-directory stops the walk, and no stat is returned.
         """
         candidates = list(parent_lowers)
         lookup_name = name
@@ -212,10 +209,10 @@ class LayerStack:
             if kind == WHITEOUT:
                 break
             if kind != stat.S_IFDIR:
-                if top_st is None and not want_dirs_only:
+                if not merged and not want_dirs_only:
                     return os.lstat(self.real(layer, path)), ((layer, path),)
                 break
-            if top_st is None:
+            if not merged and not want_dirs_only:  # a lower directory wins: its attributes
                 top_st = os.lstat(self.real(layer, path))
             merged.append((layer, path))
             if k >= len(candidates):
@@ -257,7 +254,7 @@ class LayerStack:
         key = (layer, path)
         markers = self._marker_cache.get(key)
         if markers is None:
-            markers = ondisk.read_dir_markers(self.real(layer, path), oci=False,
+            markers = ondisk.read_dir_markers(self.real(layer, path),
                                               follow_redirects=self.follow_redirects)
             listing = self.listing(layer, path)
             parent, _, name = path.rpartition("/")

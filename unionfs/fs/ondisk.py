@@ -42,10 +42,6 @@ def is_private_xattr(name: str) -> bool:
     return name.startswith(_PRIVATE_XATTR_PREFIXES)
 
 
-def oci_whiteout_name(name: str) -> str:
-    return WHITEOUT_PREFIX + name
-
-
 def is_internal_name(name: str) -> bool:
     """Names that are format markers, never user entries (``.wh.*``)."""
     return name.startswith(WHITEOUT_PREFIX)
@@ -62,11 +58,9 @@ class DirMarkers:
 NO_MARKERS = DirMarkers()
 
 
-def read_dir_markers(path: str, *, oci: bool, follow_redirects: bool) -> DirMarkers:
-    """Opaque flag and redirect of the directory at ``path`` (one listxattr in the common case).
-
-    ``oci``: also honour the ``.wh..wh..opq`` marker file (lower layers unpacked from tars).
-    """
+def read_dir_markers(path: str, *, follow_redirects: bool) -> DirMarkers:
+    """Opaque flag and redirect xattrs of the directory at ``path`` (one listxattr in the
+    common case). The OCI ``.wh..wh..opq`` marker is read from lower listings instead."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as e:
@@ -83,8 +77,6 @@ def read_dir_markers(path: str, *, oci: bool, follow_redirects: bool) -> DirMark
             value = _getxattr(path, name)
             if value:
                 redirect = os.fsdecode(value)
-    if not opaque and oci:
-        opaque = os.path.lexists(os.path.join(path, OCI_OPAQUE_MARKER))
     if not opaque and redirect is None:
         return NO_MARKERS
     return DirMarkers(opaque=opaque, redirect=redirect)
@@ -146,15 +138,6 @@ class Format:
                     raise
             return
         os.setxattr(path, self.redirect_xattr, os.fsencode("/" + target), follow_symlinks=False)
-
-    def clear_markers(self, path: str) -> None:
-        """Remove opaque/redirect from a directory (before it is reused under another name)."""
-        for name in (self.opaque_xattr, self.redirect_xattr):
-            try:
-                os.removexattr(path, name, follow_symlinks=False)
-            except OSError as e:
-                if e.errno != errno.ENODATA:
-                    raise
 
 
 def probe_namespace(workdir: str) -> str:

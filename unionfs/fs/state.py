@@ -21,7 +21,7 @@ import trio
 from unionfs.fs import ondisk
 from unionfs.fs.handles import HandleTable
 from unionfs.fs.inodes import Node, NodeTable
-from unionfs.fs.layers import UPPER, Found, LayerStack
+from unionfs.fs.layers import Found, LayerStack
 from unionfs.fs.options import MountConfig
 
 PRIVATE_DIR = "pyunion"
@@ -198,6 +198,3 @@ class UnionFS:
                 pyfuse3.invalidate_inode(node.ino, attr_only=True)
             except OSError:
                 pass  # the kernel does not know this inode (any more): nothing cached
-
-    def has_upper_layer(self) -> bool:
-        return self.stack.roots[UPPER] is not None
