@@ -355,7 +355,7 @@ def gen_rmdir(pick: Pick, m: Model) -> Op:
 
 
 def gen_rename(pick: Pick, m: Model) -> Op:
-    src = pick_path(pick, m, "adfo")
+    src = pick_path(pick, m, "dadfo")
     dst = pick_path(pick, m, "nnadfo")
     return Op("rename", (src, dst, pick(list(RENAME_FLAGS))))
 

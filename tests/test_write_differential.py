@@ -50,7 +50,7 @@ BUSY_RETRY_SECONDS = 30.0
 MINIMIZE_SECONDS = 900 if LONG else 150
 
 MACHINE_SETTINGS = settings(
-    max_examples=150 if LONG else 15,
+    max_examples=150 if LONG else 20,
     stateful_step_count=50 if LONG else 40,
     derandomize=True,
     database=None,
@@ -529,6 +529,19 @@ STAGE1_PRELUDE = [
     Op("mkdir", ("filedir", 0o700)),
 ]
 
+# Works on those markers, now in a lower layer: renames a redirected dir again, writes below
+# redirected dirs, removes an opaque dir, links and writes a (now lower) hard-link group.
+STAGE2_PRELUDE = [
+    Op("rename", ("shared/sub2", "sub3", "0")),
+    Op("write_at", ("sub3/g", 0, b"changed")),
+    Op("create", ("dirfile2/inner2", "WRONLY|TRUNC", 0o644, b"rewritten\n")),
+    Op("unlink", ("empty/new",)),
+    Op("rmdir", ("empty",)),
+    Op("link", ("d1/lnk", "lnk3")),
+    Op("write_at", ("shared/lnk2", 2, b"XY")),
+    Op("rename", ("filedir", "d1/filedir2", "0")),
+]
+
 
 @pytest.mark.timeout(1800 if LONG else 300)
 @pytest.mark.parametrize("seed", LAYER_SEEDS)
@@ -556,6 +569,8 @@ def test_upper_as_lower(tmp_path: Path, seed: int) -> None:
         second = Pair(stack, _fresh(tmp_path, "stage2"), [first.subject_upper, *lowers],
                       [first.ref_upper, *lowers], t0,
                       history=[*first.ops, "-- unmounted; stage 2: U1:A:B + fresh U2 --"])
+        for op in STAGE2_PRELUDE:
+            second.run(op)
         _run_random(second, rng, LAYER_STEPS)
         second.check_trees("stage 2")
 
