@@ -235,7 +235,7 @@ async def _link_siblings(fs: UnionFS, layer: int, lower_path: str, st: os.stat_r
     for other in fs.hardlink_paths(layer, st):
         if other == lower_path:
             continue
-        parent_path, _, name = other.rpartition("/")
+        parent_path, _, name = fs.merged_path_of_lower(other).rpartition("/")
         parent = fs.node_at(parent_path)
         if parent is None or not parent.is_dir:
             continue

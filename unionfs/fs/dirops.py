@@ -219,7 +219,13 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
     dst_st = _lstat(dst_path)
     if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
         _empty_whiteouts(dst_path)
-    if src_needs_whiteout:
+    if src.is_dir and dst_st is not None and ondisk.is_whiteout(dst_st):
+        # A directory cannot be renamed over the whiteout (a non-directory): swap them; the
+        # whiteout is then at the old name, where it is kept if a lower has that name.
+        syscalls.renameat2(src_path, dst_path, syscalls.RENAME_EXCHANGE)
+        if not src_needs_whiteout:
+            os.unlink(src_path)
+    elif src_needs_whiteout:
         _move_leaving_whiteout(fs, src_path, dst_path)
     else:
         os.rename(src_path, dst_path)
@@ -270,6 +276,7 @@ def _mark_moved_dir(fs: UnionFS, node: Node, real: str, parent: Node, name: str)
     if node.lowers:
         origin = node.lowers[0][1]
         fs.format.set_redirect(real, None if origin == fs.path(node) else origin)
+        fs.redirects_changed()
     elif fs.lower_has(parent, name):
         fs.format.set_opaque(real)
 

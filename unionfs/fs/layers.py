@@ -146,12 +146,14 @@ class LayerStack:
                     return None
                 if not stat.S_ISDIR(upper_st.st_mode):
                     return self._upper_file(path, upper_st, parent_lowers, name)
-                if not parent_lowers:
+                if not parent_lowers and not self.follow_redirects:
                     return Found(st=upper_st, upper=True, lowers=())
                 markers = ondisk.read_dir_markers(self.upper_path(path),
                                                   follow_redirects=self.follow_redirects)
-                if markers.opaque:
+                if markers.opaque or not (parent_lowers or markers.redirect):
                     return Found(st=upper_st, upper=True, lowers=())
+                # An absolute redirect is followed from the root of the lowers even where
+                # the parent has no lower part (a directory moved into a new one).
                 redirect = markers.redirect
         found_st, lowers = self._resolve_lowers(parent_lowers, name, redirect,
                                                 want_dirs_only=upper_st is not None)

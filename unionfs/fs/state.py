@@ -21,7 +21,7 @@ import trio
 from unionfs.fs import ondisk
 from unionfs.fs.handles import HandleTable
 from unionfs.fs.inodes import Node, NodeTable
-from unionfs.fs.layers import Found, LayerStack
+from unionfs.fs.layers import UPPER, Found, LayerStack
 from unionfs.fs.options import MountConfig
 
 PRIVATE_DIR = "pyunion"
@@ -45,6 +45,7 @@ class UnionFS:
         self.temp_dir = ""
         self.format = ondisk.Format("trusted")
         self._hardlinks: dict[int, dict[int, list[str]]] = {}
+        self._redirects: dict[str, str] | None = None  # lower dir path -> merged dir path
         found = self.stack.resolve_root()
         self.table.root.upper = found.upper
         self.table.root.lowers = found.lowers
@@ -170,6 +171,35 @@ class UnionFS:
                 return None
             node = self.table.node_for(found, node, name)
         return node
+
+    def merged_path_of_lower(self, lower_path: str) -> str:
+        """Where a lower path shows in the merged tree: under the directory that now carries
+        a redirect to its deepest redirected ancestor, else at the same path."""
+        redirects = self._redirect_map()
+        prefix = lower_path
+        while prefix:
+            prefix = prefix.rpartition("/")[0]
+            if prefix in redirects:
+                return redirects[prefix] + lower_path[len(prefix):]
+        return lower_path
+
+    def redirects_changed(self) -> None:
+        self._redirects = None
+
+    def _redirect_map(self) -> dict[str, str]:
+        """Redirected upper directories, read once per change (an upper walk, dirs only)."""
+        if self._redirects is None:
+            self._redirects = {}
+            root = self.stack.roots[UPPER]
+            for dirpath, _dirs, _files in os.walk(root) if root else ():
+                target = ondisk.read_redirect(dirpath)
+                if target is None:
+                    continue
+                merged = os.path.relpath(dirpath, root)
+                if not target.startswith("/"):  # relative: a sibling of the same parent
+                    target = os.path.join(os.path.dirname(merged), target)
+                self._redirects[target.strip("/")] = merged
+        return self._redirects
 
     def hardlink_paths(self, layer: int, st: os.stat_result) -> list[str]:
         """Every path in lower ``layer`` that is a hard link of the file ``st`` (cached walk)."""
