@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import xattr
 
-from tests import stackgen, treesnap
+from tests import cli_helpers, stackgen, treesnap
 
 SEEDS = (1, 2, 3, 4)
 # (seed, layers) for the plain tree comparison: more seeds and other stack heights
@@ -856,15 +856,12 @@ json.dump(out, sys.stdout)
 """
 
 
-def _world_traversable(tmp_path: Path, basetemp: Path) -> Path:
-    """A 0755 dir under tmp_path; tmp_path and its parents up to basetemp get o+x."""
-    path = _dir(tmp_path, "pub")
-    path.chmod(0o755)
-    for parent in [tmp_path, *tmp_path.parents]:
-        parent.chmod(parent.stat().st_mode | 0o011)
-        if parent == basetemp:
-            break
-    return path
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A scratch dir uid 65534 can traverse (pytest's own temp root is 0700). Requested
+    before the mount fixtures, so it is removed after they unmounted."""
+    with cli_helpers.public_dir("pyunion-readdiff-") as path:
+        yield path
 
 
 def _probe_as_nobody(mnt: Path, objects: list[tuple[str, str]]) -> dict[str, Any]:
@@ -878,11 +875,10 @@ def _probe_as_nobody(mnt: Path, objects: list[tuple[str, str]]) -> dict[str, Any
 
 
 @pytest.mark.parametrize("seed", SEEDS[:3])
-def test_permissions_as_nobody(seed: int, tmp_path: Path, tmp_path_factory, pyunion,
-                               overlay) -> None:
+def test_permissions_as_nobody(seed: int, public_tmp: Path, pyunion, overlay) -> None:
     """As uid/gid 65534 (default_permissions): lstat/open/listdir/access of every object give
     the kernel's results; a 0600 root file is EACCES, a 0644 one readable."""
-    pub = _world_traversable(tmp_path, tmp_path_factory.getbasetemp())
+    pub = public_tmp
     lowers = stackgen.make_stack(pub / "s", seed)
     perm = _dir(lowers[0], "perm")
     for name, mode in (("secret", 0o600), ("public", 0o644)):
