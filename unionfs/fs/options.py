@@ -47,7 +47,6 @@ class MountConfig:
     allow_other: bool = True
     fuse_flags: list[str] = field(default_factory=list)
     redirect_dir: str = "on"
-    index: bool = True
     userxattr: bool = False
     timeout: float = DEFAULT_TIMEOUT
     fsync: bool = True
@@ -129,7 +128,7 @@ def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) ->
                 raise MountError(f"redirect_dir={value}: expected one of {modes}")
             config.redirect_dir = value
         elif key == "index":
-            config.index = _on_off(key, value)
+            _on_off(key, value)  # hard links are always kept one file (the index=on view)
         elif key == "metacopy":
             config.metacopy = _on_off(key, value)
         elif key == "nfs_export":
