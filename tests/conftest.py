@@ -84,6 +84,19 @@ def fuse_overlayfs(mount_stack, tmp_path):
     return mount
 
 
+@pytest.fixture
+def upper_and_work(tmp_path):
+    """Factory: ``upper_and_work(name) -> (upper, workdir)``, two new empty dirs."""
+
+    def make(name: str) -> tuple[Path, Path]:
+        upper, work = tmp_path / f"{name}-upper", tmp_path / f"{name}-work"
+        upper.mkdir()
+        work.mkdir()
+        return upper, work
+
+    return make
+
+
 def _fresh_dir(parent: Path, stem: str) -> Path:
     for i in range(1000):
         path = parent / f"{stem}-{i}"

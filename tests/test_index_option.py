@@ -19,23 +19,16 @@ def _lower(root: Path) -> Path:
     return lower
 
 
-def _dirs(root: Path, name: str) -> tuple[Path, Path]:
-    upper, work = root / f"{name}-upper", root / f"{name}-work"
-    upper.mkdir()
-    work.mkdir()
-    return upper, work
-
-
 def _change(mnt: Path) -> None:
     with open(mnt / "h1", "ab") as f:
         f.write(b"more\n")
 
 
 @pytest.mark.parametrize("options", [(), ("index=off",)])
-def test_copy_up_keeps_one_file(tmp_path, pyunion, overlay, options):
+def test_copy_up_keeps_one_file(tmp_path, upper_and_work, pyunion, overlay, options):
     lower = _lower(tmp_path)
-    upper, _ = _dirs(tmp_path, "p")
-    kupper, kwork = _dirs(tmp_path, "k")
+    upper, _ = upper_and_work("p")
+    kupper, kwork = upper_and_work("k")
     mine = pyunion([lower], upper, options=options)
     ref = overlay([lower], kupper, kwork)
     _change(mine)

@@ -28,21 +28,14 @@ def _metadata_changes(mnt: Path) -> None:
     xattr.setxattr(str(mnt / "d/e"), "user.note", b"kept")
 
 
-def _dirs(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    upper, work = tmp_path / f"{name}-upper", tmp_path / f"{name}-work"
-    upper.mkdir()
-    work.mkdir()
-    return upper, work
-
-
 def _is_metacopy(path: Path) -> bool:
     return "trusted.overlay.metacopy" in os.listxattr(path, follow_symlinks=False)
 
 
-def test_metadata_changes_copy_no_data(tmp_path, pyunion, overlay):
+def test_metadata_changes_copy_no_data(tmp_path, upper_and_work, pyunion, overlay):
     lower = _lower(tmp_path)
-    upper, _ = _dirs(tmp_path, "p")
-    kupper, kwork = _dirs(tmp_path, "k")
+    upper, _ = upper_and_work("p")
+    kupper, kwork = upper_and_work("k")
     mine = pyunion([lower], upper, options=["metacopy=on"])
     ref = overlay([lower], kupper, kwork, options=KERNEL_OPTIONS)
     _metadata_changes(mine)
@@ -56,10 +49,10 @@ def test_metadata_changes_copy_no_data(tmp_path, pyunion, overlay):
         assert (mine / name).read_bytes() == DATA + name.encode()
 
 
-def test_write_completes_the_copy(tmp_path, pyunion, overlay):
+def test_write_completes_the_copy(tmp_path, upper_and_work, pyunion, overlay):
     lower = _lower(tmp_path)
-    upper, _ = _dirs(tmp_path, "p")
-    kupper, kwork = _dirs(tmp_path, "k")
+    upper, _ = upper_and_work("p")
+    kupper, kwork = upper_and_work("k")
     mine = pyunion([lower], upper, options=["metacopy=on"])
     ref = overlay([lower], kupper, kwork, options=KERNEL_OPTIONS)
     for mnt in (mine, ref):
@@ -79,9 +72,9 @@ def test_write_completes_the_copy(tmp_path, pyunion, overlay):
     assert os.lstat(upper / "a").st_mode & 0o777 == 0o600
 
 
-def test_kernel_reads_our_metacopy_upper(tmp_path, pyunion, overlay):
+def test_kernel_reads_our_metacopy_upper(tmp_path, upper_and_work, pyunion, overlay):
     lower = _lower(tmp_path)
-    upper, _ = _dirs(tmp_path, "p")
+    upper, _ = upper_and_work("p")
     mnt = pyunion([lower], upper, options=["metacopy=on"])
     _metadata_changes(mnt)
     ours = treesnap.snapshot(mnt, times=True)
@@ -94,12 +87,12 @@ def test_kernel_reads_our_metacopy_upper(tmp_path, pyunion, overlay):
     treesnap.assert_same_tree(treesnap.snapshot(again, times=True), ours, "kernel vs pyunion")
 
 
-def test_metacopy_needs_redirect_dir(tmp_path):
+def test_metacopy_needs_redirect_dir(tmp_path, upper_and_work):
     import subprocess
     import sys
 
     lower = _lower(tmp_path)
-    upper, _ = _dirs(tmp_path, "p")
+    upper, _ = upper_and_work("p")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     result = subprocess.run(

@@ -19,20 +19,13 @@ import pyfuse3
 from unionfs.fs import ondisk, syscalls
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
-from unionfs.fs.layers import join
+from unionfs.fs.layers import join, lstat_or_none
 from unionfs.fs.readdir import merged_names
 from unionfs.fs.state import UnionFS
 
 
 def _error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
 
 
 # --- creating ------------------------------------------------------------------------------
@@ -58,7 +51,7 @@ async def create_object(fs: UnionFS, parent: Node, name: str, ctx: pyfuse3.Reque
     uid, gid, setgid_dir = owner_for(fs, parent, ctx.uid, ctx.gid)
     if setgid_dir and stat.S_ISDIR(mode):
         mode |= stat.S_ISGID
-    existing = _lstat(dest)
+    existing = lstat_or_none(dest)
     if existing is None:
         make(dest)
         _set_owner(dest, uid, gid, mode)
@@ -100,7 +93,7 @@ async def link(fs: UnionFS, node: Node, parent: Node, name: str) -> Node:
     await copy_up(fs, parent)
     source = fs.upper_path(node)
     dest = fs.stack.upper_path(join(fs.path(parent), name))
-    existing = _lstat(dest)
+    existing = lstat_or_none(dest)
     if existing is not None and ondisk.is_whiteout(existing):
         tmp = fs.temp_path()
         os.link(source, tmp)
@@ -216,7 +209,7 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
     src_needs_whiteout = fs.lower_has(old_parent, old_name)
     src_path = fs.stack.upper_path(join(fs.path(old_parent), old_name))
     dst_path = fs.stack.upper_path(join(fs.path(new_parent), new_name))
-    dst_st = _lstat(dst_path)
+    dst_st = lstat_or_none(dst_path)
     if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
         _empty_whiteouts(dst_path)
     if src.is_dir and dst_st is not None and ondisk.is_whiteout(dst_st):

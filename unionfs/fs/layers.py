@@ -140,7 +140,7 @@ class LayerStack:
         redirect = None
         if parent_upper:
             path = join(parent_path, name)
-            upper_st = _lstat(self.upper_path(path))
+            upper_st = lstat_or_none(self.upper_path(path))
             if upper_st is not None:
                 if ondisk.is_whiteout(upper_st):
                     return None
@@ -290,7 +290,7 @@ def open_lower(path: str, flags: int) -> int:
         return os.open(path, flags)
 
 
-def _lstat(path: str) -> os.stat_result | None:
+def lstat_or_none(path: str) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except FileNotFoundError:
