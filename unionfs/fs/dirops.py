@@ -19,7 +19,7 @@ import pyfuse3
 from unionfs.fs import ondisk, syscalls
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
-from unionfs.fs.layers import join, lstat_or_none
+from unionfs.fs.layers import Found, join, lstat_or_none
 from unionfs.fs.readdir import merged_names
 from unionfs.fs.state import UnionFS
 
@@ -59,7 +59,9 @@ async def create_object(fs: UnionFS, parent: Node, name: str, ctx: pyfuse3.Reque
         _replace_whiteout(fs, dest, uid, gid, mode, make)
     else:
         raise _error(errno.EEXIST)
-    return fs.child(parent, name)
+    # A new object has no lower part: where a lower had the name, a whiteout hid it and a
+    # new directory was made opaque.
+    return fs.table.node_for(Found(st=os.lstat(dest), upper=True, lowers=()), parent, name)
 
 
 def _set_owner(path: str, uid: int, gid: int, mode: int) -> None:
