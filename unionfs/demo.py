@@ -51,13 +51,19 @@ def show_tree(title: str, root: Path) -> None:
             elif stat.S_ISLNK(st.st_mode):
                 what = f"-> {os.readlink(path)}"
             else:
-                what = repr(path.read_text().splitlines()[0]) if st.st_size else "(empty)"
+                what = _summary(path.read_text()) if st.st_size else "(empty)"
             print(f"  {rel / name}: {what}")
         for name in dirnames:
             path = Path(dirpath) / name
             opaque = _xattr(path, "trusted.overlay.opaque") == b"y"
             if opaque or not os.listdir(path):
                 print(f"  {rel / name}/" + ("  (opaque)" if opaque else ""))
+
+
+def _summary(text: str, width: int = 72) -> str:
+    """A file's content on one line: its lines joined with ' | ', shortened."""
+    line = " | ".join(text.splitlines())
+    return repr(line if len(line) <= width else line[: width - 3] + "...")
 
 
 def _xattr(path: Path, name: str) -> bytes | None:
