@@ -23,6 +23,8 @@ from unionfs.fs.layers import Found, join, lstat_or_none
 from unionfs.fs.readdir import merged_names
 from unionfs.fs.state import UnionFS
 
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
 
 def _error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
@@ -65,9 +67,15 @@ async def create_object(fs: UnionFS, parent: Node, name: str, ctx: pyfuse3.Reque
 
 
 def _set_owner(path: str, uid: int, gid: int, mode: int) -> None:
-    os.chown(path, uid, gid, follow_symlinks=False)
-    if not stat.S_ISLNK(mode):
-        os.chmod(path, stat.S_IMODE(mode))  # again: chown may have cleared set-id bits
+    """Gives a new object (made by the root daemon, umask 0) the caller's owner and mode.
+
+    The permission bits were set at creation; the special bits need a chmod, after the chown
+    (which clears set-id bits) and because mkdir takes set-group-ID only from the parent.
+    """
+    if (uid, gid) != (os.geteuid(), os.getegid()):
+        os.chown(path, uid, gid, follow_symlinks=False)
+    if not stat.S_ISLNK(mode) and mode & SPECIAL_BITS:
+        os.chmod(path, stat.S_IMODE(mode))
 
 
 def _replace_whiteout(fs: UnionFS, dest: str, uid: int, gid: int, mode: int,
