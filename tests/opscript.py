@@ -16,7 +16,6 @@ blocks.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import os
@@ -25,26 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+# The same libc renameat2(2) wrapper the filesystem uses (os.rename has no flags).
+from unionfs.fs.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
+
 T = TypeVar("T")
 Pick = Callable[[Sequence[Any]], Any]
 Outcome = tuple[str, Any]
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_renameat2 = _libc.renameat2
-_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_renameat2.restype = ctypes.c_int
-
-
-def renameat2(src: str, dst: str, flags: int = 0) -> None:
-    """renameat2(2) through libc (Python's os.rename has no flags)."""
-    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), src, None, dst)
-
 
 # -- names ------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Helpers for the failure-behaviour and POSIX-detail tests (test_write_failures.py,
 test_posix_details.py): the same scenario on pyunion and on kernel overlayfs, errno outcomes,
-syscalls Python lacks (renameat2, utimensat with UTIME_NOW/UTIME_OMIT), running code as an
-ordinary user, and a 0755 scratch directory that such a user can traverse.
+utimensat with UTIME_NOW/UTIME_OMIT (renameat2 comes from unionfs.fs.syscalls), running
+code as an ordinary user, and a 0755 scratch directory that such a user can traverse.
 """
 
 from __future__ import annotations
@@ -61,8 +61,6 @@ def assert_same(subject: dict[str, Any], reference: dict[str, Any], what: str) -
 
 # --- syscalls --------------------------------------------------------------------------------
 
-RENAME_NOREPLACE = 1 << 0
-RENAME_EXCHANGE = 1 << 1
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 UTIME_NOW = (1 << 30) - 1
@@ -78,13 +76,6 @@ class _Timespec(ctypes.Structure):
 def _raise_errno(path: os.PathLike | str) -> None:
     err = ctypes.get_errno()
     raise OSError(err, os.strerror(err), os.fspath(path))
-
-
-def renameat2(src: os.PathLike | str, dst: os.PathLike | str, flags: int) -> None:
-    fn = _libc.renameat2
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
-        _raise_errno(src)
 
 
 def _timespec(value: int | str) -> _Timespec:

@@ -22,7 +22,6 @@ import pytest
 from tests import treesnap
 from tests.posix_helpers import (
     NOBODY,
-    RENAME_NOREPLACE,
     Mounter,
     Union,
     create_file,
@@ -34,11 +33,11 @@ from tests.posix_helpers import (
     public_dir,
     put,
     put_dir,
-    renameat2,
     run_as_nobody,
     upper_kind,
     utimensat,
 )
+from unionfs.fs.syscalls import RENAME_NOREPLACE, renameat2
 
 TICK = 0.03  # longer than the kernel's coarse clock step, so a change of a time is visible
 OLD_NS = 1_000_000_000 * 1_000_000_000 + 123_456_789  # 2001-09-09, with nanoseconds
