@@ -46,7 +46,7 @@ async def create_object(fs: UnionFS, parent: Node, name: str, ctx: pyfuse3.Reque
     """Makes a new object at ``name`` with ``make(real_path)`` and gives it the caller's owner."""
     fs.check_writable()
     fs.check_new_name(name)
-    if fs.lookup(parent, name) is not None:
+    if fs.resolve(parent, name) is not None:  # (no node for a mere existence check)
         raise _error(errno.EEXIST)
     await copy_up(fs, parent)
     dest = fs.stack.upper_path(join(fs.path(parent), name))
@@ -97,7 +97,7 @@ async def link(fs: UnionFS, node: Node, parent: Node, name: str) -> Node:
     fs.check_new_name(name)
     if node.is_dir:
         raise _error(errno.EPERM)
-    if fs.lookup(parent, name) is not None:
+    if fs.resolve(parent, name) is not None:  # (no node for a mere existence check)
         raise _error(errno.EEXIST)
     await copy_up(fs, node)
     await copy_up(fs, parent)
