@@ -1,0 +1,138 @@
+"""Generating a layer tar from a trusted directory (``import`` of a rootfs; ``commit`` later).
+
+Output is reproducible: entries sorted by name, PAX format with nanosecond mtimes, numeric
+owners, xattrs as ``SCHILY.xattr.*`` (overlay-private ones dropped), hard links as links to the
+first name seen. Kernel-overlay whiteouts (0/0 character devices) become ``.wh.NAME`` entries and
+opaque directories a ``.wh..wh..opq`` entry, so an overlay upper turns into an OCI layer.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from typing import BinaryIO
+
+from unionfs.image.archive.unpack import OPAQUE_MARKER, PRIVATE_XATTR_PREFIXES, WHITEOUT_PREFIX
+
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    found = {}
+    for name in sorted(names):
+        if name.startswith(PRIVATE_XATTR_PREFIXES):
+            continue
+        try:
+            found[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return found
+
+
+def _is_opaque(path: str) -> bool:
+    for name in _OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False).startswith(b"y"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _info(name: str, st: os.stat_result, path: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname = info.gname = ""
+    info.mtime = st.st_mtime_ns // 10**9
+    pax = {"mtime": _ns_text(st.st_mtime_ns)}
+    for key, value in _xattrs(path).items():
+        pax["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
+    info.pax_headers = pax
+    return info
+
+
+def _ns_text(ns: int) -> str:
+    seconds, fraction = divmod(ns, 10**9)
+    return f"{seconds}.{fraction:09d}".rstrip("0").rstrip(".") if fraction else str(seconds)
+
+
+def write_layer_tar(root: str, out: BinaryIO, *, convert_whiteouts: bool = False) -> int:
+    """Writes the tree under ``root`` as a layer tar to ``out``; returns the entry count."""
+    count = 0
+    links: dict[tuple[int, int], str] = {}
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                      encoding="utf-8", errors="surrogateescape") as tar:
+        for rel, path, st in _walk(root):
+            count += _add(tar, rel, path, st, links, convert_whiteouts)
+    return count
+
+
+def _walk(root: str):
+    """(relative name, path, lstat) for everything under ``root``: depth-first, sorted."""
+    stack = [(root, "", iter(sorted(os.listdir(root))))]
+    while stack:
+        directory, rel_dir, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            stack.pop()
+            continue
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        path = os.path.join(directory, name)
+        st = os.lstat(path)
+        yield rel, path, st
+        if stat.S_ISDIR(st.st_mode):
+            stack.append((path, rel, iter(sorted(os.listdir(path)))))
+
+
+def _add(tar: tarfile.TarFile, rel: str, path: str, st: os.stat_result,
+         links: dict[tuple[int, int], str], convert_whiteouts: bool) -> int:
+    mode = st.st_mode
+    if convert_whiteouts and stat.S_ISCHR(mode) and st.st_rdev == 0:
+        parent, _, name = rel.rpartition("/")
+        info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent
+                               else WHITEOUT_PREFIX + name)
+        info.mtime = st.st_mtime_ns // 10**9
+        tar.addfile(info)
+        return 1
+    info = _info(rel, st, path)
+    added = 1
+    if stat.S_ISDIR(mode):
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        if convert_whiteouts and _is_opaque(path):
+            marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")
+            marker.mtime = info.mtime
+            tar.addfile(marker)
+            added += 1
+    elif stat.S_ISREG(mode):
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in links:
+            info.type = tarfile.LNKTYPE
+            info.linkname = links[key]
+            tar.addfile(info)
+        else:
+            if st.st_nlink > 1:
+                links[key] = rel
+            info.size = st.st_size
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    elif stat.S_ISLNK(mode):
+        info.type = tarfile.SYMTYPE
+        info.linkname = os.readlink(path)
+        tar.addfile(info)
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+        info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        tar.addfile(info)
+    elif stat.S_ISFIFO(mode):
+        info.type = tarfile.FIFOTYPE
+        tar.addfile(info)
+    else:
+        return 0  # sockets are not archived
+    return added

@@ -1,0 +1,3 @@
+from unionfs.image.cli import main
+
+raise SystemExit(main())

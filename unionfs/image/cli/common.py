@@ -1,0 +1,75 @@
+"""What the commands share: finding images by name, id or id prefix; names for display."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from unionfs.image import reference
+from unionfs.image.errors import Conflict, NotFound
+from unionfs.image.store import Store
+
+_HEX = re.compile(r"(sha256:)?([0-9a-f]{1,64})")
+
+
+@dataclass
+class Resolved:
+    image_id: str
+    name: str | None  # the full name it was found by, if any
+
+
+def short_id(image_id: str) -> str:
+    return image_id.partition(":")[2][:12]
+
+
+def short_name(name: str) -> str:
+    repository, tag = reference.split_name(name)
+    return f"{reference.shorten_repository(repository)}:{tag}"
+
+
+def resolve(store: Store, text: str) -> Resolved:
+    """An image by name (normalised), repo digest, full id or unique id prefix."""
+    db = store.db
+    if reference.looks_like_reference(text):
+        ref = reference.parse(text)
+        if ref.digest:
+            row = db.execute("SELECT image_id FROM repo_digests WHERE name = ?",
+                             (f"{ref.repository}@{ref.digest}",)).fetchone()
+            if row is None and ref.tag is None:
+                row = db.execute("SELECT id AS image_id FROM images WHERE manifest_digest = ?",
+                                 (ref.digest,)).fetchone()
+            if row is not None:
+                return Resolved(row["image_id"], None)
+        else:
+            row = db.execute("SELECT image_id FROM tags WHERE name = ?", (ref.name,)).fetchone()
+            if row is not None:
+                return Resolved(row["image_id"], ref.name)
+    match = _HEX.fullmatch(text)
+    if match:
+        prefix = "sha256:" + match.group(2)
+        rows = db.execute("SELECT id FROM images WHERE id >= ? AND id < ? LIMIT 11",
+                          (prefix, prefix + "g")).fetchall()
+        if len(rows) == 1:
+            return Resolved(rows[0]["id"], None)
+        if len(rows) > 1:
+            candidates = ", ".join(short_id(r["id"]) for r in rows[:10])
+            raise Conflict(f"{text} is an ambiguous image id prefix: it matches {candidates}"
+                           + (" and more" if len(rows) > 10 else ""))
+    raise NotFound(f"No such image: {text}")
+
+
+def image_names(store: Store, image_id: str) -> list[str]:
+    return [r["name"] for r in store.db.execute(
+        "SELECT name FROM tags WHERE image_id = ? ORDER BY name", (image_id,))]
+
+
+def image_users(store: Store, image_id: str) -> list[str]:
+    """What keeps an image in use (live mounts now; containers later)."""
+    from unionfs.image.mounts import mount_is_live
+
+    users = []
+    for row in store.db.execute("SELECT mountpoint, pid FROM mounts WHERE image_id = ?",
+                                (image_id,)):
+        if mount_is_live(row["mountpoint"], row["pid"]):
+            users.append(f"mounted at {row['mountpoint']}")
+    return users

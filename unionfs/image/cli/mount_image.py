@@ -1,0 +1,34 @@
+"""``pyunion mount-image`` / ``umount-image``: an image's merged rootfs, read-only."""
+
+from __future__ import annotations
+
+from unionfs.image.cli.common import resolve, short_id, short_name
+from unionfs.image.mounts import mount_image, unmount_image
+from unionfs.image.store import Store
+
+HELP = "Mount an image's merged rootfs read-only at DIR (a pyunion mount of its layers)"
+UMOUNT_HELP = "Unmount a rootfs mounted by mount-image (plain umount works too)"
+
+
+def register(commands) -> None:
+    p = commands.add_parser("mount-image", help=HELP, description=HELP,
+                            epilog="example:\n  pyunion mount-image app:2.0 /mnt/app\n"
+                                   "  ls /mnt/app; pyunion umount-image /mnt/app")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("mountpoint", metavar="DIR")
+    p.set_defaults(run=run)
+    u = commands.add_parser("umount-image", help=UMOUNT_HELP, description=UMOUNT_HELP)
+    u.add_argument("mountpoint", metavar="DIR")
+    u.set_defaults(run=run_umount)
+
+
+def run(args, store: Store) -> int:
+    found = resolve(store, args.image)
+    label = short_name(found.name) if found.name else short_id(found.image_id)
+    print(mount_image(store, found.image_id, label, args.mountpoint))
+    return 0
+
+
+def run_umount(args, store: Store) -> int:
+    unmount_image(store, args.mountpoint)
+    return 0

@@ -1,0 +1,90 @@
+"""Read-only mounts of an image's rootfs (``mount-image``): a pyunion mount of its layer dirs.
+
+The daemon is ``mount.pyunion`` run through the library (``unionfs.api.Mount``), left running
+in its own session when the command exits; its pid and mountpoint are recorded so that the
+store keeps the image's layers while the mount lives and forgets it once it is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from unionfs.api import Mount
+from unionfs.fs.options import MountError
+from unionfs.image.errors import Conflict, ImageError
+from unionfs.image.store import Store
+
+
+def layer_dirs(store: Store, image_id: str) -> list[str]:
+    """The image's layer directories, base first."""
+    rows = store.db.execute(
+        "SELECT diff_id FROM image_layers WHERE image_id = ? ORDER BY position",
+        (image_id,)).fetchall()
+    return [store.layer_path(r["diff_id"]) for r in rows]
+
+
+def _mounted_points() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4].replace("\\040", " ") for line in f}
+
+
+def mount_is_live(mountpoint: str, pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"mount_helper" in cmdline and mountpoint in _mounted_points()
+
+
+def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -> str:
+    target = os.path.realpath(mountpoint)
+    if not os.path.isdir(target):
+        raise ImageError(f"mount point {mountpoint} is not a directory")
+    if target in _mounted_points():
+        raise Conflict(f"{mountpoint} is already a mount point")
+    lowers = list(reversed(layer_dirs(store, image_id)))
+    if not lowers:
+        raise ImageError(f"image {short_name} has no layers to mount")
+    fsname = "pyunion-image:" + short_name.replace(",", "_")
+    mount = Mount(lowers, None, target, readonly=True, options=[f"fsname={fsname}"])
+    try:
+        mount.start()
+    except MountError as e:
+        raise ImageError(f"mounting {short_name} at {mountpoint} failed: {e}") from None
+    assert mount._proc is not None
+    with store.transaction() as db:
+        db.execute("INSERT OR REPLACE INTO mounts VALUES (?, ?, ?, ?)",
+                   (target, image_id, mount._proc.pid, time.time()))
+    return target
+
+
+def unmount_image(store: Store, mountpoint: str) -> None:
+    import subprocess
+
+    target = os.path.realpath(mountpoint)
+    row = store.db.execute("SELECT pid FROM mounts WHERE mountpoint = ?", (target,)).fetchone()
+    if row is None and target not in _mounted_points():
+        raise ImageError(f"{mountpoint} is not mounted")
+    result = subprocess.run(["umount", target], capture_output=True, text=True)
+    if result.returncode != 0 and target in _mounted_points():
+        message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+        raise ImageError(f"cannot unmount {mountpoint}: {message or 'umount failed'}")
+    if row is not None:
+        _wait_exit(row["pid"])
+    with store.transaction() as db:
+        db.execute("DELETE FROM mounts WHERE mountpoint = ?", (target,))
+
+
+def _wait_exit(pid: int) -> None:
+    for _ in range(200):
+        if not os.path.exists(f"/proc/{pid}"):
+            return
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.025)

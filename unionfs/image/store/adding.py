@@ -1,0 +1,292 @@
+"""Adding an image to the store: blobs verified and kept, layers unpacked once, then one row set.
+
+Layers are unpacked concurrently (a few at a time), each under its own lock so that two commands
+that need the same layer unpack it once. Every layer is unpacked into the command's workspace,
+verified (blob digest and size against the descriptor, diff_id against the config), flushed and
+renamed into place; the image's rows are written last, in one transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from unionfs.image import mediatypes as mt
+from unionfs.image.archive.formats import ImageSpec, LayerSpec
+from unionfs.image.archive.sources import Source
+from unionfs.image.archive.unpack import LayerDigests, unpack_layer
+from unionfs.image.errors import ImageError
+from unionfs.image.store import Store, Workspace, fsync_dir, syncfs
+
+MAX_PARALLEL_LAYERS = 3
+COMPRESSION_MEDIA_TYPES = {"gzip": mt.OCI_LAYER_GZIP, "zstd": mt.OCI_LAYER_ZSTD,
+                           "none": mt.OCI_LAYER}
+
+
+class Progress:
+    """What adding reports; the CLI draws bars or lines from it. Called from worker threads."""
+
+    def layer_started(self, diff_id: str, total: int | None) -> None: ...
+    def layer_advanced(self, diff_id: str, nbytes: int) -> None: ...
+    def layer_done(self, diff_id: str, status: str) -> None: ...
+
+
+@dataclass
+class AddedLayer:
+    diff_id: str
+    blob_digest: str
+    media_type: str
+    blob_size: int
+
+
+class _TeeReader:
+    """Reads ``source`` and writes every byte read to ``sink`` (the blob's copy in the
+    workspace), reporting progress."""
+
+    def __init__(self, source: BinaryIO, sink: BinaryIO | None,
+                 advanced: Callable[[int], None]) -> None:
+        self._source, self._sink, self._advanced = source, sink, advanced
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        if data:
+            if self._sink is not None:
+                self._sink.write(data)
+            self._advanced(len(data))
+        return data
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class ImageAdder:
+    def __init__(self, store: Store, workspace: Workspace, progress: Progress | None = None):
+        self.store = store
+        self.space = workspace
+        self.progress = progress or Progress()
+
+    # ------------------------------------------------------------------ blobs
+
+    def _place_blob(self, temp_path: str, digest: str) -> None:
+        """Renames a verified blob into place (keeping an existing copy: same content)."""
+        target = self.store.blob_path(digest)
+        if os.path.exists(target):
+            os.unlink(temp_path)
+            return
+        os.rename(temp_path, target)
+
+    def _place_json_blob(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not os.path.exists(self.store.blob_path(digest)):
+            temp = self.space.new_path("json-" + digest[7:])
+            _write_file(temp, data)
+            self._place_blob(temp, digest)
+        return digest
+
+    # ------------------------------------------------------------------ layers
+
+    def _layer_recorded(self, diff_id: str) -> bool:
+        row = self.store.db.execute("SELECT dir FROM layers WHERE diff_id = ?",
+                                    (diff_id,)).fetchone()
+        return row is not None and os.path.isdir(self.store.layer_path(diff_id))
+
+    def add_layer(self, source: Source, layer: LayerSpec, what: str) -> AddedLayer:
+        """Makes ``layer`` present in the store (unpacked once) and its blob kept."""
+        short = layer.diff_id[7:19]
+        with self.store.layer_lock(layer.diff_id):
+            if self._layer_recorded(layer.diff_id):
+                blob = self._keep_blob_only(source, layer, what)
+                self.progress.layer_done(layer.diff_id, "Already exists")
+                return blob
+            total = layer.size if layer.size is not None else _source_size(source, layer.path)
+            self.progress.layer_started(layer.diff_id, total)
+            target = self.space.new_path("layer-" + layer.diff_id[7:])
+            blob_temp = self.space.new_path("blob-" + layer.diff_id[7:])
+            os.mkdir(target, 0o755)
+            with source.open(layer.path) as raw, open(blob_temp, "wb") as sink:
+                reader = _TeeReader(raw, sink, lambda n: self.progress.layer_advanced(
+                    layer.diff_id, n))
+                digests = unpack_layer(reader, target,  # type: ignore[arg-type]
+                                       whiteout_format=self.store.whiteout_format,
+                                       limits=self.store.limits, what=f"{what} layer {short}")
+            self._verify(layer, digests, what)
+            syncfs(target)
+            self._install_layer(layer.diff_id, target, digests)
+            self._place_blob(blob_temp, digests.blob_digest)
+            self.progress.layer_done(layer.diff_id, "Loaded")
+            return AddedLayer(layer.diff_id, digests.blob_digest,
+                              _layer_media_type(layer, digests.compression), digests.blob_size)
+
+    def _keep_blob_only(self, source: Source, layer: LayerSpec, what: str) -> AddedLayer:
+        """The layer is unpacked already; this image's blob may still be new to the store."""
+        if layer.digest and os.path.exists(self.store.blob_path(layer.digest)):
+            row = self.store.db.execute("SELECT media_type, size FROM blobs WHERE digest = ?",
+                                        (layer.digest,)).fetchone()
+            if row is not None:
+                return AddedLayer(layer.diff_id, layer.digest, row["media_type"], row["size"])
+        blob_temp = self.space.new_path("blob-" + layer.diff_id[7:])
+        digest, size, compression = _copy_hashing(source, layer.path, blob_temp)
+        if layer.digest and digest != layer.digest:
+            raise ImageError(f"{what}: layer blob digest mismatch (expected {layer.digest}, "
+                             f"got {digest})")
+        if layer.size is not None and size != layer.size:
+            raise ImageError(f"{what}: layer {layer.digest} is {size} bytes, its descriptor "
+                             f"says {layer.size}")
+        if compression == "none" and digest != layer.diff_id:
+            raise ImageError(f"{what}: layer diff_id mismatch (expected {layer.diff_id}, "
+                             f"got {digest})")
+        self._place_blob(blob_temp, digest)
+        return AddedLayer(layer.diff_id, digest, _layer_media_type(layer, compression), size)
+
+    def _verify(self, layer: LayerSpec, digests: LayerDigests, what: str) -> None:
+        if layer.digest and digests.blob_digest != layer.digest:
+            raise ImageError(f"{what}: layer blob digest mismatch (expected {layer.digest}, "
+                             f"got {digests.blob_digest})")
+        if layer.size is not None and digests.blob_size != layer.size:
+            raise ImageError(f"{what}: layer {layer.digest} is {digests.blob_size} bytes, its "
+                             f"descriptor says {layer.size}")
+        if digests.diff_id != layer.diff_id:
+            raise ImageError(f"{what}: layer diff_id mismatch (the config says {layer.diff_id}, "
+                             f"the layer's content is {digests.diff_id})")
+
+    def _install_layer(self, diff_id: str, unpacked: str, digests: LayerDigests) -> None:
+        final = self.store.layer_path(diff_id)
+        if os.path.lexists(final):  # left by a command killed before it recorded the layer
+            self.store._remove_tree(final)
+        os.rename(unpacked, final)
+        fsync_dir(self.store.layers_dir)
+        with self.store.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (diff_id, os.path.basename(final), digests.tar_size,
+                        digests.tar_size, digests.entries, self.store.whiteout_format,
+                        time.time()))
+
+    # ------------------------------------------------------------------ images
+
+    def add_image(self, spec: ImageSpec, source: Source, what: str) -> str:
+        """Adds one image (layers concurrently) and records it; returns its id."""
+        workers = min(MAX_PARALLEL_LAYERS, max(1, len(spec.layers)))
+        unique = list({layer.diff_id: layer for layer in spec.layers}.values())
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {layer.diff_id: pool.submit(self.add_layer, source, layer, what)
+                       for layer in unique}
+            try:
+                added_by_diff = {d: f.result() for d, f in futures.items()}
+            except BaseException:
+                for f in futures.values():
+                    f.cancel()
+                raise
+        added = [added_by_diff[layer.diff_id] for layer in spec.layers]
+        if spec.manifest_bytes is None or not _manifest_matches(spec.manifest_bytes, added):
+            spec.manifest_bytes = build_manifest(spec.config_bytes, spec.config, added)
+            spec.manifest_media_type = mt.OCI_MANIFEST
+        return self.record(spec, added)
+
+    def record(self, spec: ImageSpec, added: list[AddedLayer]) -> str:
+        image_id = spec.image_id
+        self._place_json_blob(spec.config_bytes)
+        assert spec.manifest_bytes is not None
+        manifest_digest = self._place_json_blob(spec.manifest_bytes)
+        syncfs(self.store.blobs_dir)
+        config = spec.config
+        sizes = dict(self.store.db.execute("SELECT diff_id, disk_size FROM layers").fetchall()
+                     ) if added else {}
+        size = sum(sizes.get(layer.diff_id, 0) for layer in {a.diff_id: a for a in added}.values())
+        now = time.time()
+        with self.store.transaction() as db:
+            config_type = mt.OCI_CONFIG if spec.manifest_media_type == mt.OCI_MANIFEST \
+                else mt.DOCKER_CONFIG
+            blob_rows = [(image_id, len(spec.config_bytes), config_type, now),
+                         (manifest_digest, len(spec.manifest_bytes), spec.manifest_media_type,
+                          now)]
+            blob_rows += [(a.blob_digest, a.blob_size, a.media_type, now) for a in added]
+            db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", blob_rows)
+            exists = db.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone()
+            if not exists:
+                db.execute("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+                    image_id, manifest_digest, spec.manifest_media_type,
+                    _text(config.get("created")), _text(config.get("os")),
+                    _text(config.get("architecture")), _text(config.get("variant")), size, now))
+                db.executemany("INSERT INTO image_layers VALUES (?, ?, ?, ?, ?)", [
+                    (image_id, i, a.diff_id, a.blob_digest, a.media_type)
+                    for i, a in enumerate(added)])
+            db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
+                           [(name, image_id, now) for name in spec.names])
+        return image_id
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _source_size(source: Source, path: str) -> int | None:
+    with contextlib.suppress(Exception):
+        return source.size(path)
+    return None
+
+
+def _copy_hashing(source: Source, path: str, target: str) -> tuple[str, int, str]:
+    from unionfs.image.archive.compression import detect
+
+    h = hashlib.sha256()
+    size = 0
+    head = b""
+    with source.open(path) as f, open(target, "wb") as out:
+        while chunk := f.read(1 << 20):
+            if not head:
+                head = chunk[:8]
+            h.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+    return "sha256:" + h.hexdigest(), size, detect(head)
+
+
+def _layer_media_type(layer: LayerSpec, compression: str) -> str:
+    """The media type of the blob as stored: the descriptor's, unless the bytes disagree."""
+    declared = layer.media_type
+    if declared in (mt.DOCKER_LAYER_GZIP,) and compression == "gzip":
+        return declared
+    if declared in mt.LAYERS and _compression_of(declared) == compression:
+        return declared
+    return COMPRESSION_MEDIA_TYPES[compression]
+
+
+def _compression_of(media_type: str) -> str:
+    if media_type.endswith("gzip"):
+        return "gzip"
+    if media_type.endswith("zstd"):
+        return "zstd"
+    return "none"
+
+
+def _manifest_matches(manifest_bytes: bytes, added: list[AddedLayer]) -> bool:
+    try:
+        manifest = json.loads(manifest_bytes)
+        return [d["digest"] for d in manifest["layers"]] == [a.blob_digest for a in added]
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def build_manifest(config_bytes: bytes, config: dict, added: list[AddedLayer]) -> bytes:
+    """An OCI manifest for blobs the store holds (for archives that carry none)."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG,
+                   "digest": "sha256:" + hashlib.sha256(config_bytes).hexdigest(),
+                   "size": len(config_bytes)},
+        "layers": [{"mediaType": a.media_type, "digest": a.blob_digest, "size": a.blob_size}
+                   for a in added],
+    }
+    return json.dumps(manifest, separators=(",", ":")).encode()
