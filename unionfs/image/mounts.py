@@ -19,9 +19,9 @@ from unionfs.image.store import Store
 def layer_dirs(store: Store, image_id: str) -> list[str]:
     """The image's layer directories, base first."""
     rows = store.db.execute(
-        "SELECT diff_id FROM image_layers WHERE image_id = ? ORDER BY position",
+        "SELECT chain_id FROM image_layers WHERE image_id = ? ORDER BY position",
         (image_id,)).fetchall()
-    return [store.layer_path(r["diff_id"]) for r in rows]
+    return [store.layer_path(r["chain_id"]) for r in rows]
 
 
 def _mounted_points() -> set[str]:

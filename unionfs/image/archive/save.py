@@ -89,7 +89,7 @@ class ImageSaver:
         return self.store.db.execute(
             "SELECT il.diff_id, il.blob_digest, il.media_type, b.size, l.tar_size "
             "FROM image_layers il JOIN blobs b ON b.digest = il.blob_digest "
-            "JOIN layers l ON l.diff_id = il.diff_id "
+            "JOIN layers l ON l.chain_id = il.chain_id "
             "WHERE il.image_id = ? ORDER BY il.position", (image_id,)).fetchall()
 
     def _blob(self, digest: str) -> bytes:

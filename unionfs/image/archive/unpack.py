@@ -19,6 +19,7 @@ that replaces a whited-out name in the same layer is made opaque (its lower cont
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -26,6 +27,7 @@ import shutil
 import stat
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import BinaryIO
@@ -124,6 +126,8 @@ class LayerWriter:
     root: str
     whiteout_format: str  # "overlay" or "oci"
     limits: Limits
+    parents: list[str] = field(default_factory=list)  # layer dirs below, top-most first
+    before_finish: Callable[[], None] | None = None     # waits until ``parents`` are complete
     as_root: bool = field(default_factory=lambda: os.geteuid() == 0)
 
     def __post_init__(self) -> None:
@@ -133,6 +137,7 @@ class LayerWriter:
         self._made: set[str] = set()       # every name made by this layer
         self._whiteouts: set[str] = set()  # overlay-form whiteouts made by this layer
         self._dirs: list[_DirAttrs] = []
+        self._implicit: set[str] = {""}    # directories made only as parents of entries
         self._opaque_xattr = "trusted.overlay.opaque" if self.as_root else "user.overlay.opaque"
 
     def close(self) -> None:
@@ -163,6 +168,7 @@ class LayerWriter:
                     f"entry {entry!r}: {path!r} does not exist in this layer") from None
             os.mkdir(name, 0o755, dir_fd=parent_fd)
             self._made.add(path)
+            self._implicit.add(path)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         except OSError as e:
             if e.errno not in (errno.ELOOP, errno.ENOTDIR):
@@ -193,6 +199,8 @@ class LayerWriter:
             tar.members.clear()  # a streamed tar need not remember millions of members
             counter.add(1)
             self._apply_member(tar, member)
+        if self.before_finish is not None:
+            self.before_finish()
         self._finish_dirs()
 
     def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
@@ -200,6 +208,7 @@ class LayerWriter:
         if path == "":
             if member.isdir():
                 self._dirs.append(_DirAttrs("", member))
+                self._implicit.discard("")
             return
         parent, _, name = path.rpartition("/")
         if any(part.startswith(WHITEOUT_PREFIX) for part in parent.split("/") if part):
@@ -274,6 +283,8 @@ class LayerWriter:
             self._made = {p for p in self._made if not p.startswith(prefix)}
             self._dirs = [d for d in self._dirs if not d.path.startswith(prefix)
                           and d.path != path]
+            self._implicit = {p for p in self._implicit if not p.startswith(prefix)
+                              and p != path}
         else:
             os.unlink(name, dir_fd=parent_fd)
         self._files.discard(path)
@@ -292,6 +303,7 @@ class LayerWriter:
                 fd = self._dir_fd(path, create=False, entry=member.name)
                 self._set_opaque(fd)
             self._dirs.append(_DirAttrs(path, member))
+            self._implicit.discard(path)
         elif member.issym():
             os.symlink(member.linkname, name, dir_fd=parent_fd)
             self._set_attrs(member, parent_fd, name, symlink=True)
@@ -371,7 +383,19 @@ class LayerWriter:
                              f"{e.strerror}") from None
 
     def _finish_dirs(self) -> None:
-        """Directory attributes last, deepest first (making children changed their mtimes)."""
+        """Directory attributes last, deepest first (making children changed their mtimes).
+
+        A directory the tar never names (only made as a parent of an entry) takes the
+        attributes of the same directory in the layers below, as if the layer had been
+        applied onto them: otherwise its fresh owner, mode and mtime would override the
+        lower directory's in the merged view (a ``/tmp`` of mode 0755, say).
+        """
+        for path in sorted(self._implicit, key=lambda p: p.count("/"), reverse=True):
+            below = find_lower_dir(self.parents, path)
+            if below is not None:
+                fd = self._root_fd if path == "" else self._dir_fd(path, create=False,
+                                                                   entry=path)
+                _copy_dir_attrs(below, fd, self.as_root)
         for item in sorted(self._dirs, key=lambda d: d.path.count("/"), reverse=True):
             if item.path == "":
                 fd = self._root_fd
@@ -379,6 +403,68 @@ class LayerWriter:
                 continue
             fd = self._dir_fd(item.path, create=False, entry=item.member.name)
             self._set_fd_attrs(item.member, fd)
+
+
+def _is_whiteout_in(layer: str, parent: str, name: str) -> bool:
+    """Whether ``layer`` hides ``parent/name`` (either whiteout form)."""
+    directory = os.path.join(layer, parent) if parent else layer
+    try:
+        st = os.lstat(os.path.join(directory, name))
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return True
+    except OSError:
+        pass
+    return os.path.lexists(os.path.join(directory, WHITEOUT_PREFIX + name))
+
+
+def _is_opaque_dir(path: str) -> bool:
+    for key in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            if os.getxattr(path, key, follow_symlinks=False).startswith(b"y"):
+                return True
+        except OSError:
+            continue
+    return os.path.lexists(os.path.join(path, OPAQUE_MARKER))
+
+
+def find_lower_dir(layers: list[str], path: str) -> str | None:
+    """The directory ``path`` as the stack ``layers`` (top-most first) shows it: the path of
+    the top-most layer's copy, or None if no layer shows it as a directory."""
+    parts = path.split("/") if path else []
+    for layer in layers:
+        current = layer
+        hidden = opaque_above = False
+        for i, part in enumerate(parts):
+            if _is_whiteout_in(layer, "/".join(parts[:i]), part):
+                hidden = True
+                break
+            current = os.path.join(current, part)
+            if i < len(parts) - 1 and _is_opaque_dir(current) and os.path.isdir(current):
+                opaque_above = True
+        if hidden:
+            return None
+        try:
+            st = os.lstat(current)
+        except OSError:
+            if opaque_above:
+                return None
+            continue
+        return current if stat.S_ISDIR(st.st_mode) else None
+    return None
+
+
+def _copy_dir_attrs(source: str, fd: int, as_root: bool) -> None:
+    st = os.lstat(source)
+    if as_root:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    with contextlib.suppress(OSError):
+        for key in os.listxattr(source, follow_symlinks=False):
+            if key.startswith(PRIVATE_XATTR_PREFIXES) or (not as_root and
+                                                          not key.startswith("user.")):
+                continue
+            os.setxattr(fd, key, os.getxattr(source, key, follow_symlinks=False))
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _exists(dir_fd: int, name: str) -> bool:
@@ -403,7 +489,8 @@ def _copy_to_fd(source: BinaryIO, fd: int, size: int) -> None:
 
 
 def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: Limits,
-                 what: str) -> LayerDigests:
+                 what: str, parents: list[str] | None = None,
+                 before_finish: Callable[[], None] | None = None) -> LayerDigests:
     """Streams ``blob`` (compressed or not) into ``target`` (an empty directory) and returns its
     measured digests. The caller compares them with the descriptor and the config's diff_id.
 
@@ -422,7 +509,7 @@ def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: L
         plain_hash.update(chunk)
 
     entries = _Counter(limits.max_layer_entries, f"{what}: number of entries")
-    writer = LayerWriter(target, whiteout_format, limits)
+    writer = LayerWriter(target, whiteout_format, limits, parents or [], before_finish)
     try:
         reader = DecompressingReader(blob, on_raw, on_plain)
         with tarfile.open(fileobj=reader, mode="r|", bufsize=COPY_CHUNK) as tar:  # type: ignore[call-overload]

@@ -25,10 +25,10 @@ def _percent(part: int, whole: int) -> str:
 def run(args, store: Store) -> int:
     db = store.db
     images = [dict(r) for r in db.execute("SELECT id, created FROM images")]
-    layers = {r["diff_id"]: r["tar_size"] for r in db.execute(
-        "SELECT diff_id, tar_size FROM layers")}
-    uses = {i["id"]: [r["diff_id"] for r in db.execute(
-        "SELECT DISTINCT diff_id FROM image_layers WHERE image_id = ?", (i["id"],))]
+    layers = {r["chain_id"]: r["tar_size"] for r in db.execute(
+        "SELECT chain_id, tar_size FROM layers")}
+    uses = {i["id"]: [r["chain_id"] for r in db.execute(
+        "SELECT DISTINCT chain_id FROM image_layers WHERE image_id = ?", (i["id"],))]
         for i in images}
     users = Counter(d for ds in uses.values() for d in ds)
     blobs = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs").fetchone()

@@ -29,7 +29,7 @@ def history_rows(store: Store, image_id: str) -> list[dict]:
     with open(store.blob_path(image_id), "rb") as f:
         config = json.load(f)
     sizes = [r["tar_size"] for r in store.db.execute(
-        "SELECT l.tar_size FROM image_layers il JOIN layers l ON l.diff_id = il.diff_id "
+        "SELECT l.tar_size FROM image_layers il JOIN layers l ON l.chain_id = il.chain_id "
         "WHERE il.image_id = ? ORDER BY il.position", (image_id,))]
     history = config.get("history") if isinstance(config.get("history"), list) else []
     if not history:

@@ -4,7 +4,7 @@ Layout under the store's root::
 
     db.sqlite              metadata (images, tags, layers, blobs, mounts), WAL mode
     blobs/sha256/<hex>     manifests, configs and layer blobs as received (compressed)
-    layers/<hex>/          one unpacked layer per diff_id, the directory pyunion mounts
+    layers/<hex>/          one unpacked layer per chain id, the directory pyunion mounts
     tmp/<name>/            one workspace per running command, locked by tmp/<name>.lock
     locks/                 store.lock (shared while adding, exclusive while deleting),
                            layer-<hex>.lock (one unpacker per layer)
@@ -113,8 +113,8 @@ class Store:
     def blob_path(self, digest: str) -> str:
         return os.path.join(self.blobs_dir, digest_hex(digest))
 
-    def layer_path(self, diff_id: str) -> str:
-        return os.path.join(self.layers_dir, digest_hex(diff_id))
+    def layer_path(self, chain_id: str) -> str:
+        return os.path.join(self.layers_dir, digest_hex(chain_id))
 
     # ------------------------------------------------------------------ opening
 
@@ -173,8 +173,8 @@ class Store:
                 os.unlink(path + ".lock")
             owner.release()
 
-    def layer_lock(self, diff_id: str) -> contextlib.AbstractContextManager:
-        return locked(os.path.join(self.locks_dir, f"layer-{digest_hex(diff_id)}.lock"))
+    def layer_lock(self, chain_id: str) -> contextlib.AbstractContextManager:
+        return locked(os.path.join(self.locks_dir, f"layer-{digest_hex(chain_id)}.lock"))
 
     # ------------------------------------------------------------------ garbage collection
 
@@ -183,7 +183,7 @@ class Store:
 
         Runs only under the exclusive store lock; with ``blocking=False`` it gives up at once
         if another command is adding content (its leftovers wait for a later command).
-        Returns the diff_ids of the layers deleted.
+        Returns the chain ids of the layers deleted.
         """
         lock = FileLock(os.path.join(self.locks_dir, "store.lock"))
         if not lock.acquire(exclusive=True, blocking=blocking):
@@ -192,8 +192,8 @@ class Store:
             self._clean_workspaces()
             self._forget_dead_mounts()
             deleted_layers, deleted_blobs = self._delete_unreferenced_rows()
-            for diff_id in deleted_layers:
-                self._remove_tree(self.layer_path(diff_id))
+            for chain_id in deleted_layers:
+                self._remove_tree(self.layer_path(chain_id))
             for digest in deleted_blobs:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.blob_path(digest))
@@ -205,19 +205,19 @@ class Store:
     def _delete_unreferenced_rows(self) -> tuple[list[str], list[str]]:
         with self.transaction() as db:
             layers = [r[0] for r in db.execute(
-                "SELECT diff_id FROM layers WHERE diff_id NOT IN "
-                "(SELECT diff_id FROM image_layers)")]
+                "SELECT chain_id FROM layers WHERE chain_id NOT IN "
+                "(SELECT chain_id FROM image_layers)")]
             blobs = [r[0] for r in db.execute(
                 "SELECT digest FROM blobs WHERE digest NOT IN (SELECT id FROM images) "
                 "AND digest NOT IN (SELECT manifest_digest FROM images) "
                 "AND digest NOT IN (SELECT blob_digest FROM image_layers)")]
-            db.executemany("DELETE FROM layers WHERE diff_id = ?", [(d,) for d in layers])
+            db.executemany("DELETE FROM layers WHERE chain_id = ?", [(d,) for d in layers])
             db.executemany("DELETE FROM blobs WHERE digest = ?", [(d,) for d in blobs])
         return layers, blobs
 
     def _remove_unrecorded_files(self) -> None:
         """Layer dirs and blobs renamed into place by a command killed before it recorded them."""
-        known_layers = {digest_hex(r[0]) for r in self.db.execute("SELECT diff_id FROM layers")}
+        known_layers = {digest_hex(r[0]) for r in self.db.execute("SELECT chain_id FROM layers")}
         for name in os.listdir(self.layers_dir):
             if name not in known_layers:
                 self._remove_tree(os.path.join(self.layers_dir, name))

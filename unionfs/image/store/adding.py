@@ -1,9 +1,13 @@
 """Adding an image to the store: blobs verified and kept, layers unpacked once, then one row set.
 
-Layers are unpacked concurrently (a few at a time), each under its own lock so that two commands
-that need the same layer unpack it once. Every layer is unpacked into the command's workspace,
-verified (blob digest and size against the descriptor, diff_id against the config), flushed and
-renamed into place; the image's rows are written last, in one transaction.
+Layers are kept by chain id (the layer and everything below it), as docker does: a directory
+the layer's tar never names, made only as the parent of an entry, takes its attributes from the
+layers below, so the unpacked form depends on the stack. A base layer has the same chain id in
+every image and is stored once. Layers are unpacked concurrently (a few at a time), each under
+its own lock so that two commands that need the same layer unpack it once. Every layer is
+unpacked into the command's workspace, verified (blob digest and size against the descriptor,
+diff_id against the config), flushed and renamed into place; the image's rows are written
+last, in one transaction.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -38,8 +43,18 @@ class Progress:
     def layer_done(self, diff_id: str, status: str) -> None: ...
 
 
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """ChainID(L1) = DiffID(L1); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        chain.append(diff_id if not chain else
+                     "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest())
+    return chain
+
+
 @dataclass
 class AddedLayer:
+    chain_id: str
     diff_id: str
     blob_digest: str
     media_type: str
@@ -96,17 +111,20 @@ class ImageAdder:
 
     # ------------------------------------------------------------------ layers
 
-    def _layer_recorded(self, diff_id: str) -> bool:
-        row = self.store.db.execute("SELECT dir FROM layers WHERE diff_id = ?",
-                                    (diff_id,)).fetchone()
-        return row is not None and os.path.isdir(self.store.layer_path(diff_id))
+    def _layer_recorded(self, chain_id: str) -> bool:
+        row = self.store.db.execute("SELECT dir FROM layers WHERE chain_id = ?",
+                                    (chain_id,)).fetchone()
+        return row is not None and os.path.isdir(self.store.layer_path(chain_id))
 
-    def add_layer(self, source: Source, layer: LayerSpec, what: str) -> AddedLayer:
-        """Makes ``layer`` present in the store (unpacked once) and its blob kept."""
+    def add_layer(self, source: Source, layer: LayerSpec, chain: list[str], what: str,
+                  wait_for_parents: Callable[[], None] | None = None) -> AddedLayer:
+        """Makes ``layer`` (whose chain ids, base first, end with its own) present in the
+        store, unpacked once, and keeps its blob."""
         short = layer.diff_id[7:19]
-        with self.store.layer_lock(layer.diff_id):
-            if self._layer_recorded(layer.diff_id):
-                blob = self._keep_blob_only(source, layer, what)
+        chain_id = chain[-1]
+        with self.store.layer_lock(chain_id):
+            if self._layer_recorded(chain_id):
+                blob = self._keep_blob_only(source, layer, chain_id, what)
                 self.progress.layer_done(layer.diff_id, "Already exists")
                 return blob
             total = layer.size if layer.size is not None else _source_size(source, layer.path)
@@ -117,24 +135,28 @@ class ImageAdder:
             with source.open(layer.path) as raw, open(blob_temp, "wb") as sink:
                 reader = _TeeReader(raw, sink, lambda n: self.progress.layer_advanced(
                     layer.diff_id, n))
+                parents = [self.store.layer_path(c) for c in reversed(chain[:-1])]
                 digests = unpack_layer(reader, target,  # type: ignore[arg-type]
                                        whiteout_format=self.store.whiteout_format,
-                                       limits=self.store.limits, what=f"{what} layer {short}")
+                                       limits=self.store.limits, what=f"{what} layer {short}",
+                                       parents=parents, before_finish=wait_for_parents)
             self._verify(layer, digests, what)
             syncfs(target)
-            self._install_layer(layer.diff_id, target, digests)
+            self._install_layer(chain, layer.diff_id, target, digests)
             self._place_blob(blob_temp, digests.blob_digest)
             self.progress.layer_done(layer.diff_id, "Loaded")
-            return AddedLayer(layer.diff_id, digests.blob_digest,
+            return AddedLayer(chain_id, layer.diff_id, digests.blob_digest,
                               _layer_media_type(layer, digests.compression), digests.blob_size)
 
-    def _keep_blob_only(self, source: Source, layer: LayerSpec, what: str) -> AddedLayer:
+    def _keep_blob_only(self, source: Source, layer: LayerSpec, chain_id: str,
+                        what: str) -> AddedLayer:
         """The layer is unpacked already; this image's blob may still be new to the store."""
         if layer.digest and os.path.exists(self.store.blob_path(layer.digest)):
             row = self.store.db.execute("SELECT media_type, size FROM blobs WHERE digest = ?",
                                         (layer.digest,)).fetchone()
             if row is not None:
-                return AddedLayer(layer.diff_id, layer.digest, row["media_type"], row["size"])
+                return AddedLayer(chain_id, layer.diff_id, layer.digest, row["media_type"],
+                                  row["size"])
         blob_temp = self.space.new_path("blob-" + layer.diff_id[7:])
         digest, size, compression = _copy_hashing(source, layer.path, blob_temp)
         if layer.digest and digest != layer.digest:
@@ -147,7 +169,8 @@ class ImageAdder:
             raise ImageError(f"{what}: layer diff_id mismatch (expected {layer.diff_id}, "
                              f"got {digest})")
         self._place_blob(blob_temp, digest)
-        return AddedLayer(layer.diff_id, digest, _layer_media_type(layer, compression), size)
+        return AddedLayer(chain_id, layer.diff_id, digest, _layer_media_type(layer, compression),
+                          size)
 
     def _verify(self, layer: LayerSpec, digests: LayerDigests, what: str) -> None:
         if layer.digest and digests.blob_digest != layer.digest:
@@ -160,15 +183,17 @@ class ImageAdder:
             raise ImageError(f"{what}: layer diff_id mismatch (the config says {layer.diff_id}, "
                              f"the layer's content is {digests.diff_id})")
 
-    def _install_layer(self, diff_id: str, unpacked: str, digests: LayerDigests) -> None:
-        final = self.store.layer_path(diff_id)
+    def _install_layer(self, chain: list[str], diff_id: str, unpacked: str,
+                       digests: LayerDigests) -> None:
+        final = self.store.layer_path(chain[-1])
         if os.path.lexists(final):  # left by a command killed before it recorded the layer
             self.store._remove_tree(final)
         os.rename(unpacked, final)
         fsync_dir(self.store.layers_dir)
         with self.store.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (diff_id, os.path.basename(final), digests.tar_size,
+            db.execute("INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (chain[-1], diff_id, chain[-2] if len(chain) > 1 else None,
+                        os.path.basename(final), digests.tar_size,
                         digests.tar_size, digests.entries, self.store.whiteout_format,
                         time.time()))
 
@@ -177,17 +202,31 @@ class ImageAdder:
     def add_image(self, spec: ImageSpec, source: Source, what: str) -> str:
         """Adds one image (layers concurrently) and records it; returns its id."""
         workers = min(MAX_PARALLEL_LAYERS, max(1, len(spec.layers)))
-        unique = list({layer.diff_id: layer for layer in spec.layers}.values())
+        chain = chain_ids([layer.diff_id for layer in spec.layers])
+        futures: list[Future] = []
+        failed = threading.Event()
+
+        def parents_done(position: int) -> Callable[[], None]:
+            def wait() -> None:
+                for future in futures[:position]:
+                    if failed.is_set():
+                        raise ImageError("stopped: another layer of the image failed")
+                    future.result()
+            return wait
+
+        # Submitted base first: a worker only ever waits for layers submitted before its
+        # own, which are running or done, so the pool cannot deadlock.
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {layer.diff_id: pool.submit(self.add_layer, source, layer, what)
-                       for layer in unique}
+            for i, layer in enumerate(spec.layers):
+                futures.append(pool.submit(self.add_layer, source, layer, chain[:i + 1], what,
+                                           parents_done(i)))
             try:
-                added_by_diff = {d: f.result() for d, f in futures.items()}
+                added = [f.result() for f in futures]
             except BaseException:
-                for f in futures.values():
+                failed.set()
+                for f in futures:
                     f.cancel()
                 raise
-        added = [added_by_diff[layer.diff_id] for layer in spec.layers]
         if spec.manifest_bytes is None or not _manifest_matches(spec.manifest_bytes, added):
             spec.manifest_bytes = build_manifest(spec.config_bytes, spec.config, added)
             spec.manifest_media_type = mt.OCI_MANIFEST
@@ -200,9 +239,8 @@ class ImageAdder:
         manifest_digest = self._place_json_blob(spec.manifest_bytes)
         syncfs(self.store.blobs_dir)
         config = spec.config
-        sizes = dict(self.store.db.execute("SELECT diff_id, disk_size FROM layers").fetchall()
-                     ) if added else {}
-        size = sum(sizes.get(layer.diff_id, 0) for layer in {a.diff_id: a for a in added}.values())
+        size = sum(self.store.db.execute("SELECT disk_size FROM layers WHERE chain_id = ?",
+                                         (a.chain_id,)).fetchone()[0] for a in added)
         now = time.time()
         with self.store.transaction() as db:
             config_type = mt.OCI_CONFIG if spec.manifest_media_type == mt.OCI_MANIFEST \
@@ -218,8 +256,8 @@ class ImageAdder:
                     image_id, manifest_digest, spec.manifest_media_type,
                     _text(config.get("created")), _text(config.get("os")),
                     _text(config.get("architecture")), _text(config.get("variant")), size, now))
-                db.executemany("INSERT INTO image_layers VALUES (?, ?, ?, ?, ?)", [
-                    (image_id, i, a.diff_id, a.blob_digest, a.media_type)
+                db.executemany("INSERT INTO image_layers VALUES (?, ?, ?, ?, ?, ?)", [
+                    (image_id, i, a.chain_id, a.diff_id, a.blob_digest, a.media_type)
                     for i, a in enumerate(added)])
             db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
                            [(name, image_id, now) for name in spec.names])

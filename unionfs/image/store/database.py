@@ -23,7 +23,9 @@ MIGRATIONS: list[str] = [
         added       REAL NOT NULL
     );
     CREATE TABLE layers (
-        diff_id          TEXT PRIMARY KEY,
+        chain_id         TEXT PRIMARY KEY,
+        diff_id          TEXT NOT NULL,
+        parent           TEXT,
         dir              TEXT NOT NULL,
         tar_size         INTEGER NOT NULL,
         disk_size        INTEGER NOT NULL,
@@ -45,12 +47,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE image_layers (
         image_id     TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
         position     INTEGER NOT NULL,
-        diff_id      TEXT NOT NULL REFERENCES layers(diff_id),
+        chain_id     TEXT NOT NULL REFERENCES layers(chain_id),
+        diff_id      TEXT NOT NULL,
         blob_digest  TEXT NOT NULL,
         media_type   TEXT NOT NULL,
         PRIMARY KEY (image_id, position)
     );
-    CREATE INDEX image_layers_diff_id ON image_layers(diff_id);
+    CREATE INDEX image_layers_chain_id ON image_layers(chain_id);
     CREATE TABLE tags (
         name      TEXT PRIMARY KEY,
         image_id  TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
