@@ -24,7 +24,7 @@ def layer_dirs(store: Store, image_id: str) -> list[str]:
     return [store.layer_path(r["chain_id"]) for r in rows]
 
 
-def _mounted_points() -> set[str]:
+def mounted_points() -> set[str]:
     with open("/proc/self/mountinfo") as f:
         return {line.split()[4].replace("\\040", " ") for line in f}
 
@@ -35,14 +35,14 @@ def mount_is_live(mountpoint: str, pid: int) -> bool:
             cmdline = f.read()
     except OSError:
         return False
-    return b"mount_helper" in cmdline and mountpoint in _mounted_points()
+    return b"mount_helper" in cmdline and mountpoint in mounted_points()
 
 
 def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -> str:
     target = os.path.realpath(mountpoint)
     if not os.path.isdir(target):
         raise ImageError(f"mount point {mountpoint} is not a directory")
-    if target in _mounted_points():
+    if target in mounted_points():
         raise Conflict(f"{mountpoint} is already a mount point")
     lowers = list(reversed(layer_dirs(store, image_id)))
     if not lowers:
@@ -65,10 +65,10 @@ def unmount_image(store: Store, mountpoint: str) -> None:
 
     target = os.path.realpath(mountpoint)
     row = store.db.execute("SELECT pid FROM mounts WHERE mountpoint = ?", (target,)).fetchone()
-    if row is None and target not in _mounted_points():
+    if row is None and target not in mounted_points():
         raise ImageError(f"{mountpoint} is not mounted")
     result = subprocess.run(["umount", target], capture_output=True, text=True)
-    if result.returncode != 0 and target in _mounted_points():
+    if result.returncode != 0 and target in mounted_points():
         message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
         raise ImageError(f"cannot unmount {mountpoint}: {message or 'umount failed'}")
     if row is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from typing import BinaryIO
 
@@ -139,3 +140,20 @@ class _GzipDecoder:
 def compress_gzip(level: int = 1):
     """A gzip compressor object (``compress``/``flush``) writing one gzip member."""
     return zlib.compressobj(level, zlib.DEFLATED, 31)
+
+
+class HashingGzipFile:
+    """A write-only file: hashes the plain tar (diff_id) and writes it gzip-compressed."""
+
+    def __init__(self, out) -> None:
+        self._out = out
+        self._z = compress_gzip(1)
+        self.plain = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.plain.update(data)
+        self._out.write(self._z.compress(data))
+        return len(data)
+
+    def finish(self) -> None:
+        self._out.write(self._z.flush())

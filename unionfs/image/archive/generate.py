@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from typing import BinaryIO
 
 from unionfs.image.archive.unpack import OPAQUE_MARKER, PRIVATE_XATTR_PREFIXES, WHITEOUT_PREFIX
@@ -62,19 +63,30 @@ def _ns_text(ns: int) -> str:
     return f"{seconds}.{fraction:09d}".rstrip("0").rstrip(".") if fraction else str(seconds)
 
 
-def write_layer_tar(root: str, out: BinaryIO, *, convert_whiteouts: bool = False) -> int:
-    """Writes the tree under ``root`` as a layer tar to ``out``; returns the entry count."""
+Skip = Callable[[str, os.stat_result], bool]
+Replacement = Callable[[str, str], "str | None"]
+
+
+def write_layer_tar(root: str, out: BinaryIO, *, convert_whiteouts: bool = False,
+                    skip: Skip | None = None, replace_dir: Replacement | None = None) -> int:
+    """Writes the tree under ``root`` as a layer tar to ``out``; returns the entry count.
+
+    ``skip(rel, st)`` leaves an entry (and what is below it) out. ``replace_dir(rel, path)``
+    may name another directory whose whole contents stand for this one (a redirected overlay
+    directory, read through the merged view), written as an opaque directory.
+    """
     count = 0
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
-        for rel, path, st in _walk(root):
-            count += _add(tar, rel, path, st, links, convert_whiteouts)
+        for rel, path, st, opaque in _walk(root, skip, replace_dir):
+            count += _add(tar, rel, path, st, links, convert_whiteouts, opaque)
     return count
 
 
-def _walk(root: str):
-    """(relative name, path, lstat) for everything under ``root``: depth-first, sorted."""
+def _walk(root: str, skip: Skip | None, replace_dir: Replacement | None):
+    """(relative name, path, lstat, forced opaque) for everything under ``root``:
+    depth-first, sorted."""
     stack = [(root, "", iter(sorted(os.listdir(root))))]
     while stack:
         directory, rel_dir, names = stack[-1]
@@ -85,13 +97,19 @@ def _walk(root: str):
         rel = f"{rel_dir}/{name}" if rel_dir else name
         path = os.path.join(directory, name)
         st = os.lstat(path)
-        yield rel, path, st
+        if skip is not None and skip(rel, st):
+            continue
+        replacement = replace_dir(rel, path) if replace_dir and stat.S_ISDIR(st.st_mode) \
+            else None
+        if replacement is not None:
+            path, st = replacement, os.lstat(replacement)
+        yield rel, path, st, replacement is not None
         if stat.S_ISDIR(st.st_mode):
             stack.append((path, rel, iter(sorted(os.listdir(path)))))
 
 
 def _add(tar: tarfile.TarFile, rel: str, path: str, st: os.stat_result,
-         links: dict[tuple[int, int], str], convert_whiteouts: bool) -> int:
+         links: dict[tuple[int, int], str], convert_whiteouts: bool, opaque: bool) -> int:
     mode = st.st_mode
     if convert_whiteouts and stat.S_ISCHR(mode) and st.st_rdev == 0:
         parent, _, name = rel.rpartition("/")
@@ -105,7 +123,7 @@ def _add(tar: tarfile.TarFile, rel: str, path: str, st: os.stat_result,
     if stat.S_ISDIR(mode):
         info.type = tarfile.DIRTYPE
         tar.addfile(info)
-        if convert_whiteouts and _is_opaque(path):
+        if opaque or (convert_whiteouts and _is_opaque(path)):
             marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")
             marker.mtime = info.mtime
             tar.addfile(marker)

@@ -430,6 +430,14 @@ def _is_opaque_dir(path: str) -> bool:
 def find_lower_dir(layers: list[str], path: str) -> str | None:
     """The directory ``path`` as the stack ``layers`` (top-most first) shows it: the path of
     the top-most layer's copy, or None if no layer shows it as a directory."""
+    found = find_in_stack(layers, path)
+    return found if found is not None and os.path.isdir(found) and \
+        not os.path.islink(found) else None
+
+
+def find_in_stack(layers: list[str], path: str) -> str | None:
+    """Where the merged view of ``layers`` (top-most first) finds ``path``: the top-most
+    layer's copy, or None if it is absent or hidden by a whiteout or an opaque directory."""
     parts = path.split("/") if path else []
     for layer in layers:
         current = layer
@@ -449,7 +457,9 @@ def find_lower_dir(layers: list[str], path: str) -> str | None:
             if opaque_above:
                 return None
             continue
-        return current if stat.S_ISDIR(st.st_mode) else None
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return None  # a whiteout of the name itself
+        return current
     return None
 
 

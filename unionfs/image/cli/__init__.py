@@ -11,7 +11,12 @@ import sqlite3
 import sys
 
 from unionfs.image.cli import (
+    commit,
+    container_mount,
+    create,
     df,
+    diff,
+    export,
     history,
     images,
     import_image,
@@ -19,8 +24,12 @@ from unionfs.image.cli import (
     load,
     mount_image,
     prune,
+    ps,
+    rm,
     rmi,
+    run,
     save,
+    stop,
     tag,
 )
 from unionfs.image.errors import ImageError
@@ -49,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for module in (load, import_image, images, tag, rmi, inspect, history, save, df,
-                   mount_image):
+                   mount_image, create, run, container_mount, ps, diff, commit, export, rm,
+                   stop):
         module.register(commands)
     image = commands.add_parser("image", help="Manage images (prune)",
                                 description="Manage images")

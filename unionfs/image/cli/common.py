@@ -64,10 +64,11 @@ def image_names(store: Store, image_id: str) -> list[str]:
 
 
 def image_users(store: Store, image_id: str) -> list[str]:
-    """What keeps an image in use (live mounts now; containers later)."""
+    """What keeps an image in use: containers (of any state) and live mount-image mounts."""
+    from unionfs.image.container.records import users_of_image
     from unionfs.image.mounts import mount_is_live
 
-    users = []
+    users = users_of_image(store, image_id)
     for row in store.db.execute("SELECT mountpoint, pid FROM mounts WHERE image_id = ?",
                                 (image_id,)):
         if mount_is_live(row["mountpoint"], row["pid"]):

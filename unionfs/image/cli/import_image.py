@@ -12,7 +12,7 @@ import sys
 
 from unionfs.image import mediatypes as mt
 from unionfs.image import reference
-from unionfs.image.archive.compression import CHUNK, DecompressingReader, compress_gzip
+from unionfs.image.archive.compression import CHUNK, DecompressingReader, HashingGzipFile
 from unionfs.image.archive.formats import ImageSpec, LayerSpec, Platform
 from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.sources import DirectorySource
@@ -44,27 +44,10 @@ def register(commands) -> None:
     p.set_defaults(run=run)
 
 
-class _HashingGzipFile:
-    """A write-only file: hashes the plain tar (diff_id) and writes it gzip-compressed."""
-
-    def __init__(self, out) -> None:
-        self._out = out
-        self._z = compress_gzip(1)
-        self.plain = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.plain.update(data)
-        self._out.write(self._z.compress(data))
-        return len(data)
-
-    def finish(self) -> None:
-        self._out.write(self._z.flush())
-
-
 def _layer_from_directory(root: str, space: Workspace) -> tuple[str, str]:
     blob = space.new_path("import.tar.gz")
     with open(blob, "wb") as out:
-        sink = _HashingGzipFile(out)
+        sink = HashingGzipFile(out)
         write_layer_tar(root, sink)  # type: ignore[arg-type]
         sink.finish()
     return blob, "sha256:" + sink.plain.hexdigest()

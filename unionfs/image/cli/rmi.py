@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from unionfs.image.cli.common import image_names, image_users, resolve, short_id, short_name
+from unionfs.image.container.records import running_users_of_image
 from unionfs.image.errors import Conflict, ImageError
 from unionfs.image.store import Store
 
@@ -41,6 +42,10 @@ def remove_image(store: Store, text: str, force: bool) -> list[str]:
             raise Conflict(f"unable to delete {short_id(image_id)} (must be forced) - image is "
                            "referenced in multiple repositories")
         to_untag, delete = names, True
+    running = running_users_of_image(store, image_id)
+    if running:
+        raise Conflict(f"unable to remove {text} (cannot be forced) - image "
+                       f"{short_id(image_id)} is being used by running {', '.join(running)}")
     if delete and users:
         if not force:
             raise Conflict(f"unable to remove {text} (must be forced) - image "

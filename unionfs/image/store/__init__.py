@@ -160,6 +160,11 @@ class Store:
             with self.workspace() as space:
                 yield space
 
+    def adding_lock(self) -> contextlib.AbstractContextManager:
+        """The shared store lock alone: garbage collection waits while it is held."""
+        _ = self.db
+        return locked(os.path.join(self.locks_dir, "store.lock"), exclusive=False)
+
     @contextlib.contextmanager
     def workspace(self) -> Iterator[Workspace]:
         path = tempfile.mkdtemp(prefix=f"ws-{os.getpid()}-", dir=self.tmp_dir)
@@ -198,6 +203,7 @@ class Store:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.blob_path(digest))
             self._remove_unrecorded_files()
+            self._remove_unrecorded_containers()
             return deleted_layers
         finally:
             lock.release()
@@ -226,6 +232,16 @@ class Store:
             if name not in known_blobs:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.blobs_dir, name))
+
+    def _remove_unrecorded_containers(self) -> None:
+        """Container directories whose record is gone (``rm`` killed half way)."""
+        directory = os.path.join(self.root, "containers")
+        if not os.path.isdir(directory):
+            return
+        known = {r[0] for r in self.db.execute("SELECT id FROM containers")}
+        for name in os.listdir(directory):
+            if name not in known:
+                self._remove_tree(os.path.join(directory, name))
 
     def _clean_workspaces(self) -> None:
         for name in os.listdir(self.tmp_dir):

@@ -71,6 +71,25 @@ MIGRATIONS: list[str] = [
         started     REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE containers (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL UNIQUE,
+        image_id     TEXT NOT NULL REFERENCES images(id),
+        image_name   TEXT NOT NULL,
+        created      REAL NOT NULL,
+        spec         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        pid          INTEGER,
+        monitor_pid  INTEGER,
+        exit_code    INTEGER,
+        started      REAL,
+        finished     REAL,
+        mountpoint   TEXT,
+        mount_pid    INTEGER
+    );
+    CREATE INDEX containers_image ON containers(image_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

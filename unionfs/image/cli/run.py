@@ -1,0 +1,67 @@
+"""``pyunion run`` and ``pyunion start``: a container's process, under a real OCI runtime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from unionfs.image.cli.create import add_container_options, create_from_args
+from unionfs.image.container import lifecycle, records, runtime
+from unionfs.image.errors import Conflict, ImageError
+from unionfs.image.store import Store
+
+HELP = "Create and run a container (mount its rootfs, start it with runc, wait)"
+EPILOG = """examples:
+  pyunion run --rm app:2.0 uname -a        the host's kernel: the bootfs is shared
+  pyunion run -it --name dev app:2.0 sh    an interactive shell
+  pyunion run -d --name web app:2.0        detached; see pyunion logs/stop/wait
+The exit status of the container's process is run's exit status.
+"""
+START_HELP = "Start one or more stopped containers (detached, unless -a)"
+
+
+def register(commands) -> None:
+    p = commands.add_parser("run", help=HELP, description=HELP, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="run in the background and print the container id")
+    add_container_options(p)
+    p.set_defaults(run=run)
+    s = commands.add_parser("start", help=START_HELP, description=START_HELP)
+    s.add_argument("-a", "--attach", action="store_true", help="wait, with output attached")
+    s.add_argument("containers", nargs="+", metavar="CONTAINER")
+    s.set_defaults(run=run_start)
+
+
+def run(args, store: Store) -> int:
+    if args.tty and not sys.stdin.isatty():
+        raise ImageError("the input device is not a TTY (drop -t, or run from a terminal)")
+    container = create_from_args(args, store)
+    if args.detach:
+        runtime.start_detached(store, container)
+        print(container.id)
+        return 0
+    try:
+        code = runtime.execute(store, container)
+    finally:
+        if args.rm:
+            lifecycle.remove(store, records.get(store, container.id), force=True)
+    return code
+
+
+def run_start(args, store: Store) -> int:
+    status = 0
+    for text in args.containers:
+        try:
+            container = runtime.refresh(store, records.get(store, text))
+            if container.state == "running":
+                raise Conflict(f"container {container.name} is already running")
+            if args.attach:
+                status = runtime.execute(store, container)
+            else:
+                runtime.start_detached(store, container)
+                print(text)
+        except ImageError as e:
+            print(f"pyunion: error: {e}", file=sys.stderr)
+            status = 1
+    return status

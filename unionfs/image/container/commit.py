@@ -1,0 +1,125 @@
+"""``commit``: a container's upper becomes a new top layer of a new image.
+
+The upper is written as an OCI layer (kernel whiteouts become ``.wh.NAME``, opaque directories
+``.wh..wh..opq``, a redirected directory its whole merged contents, overlay-private xattrs
+dropped), gzip-compressed into a blob, and added to the store like any loaded layer, on top of
+the image's own layers; the new config is the old one with the layer, a history entry and the
+``--change`` instructions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+
+from unionfs.image import mediatypes as mt
+from unionfs.image.archive.compression import HashingGzipFile
+from unionfs.image.archive.formats import ImageSpec, LayerSpec
+from unionfs.image.archive.generate import write_layer_tar
+from unionfs.image.archive.sources import DirectorySource
+from unionfs.image.changes import apply_changes
+from unionfs.image.container import rootfs, runtime
+from unionfs.image.container.changes import REDIRECT_XATTRS, has_xattr, is_runtime_artifact
+from unionfs.image.container.records import Container
+from unionfs.image.errors import ImageError
+from unionfs.image.store import Store, Workspace, syncfs
+from unionfs.image.store.adding import ImageAdder, Progress
+
+
+def _write_upper_layer(store: Store, container: Container, space: Workspace,
+                       merged: str | None) -> tuple[str, str]:
+    upper = rootfs.upper_dir(store, container)
+    lowers = rootfs.lowers(store, container)
+
+    def skip(rel: str, st: os.stat_result) -> bool:
+        return is_runtime_artifact(rel, st, lowers, os.path.join(upper, rel))
+
+    def replace_dir(rel: str, path: str) -> str | None:
+        if not has_xattr(path, REDIRECT_XATTRS):
+            return None
+        if merged is None:
+            raise ImageError("internal: a redirected directory needs the merged view")
+        return os.path.join(merged, rel)
+
+    blob = space.new_path("commit.tar.gz")
+    with open(blob, "wb") as out:
+        sink = HashingGzipFile(out)
+        write_layer_tar(upper, sink, convert_whiteouts=True,  # type: ignore[arg-type]
+                        skip=skip, replace_dir=replace_dir)
+        sink.finish()
+    return blob, "sha256:" + sink.plain.hexdigest()
+
+
+def _needs_merged_view(upper: str) -> bool:
+    for dirpath, dirnames, _ in os.walk(upper):
+        for name in dirnames:
+            if has_xattr(os.path.join(dirpath, name), REDIRECT_XATTRS):
+                return True
+    return False
+
+
+def commit(store: Store, container: Container, names: list[str], *, message: str,
+           author: str, changes: list[str], pause: bool,
+           progress: Progress | None = None) -> str:
+    container = runtime.refresh(store, container)
+    running = container.state == "running"
+    paused = False
+    if running and pause:
+        runtime.pause(store, container, True)
+        paused = True
+    try:
+        return _commit(store, container, names, message, author, changes, progress)
+    finally:
+        if paused:
+            with contextlib.suppress(ImageError):
+                runtime.pause(store, container, False)
+
+
+def _commit(store: Store, container: Container, names: list[str], message: str, author: str,
+            changes: list[str], progress: Progress | None) -> str:
+    upper = rootfs.upper_dir(store, container)
+    merged = None
+    mounted_here = False
+    if rootfs.is_mounted(container):
+        merged = container.mountpoint
+        assert merged is not None
+        syncfs(merged)  # what the kernel still caches reaches the upper
+    elif _needs_merged_view(upper):
+        merged = rootfs.mount(store, container)
+        mounted_here = True
+    try:
+        with store.adding() as space:
+            blob, diff_id = _write_upper_layer(store, container, space, merged)
+            with open(store.blob_path(container.image_id), "rb") as f:
+                config = json.load(f)
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            config["created"] = now
+            if author:
+                config["author"] = author
+            inner = dict(config.get("config") or {})
+            apply_changes(inner, changes)
+            config["config"] = inner
+            config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+            config["rootfs"]["diff_ids"] = list(config["rootfs"].get("diff_ids", [])) + [diff_id]
+            history = list(config.get("history") or [])
+            entry = {"created": now, "created_by": "pyunion commit " + container.name}
+            if message:
+                entry["comment"] = message
+            if author:
+                entry["author"] = author
+            config["history"] = history + [entry]
+            config_bytes = json.dumps(config, separators=(",", ":")).encode()
+            layers = [LayerSpec("", r["media_type"], r["blob_digest"], None, r["diff_id"])
+                      for r in store.db.execute(
+                          "SELECT diff_id, blob_digest, media_type FROM image_layers "
+                          "WHERE image_id = ? ORDER BY position", (container.image_id,))]
+            layers.append(LayerSpec(os.path.basename(blob), mt.OCI_LAYER_GZIP, None, None,
+                                    diff_id))
+            spec = ImageSpec(config_bytes, config, layers, names)
+            return ImageAdder(store, space, progress).add_image(
+                spec, DirectorySource(space.path), f"commit of {container.name}")
+    finally:
+        if mounted_here:
+            rootfs.unmount(store, container)
