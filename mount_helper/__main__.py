@@ -23,6 +23,8 @@ from unionfs.fs.options import (
     split_options,
 )
 
+MAX_DEFAULT_FSNAME = 1024
+
 USAGE = """usage: mount.pyunion LOWER[:LOWER...] [UPPER] MOUNTPOINT [-f] [-d] [-o OPTIONS]
        mount.pyunion SOURCE MOUNTPOINT -o lowerdir=L1:L2[,upperdir=U,workdir=W][,...]
 
@@ -97,7 +99,17 @@ def _config_from(positional: list[str], options: dict[str, str | None]) -> Mount
     else:
         raise MountError("expected LOWER[:LOWER...] [UPPER] MOUNTPOINT (see --help)")
     return MountConfig(lowers=split_lowers(lowers), upper=upper, mountpoint=mountpoint,
-                       source=lowers)
+                       source=default_fsname(lowers))
+
+
+def default_fsname(lowers: str) -> str:
+    """The lower list itself, or where that would not fit in the kernel's one page of mount
+    options (128 store layers do not), the top lower and a count."""
+    if len(lowers.encode()) <= MAX_DEFAULT_FSNAME:
+        return lowers
+    layers = split_lowers(lowers)
+    label = f"{layers[0]}(+{len(layers) - 1} lowers)"
+    return label if len(label.encode()) <= MAX_DEFAULT_FSNAME else "pyunion"
 
 
 def main(argv: list[str] | None = None) -> int:

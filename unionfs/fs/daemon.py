@@ -27,6 +27,20 @@ from unionfs.fs.state import UnionFS
 log = logging.getLogger("pyunion")
 
 
+# The kernel takes one page of mount options; libfuse adds fd=, rootmode=, user_id=, group_id=.
+MOUNT_OPTIONS_LIMIT = 4096 - 128
+
+
+def check_options_fit(options: set[str]) -> None:
+    """A clear message where the kernel would refuse the mount for its option string's size."""
+    total = sum(len(o.encode()) + 1 for o in options)
+    if total > MOUNT_OPTIONS_LIMIT:
+        longest = max(options, key=len)
+        raise MountError(f"the mount options are {total} bytes, more than the kernel's one page "
+                         f"allows; the longest is {longest.split('=')[0]} ({len(longest)} bytes): "
+                         "give a shorter one (e.g. -o fsname=NAME)")
+
+
 def fuse_options(config: MountConfig) -> set[str]:
     fsname = config.source.replace("\\", "\\\\").replace(",", "\\,")
     options = {f"fsname={fsname}", "subtype=pyunion", "default_permissions"}
@@ -75,10 +89,12 @@ def start(config: MountConfig) -> UnionFS:
         if created_workdir:
             assert config.workdir
             os.mkdir(config.workdir, 0o700)
+        options = fuse_options(config)
+        check_options_fit(options)
         fs = UnionFS(config)
         fs.prepare_workdir()
         os.umask(0)
-        pyfuse3.init(UnionOperations(fs), config.mountpoint, fuse_options(config))
+        pyfuse3.init(UnionOperations(fs), config.mountpoint, options)
         return fs
     except BaseException as e:
         if created_workdir and config.workdir:
