@@ -22,13 +22,17 @@ from unionfs.image.cli import (
     import_image,
     inspect,
     load,
+    login,
     mount_image,
     prune,
     ps,
+    pull,
+    push,
     rm,
     rmi,
     run,
     save,
+    search,
     stop,
     tag,
 )
@@ -59,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     for module in (load, import_image, images, tag, rmi, inspect, history, save, df,
                    mount_image, create, run, container_mount, ps, diff, commit, export, rm,
-                   stop):
+                   stop, pull, push, search, login):
         module.register(commands)
     image = commands.add_parser("image", help="Manage images (prune)",
                                 description="Manage images")

@@ -1,0 +1,54 @@
+"""``pyunion push``: an image from the store to a registry."""
+
+from __future__ import annotations
+
+import argparse
+
+import trio
+
+from unionfs.image import reference
+from unionfs.image.cli.common import resolve
+from unionfs.image.cli.output import CliProgress
+from unionfs.image.cli.pull import add_registry_options
+from unionfs.image.errors import ImageError
+from unionfs.image.registry.client import RegistryClient
+from unionfs.image.registry.push import Pusher
+from unionfs.image.store import Store
+
+HELP = "Upload an image to a registry"
+EPILOG = """examples:
+  pyunion tag app:1.1 127.0.0.1:5000/app:1.1 && pyunion push 127.0.0.1:5000/app:1.1
+  pyunion push --image app:1.1 registry.lan:5000/team/app:1.1
+"""
+
+
+def register(commands) -> None:
+    p = commands.add_parser("push", help=HELP, description=HELP, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", metavar="NAME[:TAG]", help="where to push (the store's name for the "
+                   "image, unless --image names another)")
+    p.add_argument("--image", metavar="IMAGE", help="the local image to push (default: NAME)")
+    p.add_argument("-q", "--quiet", action="store_true", help="suppress the progress output")
+    add_registry_options(p)
+    p.set_defaults(run=run)
+
+
+async def _push(store: Store, ref, image_id: str, insecure: bool, progress: CliProgress):
+    async with RegistryClient(ref.domain, insecure=insecure) as client:
+        return await Pusher(store, client, ref, image_id, progress).push()
+
+
+def run(args, store: Store) -> int:
+    ref = reference.parse(args.name)
+    if ref.digest:
+        raise ImageError("push a tag, not a digest")
+    image_id = resolve(store, args.image or args.name).image_id
+    if not args.quiet:
+        print(f"The push refers to repository [{ref.repository}]", flush=True)
+    progress = CliProgress(args.quiet)
+    try:
+        result = trio.run(_push, store, ref, image_id, args.insecure, progress)
+    finally:
+        progress.close()
+    print(f"{ref.tag}: digest: {result.manifest_digest} size: {result.manifest_size}")
+    return 0

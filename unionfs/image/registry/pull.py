@@ -1,0 +1,349 @@
+"""``pull``: an image from a registry into the store, fetching only the layers it lacks.
+
+The manifest is resolved with every manifest media type accepted (an index picks this machine's
+platform), then the config, then each missing layer: downloaded (a few at once) into
+``downloads/<hex>.partial``, verified against its descriptor while streaming, resumed with a
+Range request after a broken connection or a killed pull, and unpacked in a worker thread as
+soon as it is complete, the same way ``load`` unpacks. The image is recorded last, with its
+repo digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from unionfs.image import mediatypes as mt
+from unionfs.image.archive.formats import (
+    ImageSpec,
+    LayerSpec,
+    Platform,
+    parse_json,
+    validate_config,
+)
+from unionfs.image.archive.sources import DirectorySource
+from unionfs.image.errors import ImageError
+from unionfs.image.reference import Reference
+from unionfs.image.registry.client import (
+    MANIFEST_ACCEPT,
+    RegistryClient,
+    RegistryError,
+    repository_scope,
+)
+from unionfs.image.store import Store, digest_hex
+from unionfs.image.store.adding import AddedLayer, ImageAdder, Progress, chain_ids
+from unionfs.image.store.locks import FileLock
+
+PARALLEL_DOWNLOADS = 3
+DOWNLOAD_ATTEMPTS = 5
+
+
+@dataclass
+class PullResult:
+    image_id: str
+    manifest_digest: str
+    downloaded: bool          # False when every layer was already in the store
+    bytes_received: int
+
+
+async def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise RegistryError(f"{what} is larger than the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Puller:
+    def __init__(self, store: Store, client: RegistryClient, ref: Reference,
+                 platform: Platform | None, progress: Progress) -> None:
+        self.store = store
+        self.client = client
+        self.ref = ref
+        self.path = ref.path
+        self.scope = repository_scope(ref.path, "pull")
+        self.platform = platform
+        self.progress = progress
+        self.downloads = os.path.join(store.root, "downloads")
+
+    # ------------------------------------------------------------------ documents
+
+    async def fetch_manifest(self, reference: str) -> tuple[bytes, str, str]:
+        """(bytes, media type, digest) of a manifest or index, verified."""
+        limit = self.store.limits.max_json_bytes
+        async with self.client.request("GET", f"/v2/{self.path}/manifests/{reference}",
+                                       scope=self.scope,
+                                       headers={"Accept": MANIFEST_ACCEPT}) as response:
+            data = await read_limited(response, limit, f"manifest {reference}")
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        digest = _digest(data)
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(f"{self.client.domain}: manifest digest mismatch (asked for "
+                                f"{reference}, got {digest})")
+        document = parse_json(data, f"{self.client.domain}: manifest {reference}")
+        if not isinstance(document, dict):
+            raise RegistryError(f"{self.client.domain}: manifest {reference} is not an object")
+        body_type = document.get("mediaType")
+        if media_type in ("", "application/json", "text/plain") and isinstance(body_type, str):
+            media_type = body_type
+        if isinstance(body_type, str) and body_type != media_type:
+            raise RegistryError(f"{self.client.domain}: manifest {reference} says it is "
+                                f"{body_type} but was served as {media_type}")
+        if media_type == mt.DOCKER_SCHEMA1 or document.get("schemaVersion") == 1:
+            raise RegistryError(f"{self.client.domain}: {self.ref.name} has only a Docker "
+                                "schema 1 manifest, which is not supported")
+        return data, media_type, digest
+
+    async def resolve(self) -> tuple[bytes, str, str, dict]:
+        """The image manifest for this machine's platform (through an index if need be)."""
+        wanted = self.ref.digest or self.ref.tag or "latest"
+        seen: set[str] = set()
+        for _ in range(3):
+            data, media_type, digest = await self.fetch_manifest(wanted)
+            if digest in seen:
+                raise RegistryError(f"{self.client.domain}: the index {digest} points at itself")
+            seen.add(digest)
+            document = json.loads(data)
+            if media_type in mt.MANIFESTS:
+                return data, media_type, digest, document
+            if media_type not in mt.INDEXES:
+                raise RegistryError(f"{self.client.domain}: unknown manifest media type "
+                                    f"{media_type!r}")
+            wanted = self._choose(document)["digest"]
+        raise RegistryError(f"{self.client.domain}: indexes nested too deeply")
+
+    def _choose(self, index: dict) -> dict:
+        platform = self.platform or Platform.host()
+        manifests = index.get("manifests")
+        if not isinstance(manifests, list) or len(manifests) > 1000:
+            raise RegistryError(f"{self.client.domain}: malformed image index")
+        for descriptor in manifests:
+            if isinstance(descriptor, dict) and isinstance(descriptor.get("platform"), dict) \
+                    and platform.matches(descriptor["platform"]) \
+                    and isinstance(descriptor.get("digest"), str):
+                return descriptor
+        offered = sorted({"/".join(str(d["platform"].get(k)) for k in ("os", "architecture")
+                                   if d["platform"].get(k))
+                          for d in manifests if isinstance(d, dict)
+                          and isinstance(d.get("platform"), dict)})
+        raise RegistryError(f"{self.ref.name}: no image for platform {platform} (the index "
+                            f"offers {', '.join(offered) or 'none'})")
+
+    async def fetch_config(self, descriptor: dict) -> bytes:
+        digest = descriptor["digest"]
+        if descriptor.get("size", 0) > self.store.limits.max_json_bytes:
+            raise RegistryError(f"{self.ref.name}: the config is declared {descriptor['size']:,}"
+                                " bytes, more than the limit")
+        async with self.client.request("GET", f"/v2/{self.path}/blobs/{digest}",
+                                       scope=self.scope) as response:
+            data = await read_limited(response, self.store.limits.max_json_bytes, "config")
+        if _digest(data) != digest:
+            raise RegistryError(f"{self.client.domain}: config digest mismatch (expected "
+                                f"{digest}, got {_digest(data)})")
+        return data
+
+    # ------------------------------------------------------------------ blobs
+
+    async def download(self, layer: LayerSpec) -> str:
+        """The verified blob in ``downloads/``, fetched (or resumed) as needed."""
+        assert layer.digest is not None and layer.size is not None
+        os.makedirs(self.downloads, mode=0o700, exist_ok=True)
+        name = digest_hex(layer.digest)
+        final = os.path.join(self.downloads, name)
+        lock = FileLock(final + ".lock")
+        await trio.to_thread.run_sync(lambda: lock.acquire(exclusive=True))
+        try:
+            if os.path.exists(final):
+                return final
+            await self._fetch_to(final + ".partial", layer)
+            os.rename(final + ".partial", final)
+            return final
+        finally:
+            lock.release()
+
+    async def _fetch_to(self, partial: str, layer: LayerSpec) -> None:
+        assert layer.digest is not None and layer.size is not None
+        hasher = hashlib.sha256()
+        offset = 0
+        with contextlib.suppress(FileNotFoundError), open(partial, "rb") as f:
+            while chunk := f.read(1 << 20):
+                hasher.update(chunk)
+                offset += len(chunk)
+        if offset > layer.size:
+            os.unlink(partial)
+            hasher, offset = hashlib.sha256(), 0
+        self.progress.layer_started(layer.diff_id, layer.size)
+        if offset:
+            self.progress.layer_advanced(layer.diff_id, offset)
+        for attempt in range(DOWNLOAD_ATTEMPTS):
+            if offset == layer.size:
+                break
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            try:
+                async with self.client.request("GET", f"/v2/{self.path}/blobs/{layer.digest}",
+                                               scope=self.scope, headers=headers,
+                                               ok=(200, 206)) as response:
+                    if response.status_code == 200 and offset:
+                        hasher, offset = hashlib.sha256(), 0  # no range support: start again
+                        with open(partial, "wb"):
+                            pass
+                    with open(partial, "ab") as out:
+                        async for chunk in response.aiter_bytes(1 << 20):
+                            offset += len(chunk)
+                            if offset > layer.size:
+                                raise RegistryError(f"layer {layer.digest[:19]} is larger than "
+                                                    f"its descriptor's {layer.size:,} bytes")
+                            out.write(chunk)
+                            hasher.update(chunk)
+                            self.client.bytes_received += len(chunk)
+                            self.progress.layer_advanced(layer.diff_id, len(chunk))
+            except (httpx.TransportError, httpx.StreamError) as e:
+                if attempt == DOWNLOAD_ATTEMPTS - 1:
+                    raise RegistryError(f"{self.client.domain}: downloading {layer.digest[:19]}"
+                                        f" failed: {e or type(e).__name__}") from None
+                await trio.sleep(0.5 * 2 ** attempt)
+        if offset != layer.size:
+            raise RegistryError(f"{self.client.domain}: layer {layer.digest[:19]} ended at "
+                                f"{offset:,} of {layer.size:,} bytes")
+        if "sha256:" + hasher.hexdigest() != layer.digest:
+            os.unlink(partial)
+            raise RegistryError(f"{self.client.domain}: layer blob digest mismatch (expected "
+                                f"{layer.digest}, got sha256:{hasher.hexdigest()})")
+
+    # ------------------------------------------------------------------ the whole pull
+
+    def _layers(self, manifest: dict, diff_ids: list[str]) -> list[LayerSpec]:
+        layers = []
+        for descriptor, diff_id in zip(manifest["layers"], diff_ids, strict=True):
+            if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str)\
+                    or not isinstance(descriptor.get("size"), int):
+                raise RegistryError(f"{self.ref.name}: malformed layer descriptor")
+            media_type = descriptor.get("mediaType", "")
+            if mt.is_foreign(media_type):
+                raise RegistryError(f"{self.ref.name}: foreign (non-distributable) layers are "
+                                    "not supported")
+            if media_type not in mt.LAYERS:
+                raise RegistryError(f"{self.ref.name}: unknown layer media type {media_type!r}")
+            if descriptor["size"] < 0 or descriptor["size"] > self.store.limits.max_layer_bytes:
+                raise RegistryError(f"{self.ref.name}: a layer is declared "
+                                    f"{descriptor['size']:,} bytes, more than the limit")
+            digest_hex(descriptor["digest"])
+            layers.append(LayerSpec(digest_hex(descriptor["digest"]), media_type,
+                                    descriptor["digest"], descriptor["size"], diff_id))
+        return layers
+
+    async def pull(self) -> PullResult:
+        data, media_type, manifest_digest, manifest = await self.resolve()
+        if not isinstance(manifest.get("layers"), list) or not isinstance(
+                manifest.get("config"), dict):
+            raise RegistryError(f"{self.ref.name}: the manifest lacks config or layers")
+        if len(manifest["layers"]) > self.store.limits.max_layers:
+            raise RegistryError(f"{self.ref.name}: {len(manifest['layers'])} layers, more than "
+                                f"the limit of {self.store.limits.max_layers}")
+        config_bytes = await self.fetch_config(manifest["config"])
+        config = parse_json(config_bytes, f"{self.ref.name}: config")
+        diff_ids = validate_config(config, len(manifest["layers"]), self.ref.name,
+                                   self.store.limits)
+        layers = self._layers(manifest, diff_ids)
+        names = [self.ref.name] if self.ref.tag else []
+        spec = ImageSpec(config_bytes, config, layers, names, data, media_type)
+        with self.store.adding() as space:
+            adder = ImageAdder(self.store, space, self.progress)
+            added, downloaded = await self._add_layers(adder, layers)
+            image_id = await trio.to_thread.run_sync(adder.record, spec, added)
+        self._record_repo_digest(image_id, manifest_digest)
+        return PullResult(image_id, manifest_digest, downloaded, self.client.bytes_received)
+
+    async def _add_layers(self, adder: ImageAdder,
+                          layers: list[LayerSpec]) -> tuple[list[AddedLayer], bool]:
+        chain = chain_ids([layer.diff_id for layer in layers])
+        done = [threading.Event() for _ in layers]
+        failed = threading.Event()
+        added: list[AddedLayer | None] = [None] * len(layers)
+        downloads = trio.Semaphore(PARALLEL_DOWNLOADS)
+        fetched = []
+
+        def parents_done(position: int) -> Callable[[], None]:
+            def wait() -> None:
+                for event in done[:position]:
+                    event.wait()
+                    if failed.is_set():
+                        raise ImageError("stopped: another layer of the image failed")
+            return wait
+
+        async def one(i: int, layer: LayerSpec) -> None:
+            try:
+                present = self._present(adder, chain[i], layer)
+                if present is not None:
+                    added[i] = present
+                    self.progress.layer_done(layer.diff_id, "Already exists")
+                    return
+                async with downloads:
+                    path = await self.download(layer)
+                fetched.append(path)
+                source = DirectorySource(self.downloads)
+                added[i] = await trio.to_thread.run_sync(
+                    adder.add_layer, source, layer, chain[:i + 1], self.ref.name,
+                    parents_done(i))
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                done[i].set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, layer in enumerate(layers):
+                    nursery.start_soon(one, i, layer)
+        finally:
+            if failed.is_set():
+                for event in done:
+                    event.set()
+        for path in set(fetched):  # unpacked and kept as blobs: the downloads can go
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return [a for a in added if a is not None], bool(fetched)
+
+    def _present(self, adder: ImageAdder, chain_id: str, layer: LayerSpec) -> AddedLayer | None:
+        """The layer, if it is unpacked already and this very blob is kept."""
+        if not adder._layer_recorded(chain_id):
+            return None
+        row = self.store.db.execute("SELECT media_type, size FROM blobs WHERE digest = ?",
+                                    (layer.digest,)).fetchone()
+        if row is None or not os.path.exists(self.store.blob_path(layer.digest or "")):
+            return None
+        return AddedLayer(chain_id, layer.diff_id, layer.digest or "", layer.media_type,
+                          row["size"])
+
+    def _record_repo_digest(self, image_id: str, manifest_digest: str) -> None:
+        with self.store.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO repo_digests VALUES (?, ?)",
+                       (f"{self.ref.repository}@{manifest_digest}", image_id))
+
+
+def clean_old_downloads(store: Store, max_age: float = 7 * 86400) -> None:
+    """Partial downloads kept for resuming are dropped after a week."""
+    directory = os.path.join(store.root, "downloads")
+    if not os.path.isdir(directory):
+        return
+    now = time.time()
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        with contextlib.suppress(OSError):
+            if now - os.lstat(path).st_mtime > max_age:
+                os.unlink(path)
