@@ -524,7 +524,12 @@ def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: L
         reader = DecompressingReader(blob, on_raw, on_plain)
         with tarfile.open(fileobj=reader, mode="r|", bufsize=COPY_CHUNK) as tar:  # type: ignore[call-overload]
             writer.apply(tar, entries)
+            end_of_members = tar.offset
         reader.drain()
+        if plain.count < end_of_members + tarfile.BLOCKSIZE:
+            # tarfile ends quietly where the data ends on a header boundary; a whole tar
+            # closes with zero blocks
+            raise LayerError("the tar stream is truncated (no end-of-archive marker)")
     except LayerError as e:
         raise LayerError(f"{what}: {e}" if not str(e).startswith(what) else str(e)) from None
     except (tarfile.TarError, zlib.error, zstandard.ZstdError, EOFError) as e:

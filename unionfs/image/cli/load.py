@@ -40,6 +40,8 @@ def register(commands) -> None:
 
 def open_archive(path: str | None, space: Workspace) -> Source:
     """A source for the archive at ``path`` (or stdin); compressed tars are expanded first."""
+    if path == "-":
+        path = None
     if path is not None and os.path.isdir(path):
         return DirectorySource(path)
     label = path or "stdin"

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -334,16 +333,3 @@ class Puller:
         with self.store.transaction() as db:
             db.execute("INSERT OR REPLACE INTO repo_digests VALUES (?, ?)",
                        (f"{self.ref.repository}@{manifest_digest}", image_id))
-
-
-def clean_old_downloads(store: Store, max_age: float = 7 * 86400) -> None:
-    """Partial downloads kept for resuming are dropped after a week."""
-    directory = os.path.join(store.root, "downloads")
-    if not os.path.isdir(directory):
-        return
-    now = time.time()
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name)
-        with contextlib.suppress(OSError):
-            if now - os.lstat(path).st_mtime > max_age:
-                os.unlink(path)

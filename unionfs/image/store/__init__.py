@@ -204,6 +204,7 @@ class Store:
                     os.unlink(self.blob_path(digest))
             self._remove_unrecorded_files()
             self._remove_unrecorded_containers()
+            self._remove_old_downloads()
             return deleted_layers
         finally:
             lock.release()
@@ -242,6 +243,19 @@ class Store:
         for name in os.listdir(directory):
             if name not in known:
                 self._remove_tree(os.path.join(directory, name))
+
+    def _remove_old_downloads(self, max_age: float = 7 * 86400) -> None:
+        """Partial downloads are kept so that a pull can resume them, for a week."""
+        directory = os.path.join(self.root, "downloads")
+        if not os.path.isdir(directory):
+            return
+        now = time.time()
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if now - os.lstat(path).st_mtime > max_age and is_unlocked(
+                        path.removesuffix(".partial") + ".lock"):
+                    os.unlink(path)
 
     def _clean_workspaces(self) -> None:
         for name in os.listdir(self.tmp_dir):
