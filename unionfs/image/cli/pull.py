@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import trio
 
 from unionfs.image import reference
 from unionfs.image.archive.formats import Platform
 from unionfs.image.cli.output import CliProgress
-from unionfs.image.registry.client import RegistryClient
+from unionfs.image.registry.client import RegistryClient, RegistryError
+from unionfs.image.registry.config import RegistrySettings
 from unionfs.image.registry.pull import Puller
 from unionfs.image.store import Store
 
@@ -40,9 +42,21 @@ def register(commands) -> None:
 
 
 async def _pull(store: Store, args, progress: CliProgress):
+    """Pulls through the configured mirrors of the reference's registry first, then from the
+    registry itself."""
     ref = reference.parse(args.image)
     platform = Platform.parse(args.platform) if args.platform else None
-    async with RegistryClient(ref.domain, insecure=args.insecure) as client:
+    settings = RegistrySettings.load()
+    mirrors = [m.removeprefix("https://").removeprefix("http://").rstrip("/")
+               for m in settings.mirrors.get(ref.domain, [])]
+    for mirror in mirrors:
+        try:
+            async with RegistryClient(mirror, insecure=args.insecure,
+                                      settings=settings) as client:
+                return ref, await Puller(store, client, ref, platform, progress).pull()
+        except RegistryError as e:
+            print(f"pyunion: mirror {mirror} failed ({e}); trying the next", file=sys.stderr)
+    async with RegistryClient(ref.domain, insecure=args.insecure, settings=settings) as client:
         return ref, await Puller(store, client, ref, platform, progress).pull()
 
 
