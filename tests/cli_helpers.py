@@ -39,11 +39,18 @@ WITHOUT_DEV_FUSE = [
     'mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3 && exec "$@"',
     "sh",
 ]
-# Same, but /dev/fuse is there as root:root 0600 and the command runs as uid/gid 65534.
-DEV_FUSE_0600_AS_NOBODY = [
+# A mount namespace whose fusermount3 is a copy without the setuid bit; run as uid/gid 65534.
+FUSERMOUNT_NOT_SETUID_AS_NOBODY = [
     *WITHOUT_DEV_FUSE[:6],
-    "mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3"
-    ' && mknod -m 600 /dev/fuse c 10 229 && exec "$@"',
+    'f=$(mktemp) && cp "$(command -v fusermount3)" "$f" && chmod 0755 "$f"'
+    ' && mount --bind "$f" "$(command -v fusermount3)" && exec "$@"',
+    "sh",
+    *AS_NOBODY,
+]
+# A mount namespace whose /etc/fuse.conf is empty (no user_allow_other); run as uid/gid 65534.
+NO_USER_ALLOW_OTHER_AS_NOBODY = [
+    *WITHOUT_DEV_FUSE[:6],
+    'f=$(mktemp) && mount --bind "$f" /etc/fuse.conf && exec "$@"',
     "sh",
     *AS_NOBODY,
 ]

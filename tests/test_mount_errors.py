@@ -19,7 +19,8 @@ import pytest
 
 from tests import mounts
 from tests.cli_helpers import (
-    DEV_FUSE_0600_AS_NOBODY,
+    FUSERMOUNT_NOT_SETUID_AS_NOBODY,
+    NO_USER_ALLOW_OTHER_AS_NOBODY,
     NOBODY,
     PREFIX,
     WITHOUT_DEV_FUSE,
@@ -343,20 +344,29 @@ def test_bad_paths_are_refused(build: Builder, tmp_path: Path, mount_stack) -> N
     check_refused(bad, [lay.base])
 
 
-def test_no_permission_for_dev_fuse() -> None:
-    """As uid 65534, with its own lower/upper/mountpoint: only /dev/fuse (root, 0600) is denied.
+def _nobody_layout(pub: Path) -> Layout:
+    base = pub / "case"
+    base.mkdir()
+    lay = make_layout(base)
+    for path in (base, lay.l1, lay.l2, lay.upper, lay.mnt, lay.l1 / "a", lay.l2 / "b"):
+        os.chown(path, NOBODY, NOBODY)
+    return lay
 
-    The run happens in a private mount namespace whose /dev holds a 0600 root-owned /dev/fuse
-    node, so the premise holds whatever mode the host's /dev/fuse has.
-    """
+
+def test_ordinary_user_without_setuid_fusermount3() -> None:
+    """An ordinary user's mount goes through the setuid fusermount3: without it, say so."""
     with public_dir() as pub:
-        base = pub / "case"
-        base.mkdir()
-        lay = make_layout(base)
-        for path in (base, lay.l1, lay.l2, lay.upper, lay.mnt, lay.l1 / "a", lay.l2 / "b"):
-            os.chown(path, NOBODY, NOBODY)
-        check_refused(Bad(lay.std(), ["/dev/fuse"], lay.mnt, wrapper=DEV_FUSE_0600_AS_NOBODY),
-                      [pub])
+        lay = _nobody_layout(pub)
+        check_refused(Bad(lay.std(), ["fusermount3"], lay.mnt,
+                          wrapper=FUSERMOUNT_NOT_SETUID_AS_NOBODY), [pub])
+
+
+def test_ordinary_user_allow_other_needs_user_allow_other() -> None:
+    """-o allow_other as an ordinary user, with no user_allow_other in /etc/fuse.conf."""
+    with public_dir() as pub:
+        lay = _nobody_layout(pub)
+        check_refused(Bad([*lay.std(), "-o", "allow_other"], ["user_allow_other"], lay.mnt,
+                          wrapper=NO_USER_ALLOW_OTHER_AS_NOBODY), [pub])
 
 
 # --------------------------------------------------------------------------- argument problems

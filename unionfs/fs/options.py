@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 from dataclasses import dataclass, field
 
@@ -44,7 +45,9 @@ class MountConfig:
     readonly: bool = False
     foreground: bool = False
     debug: bool = False
-    allow_other: bool = True
+    # As root, other users may use the mount (as overlayfs); an ordinary user's mount is
+    # private to that user unless -o allow_other asks otherwise.
+    allow_other: bool = field(default_factory=lambda: os.geteuid() == 0)
     fuse_flags: list[str] = field(default_factory=list)
     redirect_dir: str = "on"
     userxattr: bool = False
@@ -234,7 +237,7 @@ def validate(config: MountConfig) -> MountConfig:
     if upper and not config.readonly:
         _writable_fs(upper, "upper directory")
         workdir = _check_workdir(config, upper, lowers, mountpoint)
-    _check_fuse_device()
+    _check_fuse_device(config)
     return _replace(config, lowers=lowers, upper=upper, mountpoint=mountpoint, workdir=workdir)
 
 
@@ -284,11 +287,37 @@ def _check_workdir(config: MountConfig, upper: str, lowers: list[str], mountpoin
     return workdir
 
 
-def _check_fuse_device() -> None:
+FUSE_CONF = "/etc/fuse.conf"
+
+
+def _check_fuse_device(config: MountConfig) -> None:
+    """What will open /dev/fuse: the caller as root, the setuid fusermount3 for anyone else."""
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse does not exist (is the fuse kernel module loaded?)")
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        raise MountError("permission denied for /dev/fuse")
+    if os.geteuid() == 0:
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise MountError("permission denied for /dev/fuse")
+        return
+    helper = shutil.which("fusermount3") or next(
+        (p for p in ("/usr/bin/fusermount3", "/bin/fusermount3") if os.path.exists(p)), None)
+    if helper is None:
+        raise MountError("fusermount3 is not installed; ordinary users mount FUSE filesystems "
+                         "through it (Debian package fuse3)")
+    st = os.stat(helper)
+    if st.st_uid != 0 or not st.st_mode & stat.S_ISUID:
+        raise MountError(f"{helper} is not setuid root, so ordinary users cannot mount FUSE "
+                         "filesystems (chmod u+s it, as the fuse3 package installs it)")
+    if config.allow_other and not _user_allow_other():
+        raise MountError(f"-o allow_other needs 'user_allow_other' in {FUSE_CONF} for an "
+                         "ordinary user (or mount without allow_other: private to you)")
+
+
+def _user_allow_other() -> bool:
+    try:
+        with open(FUSE_CONF) as f:
+            return any(line.split("#")[0].strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
 
 
 def _replace(config: MountConfig, **changes) -> MountConfig:
