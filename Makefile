@@ -41,6 +41,7 @@ lint: setup
 
 demo: setup
 	$(PY) -m unionfs.demo
+	$(PY) -m unionfs.image.demo
 
 bench: setup
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BENCH_PACKAGES)"
