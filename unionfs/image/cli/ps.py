@@ -7,7 +7,7 @@ import json
 import shlex
 
 from unionfs.image.cli.output import human_duration, print_table
-from unionfs.image.container import records, runtime
+from unionfs.image.container import records, rootfs, runtime
 from unionfs.image.container.records import Container
 from unionfs.image.store import Store
 
@@ -32,7 +32,8 @@ def _ago(when: float | None) -> str:
 
 def status_text(c: Container) -> str:
     if c.state == "running":
-        return "Up " + human_duration(max(dt.datetime.now().timestamp() - (c.started or 0), 0))
+        up = "Up " + human_duration(max(dt.datetime.now().timestamp() - (c.started or 0), 0))
+        return up if rootfs.is_mounted(c) else up + " (its rootfs mount is gone)"
     if c.state == "exited":
         return f"Exited ({c.exit_code if c.exit_code is not None else -1}) {_ago(c.finished)}"
     return "Created"

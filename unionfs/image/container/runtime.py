@@ -113,7 +113,8 @@ def execute(store: Store, container: Container, *, log_path: str | None = None) 
     point = rootfs.mount(store, container)
     directory = records.container_dir(store, container.id)
     bundle = write_bundle(directory, container, point, image_config(store, container.image_id))
-    delete_runtime_state(store, container)  # a stale state from a crashed run
+    if os.path.exists(os.path.join(store.root, "runtime", container.id)):
+        delete_runtime_state(store, container)  # a stale state from a crashed run
     command = runtime_command(store, container) + ["run", "-b", bundle, container.id]
     records.update(store, container.id, state="running", started=time.time(), finished=None,
                    exit_code=None, monitor_pid=os.getpid())
@@ -132,7 +133,8 @@ def execute(store: Store, container: Container, *, log_path: str | None = None) 
     code = _wait_forwarding_signals(proc)
     records.update(store, container.id, state="exited", exit_code=code, finished=time.time(),
                    pid=None, monitor_pid=None)
-    delete_runtime_state(store, container)
+    if os.path.exists(os.path.join(store.root, "runtime", container.id)):
+        delete_runtime_state(store, container)  # runc run deletes it itself when it can
     with contextlib.suppress(ImageError):
         rootfs.unmount(store, records.get(store, container.id))
     return code
