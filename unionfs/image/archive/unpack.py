@@ -221,7 +221,16 @@ class LayerWriter:
         self._create(tar, member, parent_fd, path, name)
         self._made.add(path)
 
+    def _under_own_file(self, path: str) -> bool:
+        """Whether ``path`` or a parent of it is a non-directory this layer made."""
+        parts = path.split("/") if path else []
+        return any("/".join(parts[:i + 1]) in self._files for i in range(len(parts)))
+
     def _apply_whiteout(self, member: tarfile.TarInfo, parent: str, name: str) -> None:
+        if self._under_own_file(parent):
+            # umoci writes whiteouts below a directory it replaced with a file; that file
+            # already hides everything below it, as containers/storage concludes too
+            return
         parent_fd = self._dir_fd(parent, create=True, entry=member.name)
         if name == OPAQUE_MARKER:
             if self.whiteout_format == "overlay":

@@ -6,36 +6,11 @@ Errors are one line on stderr (``pyunion: error: ...``) with exit status 1; usag
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sqlite3
 import sys
 
-from unionfs.image.cli import (
-    commit,
-    container_mount,
-    create,
-    df,
-    diff,
-    export,
-    history,
-    images,
-    import_image,
-    inspect,
-    load,
-    login,
-    mount_image,
-    prune,
-    ps,
-    pull,
-    push,
-    rm,
-    rmi,
-    run,
-    save,
-    search,
-    stop,
-    tag,
-)
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store, default_root
 
@@ -54,27 +29,59 @@ The store is --root DIR, $PYUNION_ROOT, or /var/lib/pyunion (root) / $XDG_DATA_H
 Run 'pyunion COMMAND --help' for a command's options and examples."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+# command name -> the module under unionfs.image.cli that defines it (one module per command;
+# a module may define a related pair, as mount/umount). Only the chosen command's module is
+# imported, so that quick commands start quickly.
+COMMANDS = {
+    "load": "load", "import": "import_image", "images": "images", "tag": "tag", "rmi": "rmi",
+    "inspect": "inspect", "history": "history", "save": "save", "df": "df",
+    "mount-image": "mount_image", "umount-image": "mount_image",
+    "create": "create", "run": "run", "start": "run", "mount": "container_mount",
+    "umount": "container_mount", "ps": "ps", "diff": "diff", "commit": "commit",
+    "export": "export", "rm": "rm", "stop": "stop", "wait": "stop", "logs": "stop",
+    "pull": "pull", "push": "push", "search": "search", "login": "login", "logout": "login",
+}
+
+
+def _chosen_command(argv: list[str]) -> str | None:
+    """The command named on the command line (the first word that is not a global option)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--root":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyunion", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", metavar="DIR", help="the image store (default: "
                         "$PYUNION_ROOT or /var/lib/pyunion, per user $XDG_DATA_HOME/pyunion)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for module in (load, import_image, images, tag, rmi, inspect, history, save, df,
-                   mount_image, create, run, container_mount, ps, diff, commit, export, rm,
-                   stop, pull, push, search, login):
-        module.register(commands)
+    chosen = _chosen_command(argv or [])
+    wanted = {COMMANDS[chosen]} if chosen in COMMANDS else set(COMMANDS.values())
+    registered: set[str] = set()
+    for name, module_name in COMMANDS.items():
+        if module_name in wanted and module_name not in registered:
+            importlib.import_module(f"unionfs.image.cli.{module_name}").register(commands)
+            registered.add(module_name)
+        elif module_name not in wanted:
+            commands.add_parser(name)  # a name argparse knows; its options are not needed
     image = commands.add_parser("image", help="Manage images (prune)",
                                 description="Manage images")
     image_commands = image.add_subparsers(dest="image_command", metavar="COMMAND")
     image_commands.required = True
-    prune.register(image_commands)
+    if chosen in (None, "image") or chosen not in COMMANDS:
+        importlib.import_module("unionfs.image.cli.prune").register(image_commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     store = Store(args.root or default_root())
     try:
         return args.run(args, store)

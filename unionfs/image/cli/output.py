@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from unionfs.image.store.adding import Progress
+from unionfs.image.progress import Progress
 
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
 

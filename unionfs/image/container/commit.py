@@ -24,8 +24,9 @@ from unionfs.image.container import rootfs, runtime
 from unionfs.image.container.changes import REDIRECT_XATTRS, has_xattr, is_runtime_artifact
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
+from unionfs.image.progress import Progress
 from unionfs.image.store import Store, Workspace, syncfs
-from unionfs.image.store.adding import ImageAdder, Progress
+from unionfs.image.store.adding import ImageAdder
 
 
 def _write_upper_layer(store: Store, container: Container, space: Workspace,

@@ -31,6 +31,7 @@ from unionfs.image.archive.formats import (
 )
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.errors import ImageError
+from unionfs.image.progress import Progress
 from unionfs.image.reference import Reference
 from unionfs.image.registry.client import (
     MANIFEST_ACCEPT,
@@ -39,7 +40,7 @@ from unionfs.image.registry.client import (
     repository_scope,
 )
 from unionfs.image.store import Store, digest_hex
-from unionfs.image.store.adding import AddedLayer, ImageAdder, Progress, chain_ids
+from unionfs.image.store.adding import AddedLayer, ImageAdder, chain_ids
 from unionfs.image.store.locks import FileLock
 
 PARALLEL_DOWNLOADS = 3

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import httpx
 import trio
 
+from unionfs.image.progress import Progress
 from unionfs.image.reference import Reference
 from unionfs.image.registry.client import RegistryClient, RegistryError, repository_scope
 from unionfs.image.store import Store
-from unionfs.image.store.adding import Progress
 
 PARALLEL_UPLOADS = 3
 CHUNK = 1 << 20

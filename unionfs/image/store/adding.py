@@ -28,19 +28,12 @@ from unionfs.image.archive.formats import ImageSpec, LayerSpec
 from unionfs.image.archive.sources import Source
 from unionfs.image.archive.unpack import LayerDigests, unpack_layer
 from unionfs.image.errors import ImageError
+from unionfs.image.progress import Progress
 from unionfs.image.store import Store, Workspace, fsync_dir, syncfs
 
 MAX_PARALLEL_LAYERS = 3
 COMPRESSION_MEDIA_TYPES = {"gzip": mt.OCI_LAYER_GZIP, "zstd": mt.OCI_LAYER_ZSTD,
                            "none": mt.OCI_LAYER}
-
-
-class Progress:
-    """What adding reports; the CLI draws bars or lines from it. Called from worker threads."""
-
-    def layer_started(self, diff_id: str, total: int | None) -> None: ...
-    def layer_advanced(self, diff_id: str, nbytes: int) -> None: ...
-    def layer_done(self, diff_id: str, status: str) -> None: ...
 
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
