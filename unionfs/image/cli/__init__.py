@@ -88,6 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     except ImageError as e:
         print(f"pyunion: error: {e}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:  # from concurrent work (trio nurseries)
+        first = _first_leaf(group)
+        if isinstance(first, KeyboardInterrupt):
+            print("pyunion: interrupted", file=sys.stderr)
+            return 130
+        if not isinstance(first, (ImageError, OSError, sqlite3.Error)):
+            raise
+        print(f"pyunion: error: {_message(first)}", file=sys.stderr)
+        return 1
     except sqlite3.Error as e:
         print(f"pyunion: error: store database: {e}", file=sys.stderr)
         return 1
@@ -103,6 +112,33 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         store.close()
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first error of a group that is not itself a group, preferring a user-facing one."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, ImageError):
+            return leaf
+    return leaves[0] if leaves else group
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, OSError) and not isinstance(error, ImageError):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror or error}{where}"
+    if isinstance(error, sqlite3.Error):
+        return f"store database: {error}"
+    return str(error)
 
 
 def _quiet_stdout() -> None:

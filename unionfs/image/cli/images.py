@@ -33,23 +33,31 @@ def register(commands) -> None:
 
 
 def _rows(store: Store, wanted: str | None) -> list[dict]:
-    query = ("SELECT i.id, i.created, i.size, i.manifest_digest, t.name FROM images i "
-             "LEFT JOIN tags t ON t.image_id = i.id")
-    rows = [dict(r) for r in store.db.execute(query)]
-    digests: dict[str, list[str]] = {}
+    """One row per tag; an image known only by a repo digest (pulled by digest) gets one row
+    per such repository with tag <none>, and an image with neither one <none> row."""
+    images = {r["id"]: dict(r) for r in store.db.execute("SELECT id, created, size FROM images")}
+    tags: dict[str, list[str]] = {}
+    for r in store.db.execute("SELECT name, image_id FROM tags"):
+        tags.setdefault(r["image_id"], []).append(r["name"])
+    digests: dict[str, list[tuple[str, str]]] = {}
     for r in store.db.execute("SELECT name, image_id FROM repo_digests"):
-        digests.setdefault(r["image_id"], []).append(r["name"])
+        repository, _, digest = r["name"].partition("@")
+        digests.setdefault(r["image_id"], []).append((repository, digest))
+    rows = []
+    for image_id, image in images.items():
+        known = digests.get(image_id, [])
+        entries = [reference.split_name(n) for n in tags.get(image_id, [])]
+        tagged = {repository for repository, _ in entries}
+        entries += [(repository, "<none>") for repository, _ in known
+                    if repository not in tagged]
+        for repository, tag in entries or [("<none>", "<none>")]:
+            digest = next((d for r, d in known if r == repository), "<none>")
+            rows.append({**image, "full_repository": repository, "tag": tag, "digest": digest,
+                         "repository": reference.shorten_repository(repository)})
     if wanted:
         ref = reference.parse(wanted, default_tag=False)
-        rows = [r for r in rows if r["name"] and (
-            r["name"] == ref.name if ref.tag else reference.split_name(r["name"])[0]
-            == ref.repository)]
-    for r in rows:
-        repo, tag = reference.split_name(r["name"]) if r["name"] else ("<none>", "<none>")
-        r["repository"] = reference.shorten_repository(repo) if r["name"] else "<none>"
-        r["tag"] = tag
-        r["digest"] = next((d.partition("@")[2] for d in digests.get(r["id"], [])
-                            if d.partition("@")[0] == repo), "<none>")
+        rows = [r for r in rows if r["full_repository"] == ref.repository
+                and (ref.tag is None or r["tag"] == ref.tag)]
     rows.sort(key=lambda r: (-(_timestamp(r["created"])), r["repository"], r["tag"]))
     return rows
 

@@ -141,7 +141,10 @@ class RegistryClient:
             return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
         return {}
 
-    async def _authenticate(self, response: httpx.Response, scope: str) -> None:
+    async def _authenticate(self, response: httpx.Response, scope: str,
+                            sent: dict[str, str]) -> None:
+        """Gets what the registry's challenge asks for; ``sent`` are the headers the refused
+        request carried (a refusal of Basic credentials is final, of none is not)."""
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if challenge is None:
             raise Unauthorized(f"{self.domain}: authentication required, and the registry "
@@ -150,7 +153,7 @@ class RegistryClient:
             if not self.credentials:
                 raise Unauthorized(f"{self.domain}: authentication required (pyunion login "
                                    f"{self.domain})")
-            if self._basic:
+            if sent.get("Authorization", "").startswith("Basic "):
                 raise Unauthorized(f"{self.domain}: the credentials were refused (wrong "
                                    "username or password)")
             self._basic = True
@@ -213,7 +216,7 @@ class RegistryClient:
             try:
                 if response.status_code == 401 and not authenticated:
                     await response.aread()
-                    await self._authenticate(response, scope)
+                    await self._authenticate(response, scope, all_headers)
                     authenticated = True
                     continue
                 if response.status_code in (429, 502, 503, 504) and attempt < RETRIES:

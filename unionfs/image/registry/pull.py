@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ class Puller:
         self.path = ref.path
         self.scope = repository_scope(ref.path, "pull")
         self.platform = platform
+        self.repo_digest = ""
         self.progress = progress
         self.downloads = os.path.join(store.root, "downloads")
 
@@ -110,11 +112,16 @@ class Puller:
         return data, media_type, digest
 
     async def resolve(self) -> tuple[bytes, str, str, dict]:
-        """The image manifest for this machine's platform (through an index if need be)."""
+        """The image manifest for this machine's platform (through an index if need be).
+
+        ``self.repo_digest`` is set to the digest the reference resolves to (the index's, for
+        a multi-platform image), as docker records it."""
         wanted = self.ref.digest or self.ref.tag or "latest"
         seen: set[str] = set()
         for _ in range(3):
             data, media_type, digest = await self.fetch_manifest(wanted)
+            if not seen:
+                self.repo_digest = digest
             if digest in seen:
                 raise RegistryError(f"{self.client.domain}: the index {digest} points at itself")
             seen.add(digest)
@@ -247,8 +254,28 @@ class Puller:
                                     descriptor["digest"], descriptor["size"], diff_id))
         return layers
 
+    def _already_stored(self, manifest_digest: str) -> str | None:
+        """The image with this manifest, if the store has it whole (its layers too)."""
+        row = self.store.db.execute("SELECT id FROM images WHERE manifest_digest = ?",
+                                    (manifest_digest,)).fetchone()
+        if row is None:
+            return None
+        for layer in self.store.db.execute(
+                "SELECT chain_id FROM image_layers WHERE image_id = ?", (row["id"],)):
+            if not os.path.isdir(self.store.layer_path(layer["chain_id"])):
+                return None
+        return row["id"]
+
     async def pull(self) -> PullResult:
         data, media_type, manifest_digest, manifest = await self.resolve()
+        stored = self._already_stored(manifest_digest)
+        if stored is not None:  # up to date: no config or layer is fetched again
+            with self.store.transaction() as db:
+                if self.ref.tag:
+                    db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
+                               (self.ref.name, stored, time.time()))
+            self._record_repo_digest(stored, self.repo_digest)
+            return PullResult(stored, self.repo_digest, False, self.client.bytes_received)
         if not isinstance(manifest.get("layers"), list) or not isinstance(
                 manifest.get("config"), dict):
             raise RegistryError(f"{self.ref.name}: the manifest lacks config or layers")
@@ -266,8 +293,8 @@ class Puller:
             adder = ImageAdder(self.store, space, self.progress)
             added, downloaded = await self._add_layers(adder, layers)
             image_id = await trio.to_thread.run_sync(adder.record, spec, added)
-        self._record_repo_digest(image_id, manifest_digest)
-        return PullResult(image_id, manifest_digest, downloaded, self.client.bytes_received)
+        self._record_repo_digest(image_id, self.repo_digest)
+        return PullResult(image_id, self.repo_digest, downloaded, self.client.bytes_received)
 
     async def _add_layers(self, adder: ImageAdder,
                           layers: list[LayerSpec]) -> tuple[list[AddedLayer], bool]:

@@ -190,6 +190,8 @@ class Store:
         if another command is adding content (its leftovers wait for a later command).
         Returns the chain ids of the layers deleted.
         """
+        if not self.exists():
+            return []  # nothing was ever stored here (a command failed before it began)
         lock = FileLock(os.path.join(self.locks_dir, "store.lock"))
         if not lock.acquire(exclusive=True, blocking=blocking):
             return []
