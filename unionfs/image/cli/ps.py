@@ -61,7 +61,8 @@ def run(args, store: Store) -> int:
     rows = [{"ID": c.id if args.no_trunc else c.short_id, "Image": c.image_name,
              "Command": command_text(store, c, args.no_trunc),
              "CreatedAt": _ago(c.created), "Status": status_text(c), "Names": c.name,
-             "State": c.state, "ExitCode": c.exit_code, "Mounts": c.mountpoint or ""}
+             "State": c.state, "ExitCode": c.exit_code,
+             "Mounts": c.mountpoint if rootfs.is_mounted(c) else ""}
             for c in containers]
     if args.format == "json":
         for row in rows:

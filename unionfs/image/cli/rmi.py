@@ -43,9 +43,9 @@ def remove_image(store: Store, text: str, force: bool) -> list[str]:
                            "referenced in multiple repositories")
         to_untag, delete = names, True
     running = running_users_of_image(store, image_id)
-    if running:
-        raise Conflict(f"unable to remove {text} (cannot be forced) - image "
-                       f"{short_id(image_id)} is being used by running {', '.join(running)}")
+    if delete and running and found.name is None:
+        raise Conflict(f"unable to delete {short_id(image_id)} (cannot be forced) - image is "
+                       f"being used by running {', '.join(running)}")
     if delete and users:
         if not force:
             raise Conflict(f"unable to remove {text} (must be forced) - image "

@@ -21,7 +21,7 @@ from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.changes import apply_changes
 from unionfs.image.container import rootfs, runtime
-from unionfs.image.container.changes import REDIRECT_XATTRS, has_xattr, is_runtime_artifact
+from unionfs.image.container.changes import REDIRECT_XATTRS, has_xattr
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
@@ -32,10 +32,6 @@ from unionfs.image.store.adding import ImageAdder
 def _write_upper_layer(store: Store, container: Container, space: Workspace,
                        merged: str | None) -> tuple[str, str]:
     upper = rootfs.upper_dir(store, container)
-    lowers = rootfs.lowers(store, container)
-
-    def skip(rel: str, st: os.stat_result) -> bool:
-        return is_runtime_artifact(rel, st, lowers, os.path.join(upper, rel))
 
     def replace_dir(rel: str, path: str) -> str | None:
         if not has_xattr(path, REDIRECT_XATTRS):
@@ -48,7 +44,7 @@ def _write_upper_layer(store: Store, container: Container, space: Workspace,
     with open(blob, "wb") as out:
         sink = HashingGzipFile(out)
         write_layer_tar(upper, sink, convert_whiteouts=True,  # type: ignore[arg-type]
-                        skip=skip, replace_dir=replace_dir)
+                        replace_dir=replace_dir)
         sink.finish()
     return blob, "sha256:" + sink.plain.hexdigest()
 

@@ -5,14 +5,25 @@ from __future__ import annotations
 import shutil
 
 from unionfs.image.container import records, rootfs, runtime
+from unionfs.image.container.initlayer import build_init_layer, restore_parent_times
 from unionfs.image.container.records import Container, RunSpec
-from unionfs.image.errors import Conflict
+from unionfs.image.errors import Conflict, ImageError
 from unionfs.image.store import Store
 
 
 def create(store: Store, image_id: str, image_name: str, name: str | None,
            spec: RunSpec) -> Container:
-    return records.create_record(store, image_id, image_name, name, spec)
+    """A new container record, its empty upper, and its init layer."""
+    container = records.create_record(store, image_id, image_name, name, spec)
+    image = rootfs.image_lowers(store, container)
+    init = rootfs.init_dir(store, container)
+    try:
+        build_init_layer(init, image, spec)
+        restore_parent_times(init, image)
+    except OSError as e:
+        remove(store, container, force=True)
+        raise ImageError(f"cannot prepare the container's init layer: {e}") from None
+    return container
 
 
 def remove(store: Store, container: Container, *, force: bool) -> None:

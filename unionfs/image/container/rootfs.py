@@ -30,9 +30,19 @@ def upper_dir(store: Store, container: Container) -> str:
     return os.path.join(records.container_dir(store, container.id), "upper")
 
 
-def lowers(store: Store, container: Container) -> list[str]:
+def image_lowers(store: Store, container: Container) -> list[str]:
     """The image's layer dirs, top-most first (as overlayfs's lowerdir)."""
     return list(reversed(layer_dirs(store, container.image_id)))
+
+
+def init_dir(store: Store, container: Container) -> str:
+    return os.path.join(records.container_dir(store, container.id), "init")
+
+
+def lowers(store: Store, container: Container) -> list[str]:
+    """The rootfs's lowers: the container's init layer over the image's layers."""
+    init = init_dir(store, container)
+    return ([init] if os.path.isdir(init) else []) + image_lowers(store, container)
 
 
 def mount(store: Store, container: Container, target: str | None = None) -> str:

@@ -165,6 +165,8 @@ def start_detached(store: Store, container: Container) -> None:
     """Starts the container under a detached monitor; returns once it runs (or ended)."""
     directory = records.container_dir(store, container.id)
     log = os.path.join(directory, "container.log")
+    # the previous run's "exited" must not be taken for this one's
+    records.update(store, container.id, state="created", exit_code=None, finished=None)
     monitor_log = open(os.path.join(directory, "monitor.log"), "ab")  # noqa: SIM115
     try:
         proc = subprocess.Popen(
