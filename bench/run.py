@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bench import dataset, report
+from bench import dataset, images, report
 from bench.implementations import (
     ALL,
     REPO,
@@ -201,7 +201,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
     ap.add_argument("--only", help="implementations, comma-separated: " + ",".join(ALL))
     ap.add_argument("--workloads", help="comma-separated: "
-                    + ",".join([w.name for w in WORKLOADS] + [LATENCY]))
+                    + ",".join([w.name for w in WORKLOADS] + [LATENCY] + images.NAMES))
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds per workload process (default 300)")
     ap.add_argument("--latency-reps", type=int, default=10)
@@ -271,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the benchmark mounts filesystems and drops caches: run it as root")
     scale = dataset.QUICK if args.quick else dataset.FULL
     impl_names = select(args.only, list(ALL), "implementations")
-    wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY], "workloads")
-    workloads = [BY_NAME[n] for n in wl_names if n != LATENCY]
+    wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + images.NAMES,
+                      "workloads")
+    workloads = [BY_NAME[n] for n in wl_names if n in BY_NAME]
     started = time.strftime("%Y%m%d-%H%M%S")
     t_start = time.monotonic()
 
@@ -304,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
                 if impl.name != "plain" and impl.name not in broken:
                     log(f"mount/unmount latency: {impl.name} x{args.latency_reps}")
                     latency[impl.name] = measure_latency(impl, ds, run_dir, args.latency_reps)
+        image_names = [n for n in wl_names if n in images.NAMES]
+        image_rows = images.run(args, image_names, run_dir, log) \
+            if image_names and "pyunion" in impl_names else {}
     finally:
         cleanup_cell(run_dir)
 
@@ -324,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         latency=latency,
         duration=time.monotonic() - t_start,
     )
+    data["images"] = image_rows
     print(report.render(data))
+    if image_rows:
+        print("\n".join(images.render(image_rows)))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.results_dir / f"{started}.json"
     json_path.write_text(json.dumps(data, indent=1))

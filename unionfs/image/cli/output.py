@@ -1,7 +1,7 @@
 """What the CLI prints: docker-style tables, human sizes and ages, progress bars or lines.
 
-rich draws tables and bars; it is imported only when something is drawn, so that quick commands
-(``images -q``) start fast.
+tabulate lays out tables and rich draws progress bars; each is imported only when something is
+drawn, so that quick commands (``images -q``) start fast.
 """
 
 from __future__ import annotations
@@ -85,22 +85,18 @@ def docker_time(text: str | None) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A borderless table with docker's three-space gutters; never wrapped when piped."""
-    from rich import box  # noqa: F401  (imported for its side effect on rich's setup)
-    from rich.console import Console
-    from rich.table import Table
+    """A borderless table with docker's three-space gutters (tabulate lays it out: fast for
+    thousands of rows, where rich takes half a second)."""
+    import tabulate
 
-    console = Console(highlight=False, soft_wrap=False,
-                      width=None if sys.stdout.isatty() else 100_000)
-    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0),
-                  header_style="", expand=False)
-    for header in headers:
-        table.add_column(header, no_wrap=True, overflow="ignore")
-    for row in rows:
-        table.add_row(*row)
-    with console.capture() as capture:
-        console.print(table)
-    for line in capture.get().splitlines():
+    tabulate.MIN_PADDING = 0
+    row = tabulate.DataRow("", "   ", "")
+    layout = tabulate.TableFormat(lineabove=None, linebelowheader=None, linebetweenrows=None,
+                                  linebelow=None, headerrow=row, datarow=row, padding=0,
+                                  with_header_hide=None)
+    text = tabulate.tabulate([list(r) for r in rows], headers=list(headers), tablefmt=layout,
+                             disable_numparse=True, stralign="left")
+    for line in text.splitlines() if rows else ["   ".join(headers)]:
         sys.stdout.write(line.rstrip() + "\n")
 
 
