@@ -3,10 +3,13 @@
 
 VENV      := .venv
 PY        := $(VENV)/bin/python
+# Debian's Python, not one under /root: ordinary users must be able to run mount.pyunion and
+# pyunion from the venv (rootless use); fall back to whatever python3 is first on PATH.
+BASE_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian packages: FUSE itself and what pyfuse3 builds against; the reference
 # implementations the differential tests and the benchmark compare against.
-BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv
+BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev
 TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse
 
@@ -16,7 +19,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BUILD_PACKAGES) $(TEST_PACKAGES)"
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-*

@@ -47,10 +47,23 @@ FUSERMOUNT_NOT_SETUID_AS_NOBODY = [
     "sh",
     *AS_NOBODY,
 ]
-# A mount namespace whose /etc/fuse.conf is empty (no user_allow_other); run as uid/gid 65534.
+# A mount namespace whose /dev/fuse is 0666 (as udev makes it), run as uid/gid 65534.
+_DEV_FUSE_0666 = ("mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3"
+                  " && mknod -m 666 /dev/fuse c 10 229")
+DEV_FUSE_0666_AS_NOBODY = [*WITHOUT_DEV_FUSE[:6], _DEV_FUSE_0666 + ' && exec "$@"', "sh",
+                           *AS_NOBODY]
+# Same, and its /etc/fuse.conf is empty (no user_allow_other).
 NO_USER_ALLOW_OTHER_AS_NOBODY = [
     *WITHOUT_DEV_FUSE[:6],
-    'f=$(mktemp) && mount --bind "$f" /etc/fuse.conf && exec "$@"',
+    _DEV_FUSE_0666 + ' && f=$(mktemp) && mount --bind "$f" /etc/fuse.conf && exec "$@"',
+    "sh",
+    *AS_NOBODY,
+]
+# A mount namespace whose /dev/fuse is root's, 0600; run as uid/gid 65534.
+DEV_FUSE_0600_AS_NOBODY = [
+    *WITHOUT_DEV_FUSE[:6],
+    "mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3"
+    ' && mknod -m 600 /dev/fuse c 10 229 && exec "$@"',
     "sh",
     *AS_NOBODY,
 ]

@@ -19,6 +19,7 @@ import pytest
 
 from tests import mounts
 from tests.cli_helpers import (
+    DEV_FUSE_0600_AS_NOBODY,
     FUSERMOUNT_NOT_SETUID_AS_NOBODY,
     NO_USER_ALLOW_OTHER_AS_NOBODY,
     NOBODY,
@@ -359,6 +360,14 @@ def test_ordinary_user_without_setuid_fusermount3() -> None:
         lay = _nobody_layout(pub)
         check_refused(Bad(lay.std(), ["fusermount3"], lay.mnt,
                           wrapper=FUSERMOUNT_NOT_SETUID_AS_NOBODY), [pub])
+
+
+def test_ordinary_user_needs_a_dev_fuse_of_their_own() -> None:
+    """fusermount3 opens /dev/fuse with the caller's permissions: a 0600 one is named."""
+    with public_dir() as pub:
+        lay = _nobody_layout(pub)
+        check_refused(Bad(lay.std(), ["/dev/fuse"], lay.mnt, wrapper=DEV_FUSE_0600_AS_NOBODY),
+                      [pub])
 
 
 def test_ordinary_user_allow_other_needs_user_allow_other() -> None:

@@ -46,6 +46,11 @@ def fuse_options(config: MountConfig) -> set[str]:
     options = {f"fsname={fsname}", "subtype=pyunion", "default_permissions"}
     if config.allow_other:
         options.add("allow_other")
+    if os.geteuid() != 0:
+        # libfuse opens /dev/fuse itself unless auto_unmount is asked for; an ordinary user
+        # cannot (it is 0600), and with it libfuse mounts through the setuid fusermount3,
+        # which also unmounts should the daemon die.
+        options.add("auto_unmount")
     if config.readonly or config.upper is None:
         options.add("ro")
     flags = set(config.fuse_flags)

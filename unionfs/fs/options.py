@@ -291,7 +291,8 @@ FUSE_CONF = "/etc/fuse.conf"
 
 
 def _check_fuse_device(config: MountConfig) -> None:
-    """What will open /dev/fuse: the caller as root, the setuid fusermount3 for anyone else."""
+    """What the mount needs: as root, /dev/fuse; for anyone else, the setuid fusermount3 and a
+    /dev/fuse they may open themselves (fusermount3 opens it with the caller's permissions)."""
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse does not exist (is the fuse kernel module loaded?)")
     if os.geteuid() == 0:
@@ -307,6 +308,13 @@ def _check_fuse_device(config: MountConfig) -> None:
     if st.st_uid != 0 or not st.st_mode & stat.S_ISUID:
         raise MountError(f"{helper} is not setuid root, so ordinary users cannot mount FUSE "
                          "filesystems (chmod u+s it, as the fuse3 package installs it)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        # fusermount3 opens the device with the caller's own permissions (observed:
+        # "fusermount3: failed to open /dev/fuse: Permission denied" with a 0600 /dev/fuse)
+        mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        raise MountError(f"/dev/fuse (mode {mode:04o}) is not readable and writable by you, and "
+                         "fusermount3 opens it with your permissions: make it 0666, as udev "
+                         "does on most systems (chmod 0666 /dev/fuse)")
     if config.allow_other and not _user_allow_other():
         raise MountError(f"-o allow_other needs 'user_allow_other' in {FUSE_CONF} for an "
                          "ordinary user (or mount without allow_other: private to you)")
