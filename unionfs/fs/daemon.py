@@ -172,6 +172,10 @@ def mount(config: MountConfig, ready_fd: int | None = None) -> int:
     In the foreground, ``ready_fd`` (if given) receives ``ok`` once the filesystem is mounted,
     or the error line if it could not be; this is how ``unionfs.mount()`` waits for readiness.
     """
+    if ready_fd is not None:
+        # not for our children: fusermount3 (auto_unmount) outlives the mount and would keep
+        # the waiting end from ever seeing the pipe close
+        os.set_inheritable(ready_fd, False)
     try:
         config = validate(config)
         lock_layers(config)

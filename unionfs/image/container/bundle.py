@@ -187,6 +187,10 @@ def build_config(container: Container, rootfs: str, config: dict[str, Any],
     if spec.network != "host":
         namespaces.append({"type": "network"})
     caps = list(CAPABILITIES)
+    linux: dict[str, Any] = {"namespaces": namespaces, "maskedPaths": MASKED_PATHS,
+                             "readonlyPaths": READONLY_PATHS}
+    if os.geteuid() != 0:
+        _make_rootless(linux, mounts)
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -201,12 +205,22 @@ def build_config(container: Container, rootfs: str, config: dict[str, Any],
         "root": {"path": rootfs, "readonly": spec.read_only},
         "hostname": hostname,
         "mounts": mounts,
-        "linux": {
-            "namespaces": namespaces,
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
-        },
+        "linux": linux,
     }
+
+
+def _make_rootless(linux: dict[str, Any], mounts: list[dict[str, Any]]) -> None:
+    """As ``runc spec --rootless`` shapes it: a user namespace in which root is the caller
+    (one mapped id), /sys bind-mounted, no devpts group the namespace lacks."""
+    linux["namespaces"].append({"type": "user"})
+    linux["uidMappings"] = [{"containerID": 0, "hostID": os.geteuid(), "size": 1}]
+    linux["gidMappings"] = [{"containerID": 0, "hostID": os.getegid(), "size": 1}]
+    for mount in mounts:
+        if mount["destination"] == "/sys":
+            mount.update(type="none", source="/sys",
+                         options=["rbind", "nosuid", "noexec", "nodev", "ro"])
+        elif mount["destination"] == "/dev/pts":
+            mount["options"] = [o for o in mount["options"] if o != "gid=5"]
 
 
 def write_bundle(directory: str, container: Container, rootfs: str,
