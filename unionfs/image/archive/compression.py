@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import zlib
 from typing import BinaryIO
 
@@ -58,9 +60,14 @@ class DecompressingReader:
 
     ``on_raw`` sees every compressed chunk (to hash the blob as stored) and ``on_plain`` every
     decompressed chunk (to hash the diff_id); both are checked by the caller at the end.
+
+    With ``background=True`` a thread reads, hashes and decompresses ahead (zlib, zstd and
+    hashlib release the GIL), so that work overlaps with the caller's (unpacking the tar);
+    call ``close()`` when done.
     """
 
-    def __init__(self, raw: BinaryIO, on_raw=None, on_plain=None) -> None:
+    def __init__(self, raw: BinaryIO, on_raw=None, on_plain=None, *,
+                 background: bool = False) -> None:
         self._raw = raw
         self._on_raw = on_raw
         self._on_plain = on_plain
@@ -71,25 +78,62 @@ class DecompressingReader:
         self._buffer = b""
         self._offset = 0
         self._eof = False
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        if background:
+            self._queue = queue.Queue(maxsize=8)
+            threading.Thread(target=self._produce, name="decompress", daemon=True).start()
 
-    def _fill(self) -> bool:
-        while not self._eof:
+    def _next_plain(self) -> bytes | None:
+        """The next non-empty decompressed chunk, or None at the end of the stream."""
+        while True:
             chunk, self._pending = (self._pending, b"") if self._pending else (
                 self._raw.read(CHUNK), b"")
             if not chunk:
-                self._eof = True
                 self._decoder.finish()
-                return False
+                return None
             if self._on_raw:
                 self._on_raw(chunk)
             plain = self._decoder.feed(chunk)
             if plain:
                 if self._on_plain:
                     self._on_plain(plain)
-                self._buffer = self._buffer[self._offset:] + plain
-                self._offset = 0
-                return True
-        return False
+                return plain
+
+    def _produce(self) -> None:
+        assert self._queue is not None
+        while not self._stop.is_set():
+            try:
+                item: object = self._next_plain()
+            except BaseException as e:  # noqa: BLE001 - handed to the reading thread
+                item = _Failure(e)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item is None or isinstance(item, _Failure):
+                return
+
+    def _take(self) -> bytes | None:
+        if self._queue is None:
+            return self._next_plain()
+        item = self._queue.get()
+        if isinstance(item, _Failure):
+            raise item.error
+        return item  # type: ignore[return-value]
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        plain = self._take()
+        if plain is None:
+            self._eof = True
+            return False
+        self._buffer = self._buffer[self._offset:] + plain
+        self._offset = 0
+        return True
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -110,6 +154,15 @@ class DecompressingReader:
         while self._fill():
             self._buffer, self._offset = b"", 0
         self._buffer, self._offset = b"", 0
+
+    def close(self) -> None:
+        """Stops the background thread (if any) without reading further."""
+        self._stop.set()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class _GzipDecoder:

@@ -529,8 +529,9 @@ def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: L
 
     entries = _Counter(limits.max_layer_entries, f"{what}: number of entries")
     writer = LayerWriter(target, whiteout_format, limits, parents or [], before_finish)
+    reader: DecompressingReader | None = None
     try:
-        reader = DecompressingReader(blob, on_raw, on_plain)
+        reader = DecompressingReader(blob, on_raw, on_plain, background=True)
         with tarfile.open(fileobj=reader, mode="r|", bufsize=COPY_CHUNK) as tar:  # type: ignore[call-overload]
             writer.apply(tar, entries)
             end_of_members = tar.offset
@@ -547,6 +548,8 @@ def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: L
         raise LayerError(f"{what}: cannot unpack: {e.strerror or e}") from None
     finally:
         writer.close()
+        if reader is not None:
+            reader.close()
     return LayerDigests(
         blob_digest="sha256:" + blob_hash.hexdigest(), blob_size=sizes["blob"],
         diff_id="sha256:" + plain_hash.hexdigest(), tar_size=plain.count,
