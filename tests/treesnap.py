@@ -35,7 +35,8 @@ def _user_xattrs(path: str) -> dict[str, bytes]:
     return out
 
 
-def _digest(path: str) -> str:
+def file_digest(path: str) -> str:
+    """The sha256 of a file's content."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -54,7 +55,7 @@ def describe(path: str, st: os.stat_result, *, times: bool) -> Entry:
     }
     if stat.S_ISREG(st.st_mode):
         entry["size"] = st.st_size
-        entry["sha256"] = _digest(path)
+        entry["sha256"] = file_digest(path)
         entry["nlink"] = st.st_nlink
     elif stat.S_ISLNK(st.st_mode):
         entry["target"] = os.readlink(path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import signal
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.treesnap import file_digest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYUNION = [sys.executable, "-m", "unionfs.image.cli"]
@@ -380,19 +381,12 @@ def _xattrs(path: str) -> dict[str, bytes]:
     return out
 
 
-def _digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def describe(path: str, st: os.stat_result) -> dict[str, Any]:
     entry: dict[str, Any] = {"type": stat.S_IFMT(st.st_mode), "mode": stat.S_IMODE(st.st_mode),
                              "uid": st.st_uid, "gid": st.st_gid, "xattrs": _xattrs(path)}
     if stat.S_ISREG(st.st_mode):
-        entry.update(size=st.st_size, sha256=_digest(path), nlink=st.st_nlink)
+        entry.update(size=st.st_size, sha256=file_digest(path), nlink=st.st_nlink)
     elif stat.S_ISLNK(st.st_mode):
         entry["target"] = os.readlink(path)
     elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):

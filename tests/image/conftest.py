@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ import xattr
 
 from tests import mounts, treesnap
 from tests.image.imagebuild import ImageSet
+from tests.treesnap import file_digest
 
 PYUNION = [sys.executable, "-m", "unionfs.image.cli"]
 RUN_TIMEOUT = 90.0
@@ -205,13 +205,6 @@ def _all_xattrs(path: str) -> dict[str, bytes]:
     return out
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _ignored(rel: str) -> bool:
     parts = rel.split(os.sep)
@@ -247,7 +240,7 @@ def store_state(store: Path) -> dict[str, Any]:
             kind = stat.S_IFMT(st.st_mode)
             detail: Any = None
             if stat.S_ISREG(st.st_mode) and rel != "db.sqlite":
-                detail = (st.st_size, _file_digest(full))
+                detail = (st.st_size, file_digest(full))
             elif stat.S_ISLNK(st.st_mode):
                 detail = os.readlink(full)
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
