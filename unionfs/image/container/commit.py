@@ -19,7 +19,7 @@ from unionfs.image.archive.compression import HashingGzipFile
 from unionfs.image.archive.formats import ImageSpec, LayerSpec
 from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.sources import DirectorySource
-from unionfs.image.changes import apply_changes
+from unionfs.image.config_changes import apply_changes
 from unionfs.image.container import rootfs, runtime
 from unionfs.image.container.changes import REDIRECT_XATTRS, has_xattr
 from unionfs.image.container.records import Container
