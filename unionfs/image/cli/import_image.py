@@ -16,8 +16,8 @@ from unionfs.image.archive.compression import CHUNK, DecompressingReader, Hashin
 from unionfs.image.archive.formats import ImageSpec, LayerSpec, Platform
 from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.sources import DirectorySource
-from unionfs.image.config_changes import apply_changes
 from unionfs.image.cli.output import CliProgress
+from unionfs.image.config_changes import apply_changes
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store, Workspace
 from unionfs.image.store.adding import ImageAdder
