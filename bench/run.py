@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bench import dataset, images, report
+from bench import containers, dataset, images, report
 from bench.implementations import (
     ALL,
     REPO,
@@ -201,7 +201,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
     ap.add_argument("--only", help="implementations, comma-separated: " + ",".join(ALL))
     ap.add_argument("--workloads", help="comma-separated: "
-                    + ",".join([w.name for w in WORKLOADS] + [LATENCY] + images.NAMES))
+                    + ",".join([w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
+                               + containers.NAMES))
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds per workload process (default 300)")
     ap.add_argument("--latency-reps", type=int, default=10)
@@ -271,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the benchmark mounts filesystems and drops caches: run it as root")
     scale = dataset.QUICK if args.quick else dataset.FULL
     impl_names = select(args.only, list(ALL), "implementations")
-    wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + images.NAMES,
-                      "workloads")
+    wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
+                      + containers.NAMES, "workloads")
     workloads = [BY_NAME[n] for n in wl_names if n in BY_NAME]
     started = time.strftime("%Y%m%d-%H%M%S")
     t_start = time.monotonic()
@@ -308,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         image_names = [n for n in wl_names if n in images.NAMES]
         image_rows = images.run(args, image_names, run_dir, log) \
             if image_names and "pyunion" in impl_names else {}
+        container_names = [n for n in wl_names if n in containers.NAMES]
+        container_rows = containers.run(args, container_names, run_dir, log) \
+            if container_names and "pyunion" in impl_names else {}
     finally:
         cleanup_cell(run_dir)
 
@@ -329,9 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         duration=time.monotonic() - t_start,
     )
     data["images"] = image_rows
+    data["containers"] = container_rows
     print(report.render(data))
     if image_rows:
         print("\n".join(images.render(image_rows)))
+    if container_rows:
+        print("\n".join(containers.render(container_rows)))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.results_dir / f"{started}.json"
     json_path.write_text(json.dumps(data, indent=1))
