@@ -40,6 +40,7 @@ COMMANDS = {
     "umount": "container_mount", "ps": "ps", "diff": "diff", "commit": "commit",
     "export": "export", "rm": "rm", "stop": "stop", "wait": "stop", "logs": "stop",
     "pull": "pull", "push": "push", "search": "search", "login": "login", "logout": "login",
+    "info": "info",
 }
 
 
