@@ -1,4 +1,4 @@
-"""Generating a layer tar from a trusted directory (``import`` of a rootfs; ``commit`` later).
+"""Generating a layer tar from a trusted directory (``import`` of a rootfs, ``commit`` of an upper).
 
 Output is reproducible: entries sorted by name, PAX format with nanosecond mtimes, numeric
 owners, xattrs as ``SCHILY.xattr.*`` (overlay-private ones dropped), hard links as links to the
@@ -14,9 +14,8 @@ import tarfile
 from collections.abc import Callable
 from typing import BinaryIO
 
-from unionfs.image.archive.unpack import OPAQUE_MARKER, PRIVATE_XATTR_PREFIXES, WHITEOUT_PREFIX
-
-_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+from unionfs.fs.ondisk import OCI_OPAQUE_MARKER as OPAQUE_MARKER
+from unionfs.fs.ondisk import WHITEOUT_PREFIX, is_private_xattr, is_whiteout, read_dir_markers
 
 
 def _xattrs(path: str) -> dict[str, bytes]:
@@ -26,23 +25,13 @@ def _xattrs(path: str) -> dict[str, bytes]:
         return {}
     found = {}
     for name in sorted(names):
-        if name.startswith(PRIVATE_XATTR_PREFIXES):
+        if is_private_xattr(name):
             continue
         try:
             found[name] = os.getxattr(path, name, follow_symlinks=False)
         except OSError:
             continue
     return found
-
-
-def _is_opaque(path: str) -> bool:
-    for name in _OPAQUE_XATTRS:
-        try:
-            if os.getxattr(path, name, follow_symlinks=False).startswith(b"y"):
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _info(name: str, st: os.stat_result, path: str) -> tarfile.TarInfo:
@@ -111,7 +100,7 @@ def _walk(root: str, skip: Skip | None, replace_dir: Replacement | None):
 def _add(tar: tarfile.TarFile, rel: str, path: str, st: os.stat_result,
          links: dict[tuple[int, int], str], convert_whiteouts: bool, opaque: bool) -> int:
     mode = st.st_mode
-    if convert_whiteouts and stat.S_ISCHR(mode) and st.st_rdev == 0:
+    if convert_whiteouts and is_whiteout(st):
         parent, _, name = rel.rpartition("/")
         info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent
                                else WHITEOUT_PREFIX + name)
@@ -123,7 +112,8 @@ def _add(tar: tarfile.TarFile, rel: str, path: str, st: os.stat_result,
     if stat.S_ISDIR(mode):
         info.type = tarfile.DIRTYPE
         tar.addfile(info)
-        if opaque or (convert_whiteouts and _is_opaque(path)):
+        if opaque or (convert_whiteouts and
+                      read_dir_markers(path, follow_redirects=False).opaque):
             marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")
             marker.mtime = info.mtime
             tar.addfile(marker)

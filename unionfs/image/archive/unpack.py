@@ -34,13 +34,17 @@ from typing import BinaryIO
 
 import zstandard
 
+from unionfs.fs.ondisk import OCI_OPAQUE_MARKER as OPAQUE_MARKER
+from unionfs.fs.ondisk import (
+    WHITEOUT_PREFIX,
+    is_private_xattr,
+    is_whiteout,
+    read_dir_markers,
+)
 from unionfs.image.archive.compression import DecompressingReader
 from unionfs.image.errors import ImageError
 from unionfs.image.limits import Limits
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 COPY_CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FD_CACHE_SIZE = 128
@@ -113,7 +117,7 @@ def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
     for key, value in member.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
             name = key[len("SCHILY.xattr."):]
-            if name.startswith(PRIVATE_XATTR_PREFIXES):
+            if is_private_xattr(name):
                 continue  # overlay markers in a tar would let a layer plant redirects
             found[name] = value.encode("utf-8", "surrogateescape")
     return found
@@ -418,8 +422,7 @@ def _is_whiteout_in(layer: str, parent: str, name: str) -> bool:
     """Whether ``layer`` hides ``parent/name`` (either whiteout form)."""
     directory = os.path.join(layer, parent) if parent else layer
     try:
-        st = os.lstat(os.path.join(directory, name))
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        if is_whiteout(os.lstat(os.path.join(directory, name))):
             return True
     except OSError:
         pass
@@ -427,13 +430,11 @@ def _is_whiteout_in(layer: str, parent: str, name: str) -> bool:
 
 
 def _is_opaque_dir(path: str) -> bool:
-    for key in ("trusted.overlay.opaque", "user.overlay.opaque"):
-        try:
-            if os.getxattr(path, key, follow_symlinks=False).startswith(b"y"):
-                return True
-        except OSError:
-            continue
-    return os.path.lexists(os.path.join(path, OPAQUE_MARKER))
+    """Either opaque form: the xattr (as the mount reads it) or the OCI marker file."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    return read_dir_markers(path, follow_redirects=False).opaque or \
+        os.path.lexists(os.path.join(path, OPAQUE_MARKER))
 
 
 def find_lower_dir(layers: list[str], path: str) -> str | None:
@@ -466,7 +467,7 @@ def find_in_stack(layers: list[str], path: str) -> str | None:
             if opaque_above:
                 return None
             continue
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        if is_whiteout(st):
             return None  # a whiteout of the name itself
         return current
     return None
@@ -479,7 +480,7 @@ def _copy_dir_attrs(source: str, fd: int, as_root: bool) -> None:
     os.fchmod(fd, stat.S_IMODE(st.st_mode))
     with contextlib.suppress(OSError):
         for key in os.listxattr(source, follow_symlinks=False):
-            if key.startswith(PRIVATE_XATTR_PREFIXES) or (not as_root and
+            if is_private_xattr(key) or (not as_root and
                                                           not key.startswith("user.")):
                 continue
             os.setxattr(fd, key, os.getxattr(source, key, follow_symlinks=False))

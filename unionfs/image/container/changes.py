@@ -10,34 +10,13 @@ from __future__ import annotations
 import os
 import stat
 
+from unionfs.fs.ondisk import is_whiteout, read_dir_markers, read_redirect
 from unionfs.image.archive.unpack import find_in_stack
 
-REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
-OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
-
-def is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def has_xattr(path: str, names: tuple[str, ...], prefix: bytes = b"") -> bool:
-    for name in names:
-        try:
-            value = os.getxattr(path, name, follow_symlinks=False)
-        except OSError:
-            continue
-        if value.startswith(prefix):
-            return True
-    return False
-
-
-def read_redirect(path: str) -> str | None:
-    for name in REDIRECT_XATTRS:
-        try:
-            return os.fsdecode(os.getxattr(path, name, follow_symlinks=False))
-        except OSError:
-            continue
-    return None
+def is_opaque(path: str) -> bool:
+    """An upper directory made opaque (its lower contents are hidden)."""
+    return os.path.isdir(path) and read_dir_markers(path, follow_redirects=False).opaque
 
 
 def _origin(rel_dir: str, redirect: str) -> str:
@@ -78,7 +57,7 @@ def upper_changes(upper: str, lowers: list[str]) -> list[tuple[str, str]]:
             in_lower = not added_parent and find_in_stack(lowers, rel) is not None
             changes.append(("C" if in_lower else "A", "/" + rel))
             if stat.S_ISDIR(st.st_mode):
-                if in_lower and has_xattr(path, OPAQUE_XATTRS, b"y"):
+                if in_lower and is_opaque(path):
                     changes += _hidden_children(lowers, rel, set(os.listdir(path)))
                 stack.append((path, rel, not in_lower))
     changes.sort(key=lambda c: c[1])
@@ -105,7 +84,7 @@ def _added_tree(upper_path: str | None, rel: str, origin: str | None, lowers: li
             redirect = read_redirect(up) if up else None
             if redirect is not None:
                 child_origin = _origin(origin or rel, redirect)
-            elif has_xattr(up or "", OPAQUE_XATTRS, b"y"):
+            elif up and is_opaque(up):
                 child_origin = None
         else:
             below = find_in_stack(lowers, child_origin or "")

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 
+from unionfs.fs.ondisk import read_redirect
 from unionfs.image import mediatypes as mt
 from unionfs.image.archive.compression import HashingGzipFile
 from unionfs.image.archive.formats import ImageSpec, LayerSpec
@@ -21,7 +22,6 @@ from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.config_changes import apply_changes
 from unionfs.image.container import rootfs, runtime
-from unionfs.image.container.changes import REDIRECT_XATTRS, has_xattr
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
@@ -34,7 +34,7 @@ def _write_upper_layer(store: Store, container: Container, space: Workspace,
     upper = rootfs.upper_dir(store, container)
 
     def replace_dir(rel: str, path: str) -> str | None:
-        if not has_xattr(path, REDIRECT_XATTRS):
+        if read_redirect(path) is None:
             return None
         if merged is None:
             raise ImageError("internal: a redirected directory needs the merged view")
@@ -52,7 +52,7 @@ def _write_upper_layer(store: Store, container: Container, space: Workspace,
 def _needs_merged_view(upper: str) -> bool:
     for dirpath, dirnames, _ in os.walk(upper):
         for name in dirnames:
-            if has_xattr(os.path.join(dirpath, name), REDIRECT_XATTRS):
+            if read_redirect(os.path.join(dirpath, name)) is not None:
                 return True
     return False
 
