@@ -8,6 +8,7 @@ store keeps the image's layers while the mount lives and forgets it once it is g
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 from unionfs.api import Mount
@@ -29,13 +30,46 @@ def mounted_points() -> set[str]:
         return {line.split()[4].replace("\\040", " ") for line in f}
 
 
-def mount_is_live(mountpoint: str, pid: int) -> bool:
+def process_alive(pid: int | None, *markers: bytes) -> bool:
+    """Whether ``pid`` runs (not a zombie) a command line holding one of ``markers``: a pid
+    recorded earlier may since belong to another program."""
+    if not pid:
+        return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
     except OSError:
         return False
-    return b"mount_helper" in cmdline and mountpoint in mounted_points()
+    return any(marker in cmdline for marker in markers)
+
+
+def wait_exit(pid: int | None, timeout: float = 10.0) -> None:
+    """Waits (bounded) until ``pid`` has exited or is a zombie."""
+    deadline = time.monotonic() + timeout
+    while pid and time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except OSError:
+            return
+        time.sleep(0.025)
+
+
+def mount_is_live(mountpoint: str, pid: int | None) -> bool:
+    return process_alive(pid, b"mount_helper") and mountpoint in mounted_points()
+
+
+def unmount_daemon(point: str, pid: int | None, what: str) -> None:
+    """``umount`` of a pyunion mount, then a wait for its daemon to exit."""
+    result = subprocess.run(["umount", point], capture_output=True, text=True)
+    if result.returncode != 0 and point in mounted_points():
+        lines = result.stderr.strip().splitlines()
+        raise ImageError(f"cannot unmount {what}: {lines[-1] if lines else 'busy'}")
+    wait_exit(pid)
 
 
 def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -> str:
@@ -61,30 +95,10 @@ def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -
 
 
 def unmount_image(store: Store, mountpoint: str) -> None:
-    import subprocess
-
     target = os.path.realpath(mountpoint)
     row = store.db.execute("SELECT pid FROM mounts WHERE mountpoint = ?", (target,)).fetchone()
     if row is None and target not in mounted_points():
         raise ImageError(f"{mountpoint} is not mounted")
-    result = subprocess.run(["umount", target], capture_output=True, text=True)
-    if result.returncode != 0 and target in mounted_points():
-        message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
-        raise ImageError(f"cannot unmount {mountpoint}: {message or 'umount failed'}")
-    if row is not None:
-        _wait_exit(row["pid"])
+    unmount_daemon(target, row["pid"] if row else None, mountpoint)
     with store.transaction() as db:
         db.execute("DELETE FROM mounts WHERE mountpoint = ?", (target,))
-
-
-def _wait_exit(pid: int) -> None:
-    for _ in range(200):
-        if not os.path.exists(f"/proc/{pid}"):
-            return
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except OSError:
-            return
-        time.sleep(0.025)

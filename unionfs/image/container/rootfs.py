@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import time
 
 from unionfs.api import Mount
 from unionfs.fs.options import MountError
 from unionfs.image.container import records
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
-from unionfs.image.mounts import layer_dirs, mount_is_live, mounted_points
+from unionfs.image.mounts import layer_dirs, mount_is_live, mounted_points, unmount_daemon
 from unionfs.image.store import Store, syncfs
 
 
@@ -81,11 +80,7 @@ def unmount(store: Store, container: Container) -> None:
     if is_mounted(container):
         with contextlib.suppress(OSError):
             syncfs(point)
-        result = subprocess.run(["umount", point], capture_output=True, text=True)
-        if result.returncode != 0 and point in mounted_points():
-            raise ImageError(f"cannot unmount the rootfs of {container.name} at {point}: "
-                             f"{result.stderr.strip() or 'busy'}")
-        _wait_exit(container.mount_pid)
+        unmount_daemon(point, container.mount_pid, f"the rootfs of {container.name} at {point}")
     _forget_dead_mount(store, container)
 
 
@@ -98,15 +93,3 @@ def _forget_dead_mount(store: Store, container: Container) -> None:
     records.update(store, container.id, mountpoint=None, mount_pid=None)
     container.mountpoint = container.mount_pid = None
 
-
-def _wait_exit(pid: int | None) -> None:
-    if pid is None:
-        return
-    for _ in range(400):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return
-        except OSError:
-            return
-        time.sleep(0.025)

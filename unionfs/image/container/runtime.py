@@ -21,6 +21,7 @@ from unionfs.image.container import records, rootfs
 from unionfs.image.container.bundle import image_config, write_bundle
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
+from unionfs.image.mounts import process_alive
 from unionfs.image.store import Store
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
@@ -75,24 +76,10 @@ def pause(store: Store, container: Container, paused: bool) -> None:
                          f"{result.stderr.strip() or 'the runtime refused'}")
 
 
-def _process_alive(pid: int | None, marker: bytes) -> bool:
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
-    except OSError:
-        return False
-    return marker in cmdline
-
-
 def refresh(store: Store, container: Container) -> Container:
     """Corrects a 'running' record whose monitor is gone (crashed, killed)."""
-    if container.state != "running" or _process_alive(container.monitor_pid, b"unionfs") \
-            or _process_alive(container.monitor_pid, b"pyunion"):
+    if container.state != "running" or process_alive(container.monitor_pid, b"unionfs",
+                                                       b"pyunion"):
         return container
     state = runtime_state(store, container)
     if state is not None and state.get("status") in ("running", "paused", "created"):
