@@ -315,7 +315,7 @@ class Puller:
 
         async def one(i: int, layer: LayerSpec) -> None:
             try:
-                present = self._present(adder, chain[i], layer)
+                present = self._present(chain[i], layer)
                 if present is not None:
                     added[i] = present
                     self.progress.layer_done(layer.diff_id, "Already exists")
@@ -346,9 +346,9 @@ class Puller:
                 os.unlink(path)
         return [a for a in added if a is not None], bool(fetched)
 
-    def _present(self, adder: ImageAdder, chain_id: str, layer: LayerSpec) -> AddedLayer | None:
+    def _present(self, chain_id: str, layer: LayerSpec) -> AddedLayer | None:
         """The layer, if it is unpacked already and this very blob is kept."""
-        if not adder._layer_recorded(chain_id):
+        if not self.store.layer_recorded(chain_id):
             return None
         row = self.store.db.execute("SELECT media_type, size FROM blobs WHERE digest = ?",
                                     (layer.digest,)).fetchone()

@@ -110,11 +110,21 @@ class Store:
     def locks_dir(self) -> str:
         return os.path.join(self.root, "locks")
 
+    @property
+    def store_lock_path(self) -> str:
+        """Shared while a command adds content, exclusive while garbage is collected."""
+        return os.path.join(self.locks_dir, "store.lock")
+
     def blob_path(self, digest: str) -> str:
         return os.path.join(self.blobs_dir, digest_hex(digest))
 
     def layer_path(self, chain_id: str) -> str:
         return os.path.join(self.layers_dir, digest_hex(chain_id))
+
+    def layer_recorded(self, chain_id: str) -> bool:
+        """Whether the layer is unpacked and recorded (a row and its directory)."""
+        row = self.db.execute("SELECT 1 FROM layers WHERE chain_id = ?", (chain_id,)).fetchone()
+        return row is not None and os.path.isdir(self.layer_path(chain_id))
 
     # ------------------------------------------------------------------ opening
 
@@ -154,16 +164,14 @@ class Store:
 
         Before it starts, leftovers of killed commands are cleaned if nobody else is busy.
         """
-        _ = self.db
         self.collect_garbage(blocking=False)
-        with locked(os.path.join(self.locks_dir, "store.lock"), exclusive=False):
-            with self.workspace() as space:
-                yield space
+        with self.adding_lock(), self.workspace() as space:
+            yield space
 
     def adding_lock(self) -> contextlib.AbstractContextManager:
         """The shared store lock alone: garbage collection waits while it is held."""
         _ = self.db
-        return locked(os.path.join(self.locks_dir, "store.lock"), exclusive=False)
+        return locked(self.store_lock_path, exclusive=False)
 
     @contextlib.contextmanager
     def workspace(self) -> Iterator[Workspace]:
@@ -192,7 +200,7 @@ class Store:
         """
         if not self.exists():
             return []  # nothing was ever stored here (a command failed before it began)
-        lock = FileLock(os.path.join(self.locks_dir, "store.lock"))
+        lock = FileLock(self.store_lock_path)
         if not lock.acquire(exclusive=True, blocking=blocking):
             return []
         try:
@@ -261,9 +269,14 @@ class Store:
 
     def _clean_workspaces(self) -> None:
         for name in os.listdir(self.tmp_dir):
-            if name.endswith(".lock"):
-                continue
             path = os.path.join(self.tmp_dir, name)
+            if name.endswith(".lock"):
+                # the lock of a workspace whose owner was killed after removing it
+                owner = path.removesuffix(".lock")
+                if not os.path.lexists(owner) and is_unlocked(path):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                continue
             if is_unlocked(path + ".lock"):
                 self._remove_tree(path)
                 with contextlib.suppress(FileNotFoundError):
@@ -294,9 +307,6 @@ class Store:
         if dead:
             with self.transaction() as db:
                 db.executemany("DELETE FROM mounts WHERE mountpoint = ?", dead)
-
-    def now(self) -> float:
-        return time.time()
 
 
 def _make_removable(path: str) -> None:

@@ -71,13 +71,6 @@ class _TeeReader:
         return data
 
 
-def _write_file(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 class ImageAdder:
     def __init__(self, store: Store, workspace: Workspace, progress: Progress | None = None):
         self.store = store
@@ -98,16 +91,12 @@ class ImageAdder:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not os.path.exists(self.store.blob_path(digest)):
             temp = self.space.new_path("json-" + digest[7:])
-            _write_file(temp, data)
+            with open(temp, "wb") as f:  # flushed by record()'s syncfs, before any row
+                f.write(data)
             self._place_blob(temp, digest)
         return digest
 
     # ------------------------------------------------------------------ layers
-
-    def _layer_recorded(self, chain_id: str) -> bool:
-        row = self.store.db.execute("SELECT dir FROM layers WHERE chain_id = ?",
-                                    (chain_id,)).fetchone()
-        return row is not None and os.path.isdir(self.store.layer_path(chain_id))
 
     def add_layer(self, source: Source, layer: LayerSpec, chain: list[str], what: str,
                   wait_for_parents: Callable[[], None] | None = None) -> AddedLayer:
@@ -116,7 +105,7 @@ class ImageAdder:
         short = layer.diff_id[7:19]
         chain_id = chain[-1]
         with self.store.layer_lock(chain_id):
-            if self._layer_recorded(chain_id):
+            if self.store.layer_recorded(chain_id):
                 blob = self._keep_blob_only(source, layer, chain_id, what)
                 self.progress.layer_done(layer.diff_id, "Already exists")
                 return blob
@@ -152,29 +141,32 @@ class ImageAdder:
                                   row["size"])
         blob_temp = self.space.new_path("blob-" + layer.diff_id[7:])
         digest, size, compression = _copy_hashing(source, layer.path, blob_temp)
+        self._check_blob(layer, digest, size, what)
+        if compression == "none":  # an uncompressed blob is its own diff
+            self._check_diff_id(layer, digest, what)
+        self._place_blob(blob_temp, digest)
+        return AddedLayer(chain_id, layer.diff_id, digest, _layer_media_type(layer, compression),
+                          size)
+
+    def _verify(self, layer: LayerSpec, digests: LayerDigests, what: str) -> None:
+        self._check_blob(layer, digests.blob_digest, digests.blob_size, what)
+        self._check_diff_id(layer, digests.diff_id, what)
+
+    @staticmethod
+    def _check_blob(layer: LayerSpec, digest: str, size: int, what: str) -> None:
+        """The blob as stored against its descriptor (when the archive gave one)."""
         if layer.digest and digest != layer.digest:
             raise ImageError(f"{what}: layer blob digest mismatch (expected {layer.digest}, "
                              f"got {digest})")
         if layer.size is not None and size != layer.size:
             raise ImageError(f"{what}: layer {layer.digest} is {size} bytes, its descriptor "
                              f"says {layer.size}")
-        if compression == "none" and digest != layer.diff_id:
-            raise ImageError(f"{what}: layer diff_id mismatch (expected {layer.diff_id}, "
-                             f"got {digest})")
-        self._place_blob(blob_temp, digest)
-        return AddedLayer(chain_id, layer.diff_id, digest, _layer_media_type(layer, compression),
-                          size)
 
-    def _verify(self, layer: LayerSpec, digests: LayerDigests, what: str) -> None:
-        if layer.digest and digests.blob_digest != layer.digest:
-            raise ImageError(f"{what}: layer blob digest mismatch (expected {layer.digest}, "
-                             f"got {digests.blob_digest})")
-        if layer.size is not None and digests.blob_size != layer.size:
-            raise ImageError(f"{what}: layer {layer.digest} is {digests.blob_size} bytes, its "
-                             f"descriptor says {layer.size}")
-        if digests.diff_id != layer.diff_id:
+    @staticmethod
+    def _check_diff_id(layer: LayerSpec, diff_id: str, what: str) -> None:
+        if diff_id != layer.diff_id:
             raise ImageError(f"{what}: layer diff_id mismatch (the config says {layer.diff_id}, "
-                             f"the layer's content is {digests.diff_id})")
+                             f"the layer's content is {diff_id})")
 
     def _install_layer(self, chain: list[str], diff_id: str, unpacked: str,
                        digests: LayerDigests) -> None:
@@ -184,9 +176,8 @@ class ImageAdder:
         os.rename(unpacked, final)
         fsync_dir(self.store.layers_dir)
         with self.store.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (chain[-1], diff_id, chain[-2] if len(chain) > 1 else None,
-                        os.path.basename(final), digests.tar_size,
                         digests.tar_size, digests.entries, self.store.whiteout_format,
                         time.time()))
 
@@ -232,7 +223,7 @@ class ImageAdder:
         manifest_digest = self._place_json_blob(spec.manifest_bytes)
         syncfs(self.store.blobs_dir)
         config = spec.config
-        size = sum(self.store.db.execute("SELECT disk_size FROM layers WHERE chain_id = ?",
+        size = sum(self.store.db.execute("SELECT tar_size FROM layers WHERE chain_id = ?",
                                          (a.chain_id,)).fetchone()[0] for a in added)
         now = time.time()
         with self.store.transaction() as db:

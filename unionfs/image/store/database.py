@@ -26,9 +26,7 @@ MIGRATIONS: list[str] = [
         chain_id         TEXT PRIMARY KEY,
         diff_id          TEXT NOT NULL,
         parent           TEXT,
-        dir              TEXT NOT NULL,
         tar_size         INTEGER NOT NULL,
-        disk_size        INTEGER NOT NULL,
         entries          INTEGER NOT NULL,
         whiteout_format  TEXT NOT NULL,
         added            REAL NOT NULL
