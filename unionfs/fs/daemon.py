@@ -47,9 +47,8 @@ def fuse_options(config: MountConfig) -> set[str]:
     if config.allow_other:
         options.add("allow_other")
     if os.geteuid() != 0:
-        # libfuse opens /dev/fuse itself unless auto_unmount is asked for; an ordinary user
-        # cannot (it is 0600), and with it libfuse mounts through the setuid fusermount3,
-        # which also unmounts should the daemon die.
+        # An ordinary user mounts through the setuid fusermount3; with auto_unmount it stays
+        # beside the daemon and unmounts should the daemon die.
         options.add("auto_unmount")
     if config.readonly or config.upper is None:
         options.add("ro")
