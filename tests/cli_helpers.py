@@ -17,9 +17,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import xattr
 
@@ -78,16 +79,28 @@ class Result:
     stderr: str
 
 
-def run_helper(args: Sequence[str], *, wrapper: Sequence[str] = (), timeout: float = RUN_TIMEOUT,
-               cmd: Sequence[str] = HELPER, cwd: os.PathLike | str | None = None) -> Result:
-    """Run ``[*wrapper, *cmd, *args]`` and wait for that process only.
+def run_through_files(cmd: Sequence[str], *, timeout: float, input: str | bytes | None = None,
+                      stdin: Any = None, on_start: Callable[[subprocess.Popen], None] | None = None,
+                      **popen: Any) -> tuple[int, bytes, bytes]:
+    """Runs ``cmd`` and waits for that process only: (status, stdout, stderr).
 
     Output goes to anonymous files, not pipes: a background daemon that (wrongly) keeps the
-    caller's stdout/stderr open must not make this wait forever.
+    caller's stdout/stderr open must not make this wait forever. Standard input is ``input``
+    (text or bytes), else ``stdin`` (an open file), else /dev/null. ``on_start`` sees the
+    process as soon as it exists (to kill it at teardown).
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([*wrapper, *cmd, *map(str, args)], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err, cwd=cwd)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(tempfile.TemporaryFile())
+        err = stack.enter_context(tempfile.TemporaryFile())
+        if input is not None:
+            stdin = stack.enter_context(tempfile.TemporaryFile())
+            stdin.write(input.encode() if isinstance(input, str) else input)
+            stdin.seek(0)
+        proc = subprocess.Popen([str(c) for c in cmd],
+                                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                                stdout=out, stderr=err, **popen)
+        if on_start is not None:
+            on_start(proc)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -96,8 +109,15 @@ def run_helper(args: Sequence[str], *, wrapper: Sequence[str] = (), timeout: flo
             raise
         out.seek(0)
         err.seek(0)
-        return Result(proc.returncode, out.read().decode(errors="replace"),
-                      err.read().decode(errors="replace"))
+        return proc.returncode, out.read(), err.read()
+
+
+def run_helper(args: Sequence[str], *, wrapper: Sequence[str] = (), timeout: float = RUN_TIMEOUT,
+               cmd: Sequence[str] = HELPER, cwd: os.PathLike | str | None = None) -> Result:
+    """Run ``[*wrapper, *cmd, *args]`` and wait for that process only."""
+    status, out, err = run_through_files([*wrapper, *cmd, *map(str, args)], timeout=timeout,
+                                         cwd=cwd)
+    return Result(status, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 def run_checked(cmd: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:

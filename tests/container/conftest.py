@@ -22,7 +22,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli_helpers import run_through_files
 from tests.treesnap import file_digest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -105,30 +105,12 @@ class Pyunion:
         """Runs ``pyunion --root STORE ARGS`` to its end (stdin /dev/null unless ``input``).
 
         Output goes through files: a daemon that inherited a pipe cannot hang the test."""
-        cmd = self.command(*args)
-        with contextlib.ExitStack() as stack:
-            out = stack.enter_context(tempfile.TemporaryFile())
-            err = stack.enter_context(tempfile.TemporaryFile())
-            stdin: Any = subprocess.DEVNULL
-            if input is not None:
-                stdin = stack.enter_context(tempfile.TemporaryFile())
-                stdin.write(input.encode() if isinstance(input, str) else input)
-                stdin.seek(0)
-            proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=err,
-                                    env=clean_env(env), cwd=REPO_ROOT, start_new_session=True)
-            self.started.append(proc)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise
-            out.seek(0)
-            err.seek(0)
-            raw = out.read()
-            result = Result([str(a) for a in args], proc.returncode,
-                            raw if binary else raw.decode(errors="replace"),  # type: ignore
-                            err.read().decode(errors="replace"))
+        status, raw, err = run_through_files(
+            self.command(*args), timeout=timeout, input=input, on_start=self.started.append,
+            env=clean_env(env), cwd=REPO_ROOT, start_new_session=True)
+        result = Result([str(a) for a in args], status,
+                        raw if binary else raw.decode(errors="replace"),  # type: ignore
+                        err.decode(errors="replace"))
         if check:
             assert result.returncode == 0, str(result)
         return result

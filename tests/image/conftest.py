@@ -20,7 +20,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import pytest
 import xattr
 
 from tests import mounts, treesnap
+from tests.cli_helpers import run_through_files
 from tests.image.imagebuild import ImageSet
 from tests.treesnap import file_digest
 
@@ -86,27 +86,11 @@ def run_pyunion(store: os.PathLike | str, *args: Any, input: str | bytes | None 
     exit status 0 and shows stderr if not.
     """
     cmd = pyunion_command(store, *args)
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(tempfile.TemporaryFile())
-        err = stack.enter_context(tempfile.TemporaryFile())
-        if input is not None:
-            stdin = stack.enter_context(tempfile.TemporaryFile())
-            stdin.write(input.encode() if isinstance(input, str) else input)
-            stdin.seek(0)
-        proc = subprocess.Popen(cmd, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                                stdout=out, stderr=err, env=pyunion_env(env), cwd=REPO_ROOT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read()
-        result = subprocess.CompletedProcess(
-            cmd, proc.returncode, stdout if binary_stdout else stdout.decode(errors="replace"),
-            err.read().decode(errors="replace"))
+    status, stdout, stderr = run_through_files(cmd, timeout=timeout, input=input, stdin=stdin,
+                                               env=pyunion_env(env), cwd=REPO_ROOT)
+    result = subprocess.CompletedProcess(
+        cmd, status, stdout if binary_stdout else stdout.decode(errors="replace"),
+        stderr.decode(errors="replace"))
     if check:
         assert result.returncode == 0, (
             f"{' '.join(cmd[2:])} exited {result.returncode}:\n{result.stderr.strip()}")

@@ -30,7 +30,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -42,6 +41,7 @@ from typing import Any
 import pytest
 
 from tests import mounts, treesnap
+from tests.cli_helpers import run_through_files
 
 PYUNION = [sys.executable, "-m", "unionfs.image.cli"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -86,27 +86,10 @@ def run_command(cmd: list[str], *, env: dict[str, str] | None = None, input: str
                 timeout: float = RUN_TIMEOUT, check: bool = True,
                 cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Runs ``cmd`` with output through files (a daemon keeping stdout cannot hang us)."""
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(tempfile.TemporaryFile())
-        err = stack.enter_context(tempfile.TemporaryFile())
-        stdin: Any = subprocess.DEVNULL
-        if input is not None:
-            stdin = stack.enter_context(tempfile.TemporaryFile())
-            stdin.write(input.encode())
-            stdin.seek(0)
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=err, env=env,
-                                cwd=cwd or REPO_ROOT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(cmd, proc.returncode,
-                                             out.read().decode(errors="replace"),
-                                             err.read().decode(errors="replace"))
+    status, out, err = run_through_files(cmd, timeout=timeout, input=input, env=env,
+                                         cwd=cwd or REPO_ROOT)
+    result = subprocess.CompletedProcess(cmd, status, out.decode(errors="replace"),
+                                         err.decode(errors="replace"))
     if check:
         assert result.returncode == 0, (
             f"{' '.join(map(str, cmd))} exited {result.returncode}:\n"
