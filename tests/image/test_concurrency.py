@@ -7,6 +7,7 @@ load of the killed image succeeds, and ``tmp/`` is empty after that next command
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import signal
@@ -28,6 +29,8 @@ from tests.image.conftest import (
     tmp_leftovers,
     used_layer_dirs,
 )
+from unionfs.image.errors import ImageError
+from unionfs.image.store import Store
 
 WAIT = 90.0
 
@@ -54,6 +57,31 @@ def assert_consistent(store: Path) -> list[dict]:
     assert all(HEX64.match(name) for name in layer_dirs_on_disk(store)), (
         f"non-layer entries in layers/: {sorted(layer_dirs_on_disk(store))}")
     return infos
+
+
+def open_store_and_count_images(root: str) -> str | None:
+    """Run in a forked process: opens the store at ``root``; returns the error, if any."""
+    try:
+        store = Store(root)
+        store.db.execute("SELECT count(*) FROM images").fetchone()
+        store.close()
+    except ImageError as e:
+        return str(e)
+    return None
+
+
+def test_processes_opening_a_new_store_at_once(tmp_path):
+    """The first commands on a store race to create its database; none may find it locked.
+
+    Forked processes (rather than CLI runs, whose start-up staggers them) open a fresh store
+    together; without the opening lock about one opener in thirty failed here.
+    """
+    errors = []
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        for round_ in range(40):
+            root = str(tmp_path / f"store{round_}")
+            errors += [e for e in pool.map(open_store_and_count_images, [root] * 8) if e]
+    assert errors == []
 
 
 def test_parallel_loads_share_the_base(images, tmp_path):

@@ -132,7 +132,10 @@ class Store:
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             self._create_dirs()
-            self._db = database.connect(os.path.join(self.root, "db.sqlite"))
+            # Switching to WAL and migrating take locks that sqlite does not wait for (its
+            # busy timeout does not cover them), so processes open the database one at a time.
+            with locked(os.path.join(self.locks_dir, "database.lock")):
+                self._db = database.connect(os.path.join(self.root, "db.sqlite"))
         return self._db
 
     def exists(self) -> bool:
