@@ -213,7 +213,9 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
             return
         _check_replace(fs, src, dst)
         await _before_dropping_a_link(fs, dst)
-    await _prepare_move(fs, src)
+    await _prepare_move(fs, src, same_dir=old_parent is new_parent)
+    if dst is not None and dst.is_dir and not dst.lowers and merged_names(fs, dst):
+        raise _error(errno.ENOTEMPTY)  # (what the upper's own rename would answer)
     await copy_up(fs, old_parent)
     await copy_up(fs, new_parent)
     src_needs_whiteout = fs.lower_has(old_parent, old_name)
@@ -237,20 +239,27 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
         remaining = dst_st.st_nlink - 1 if dst_st is not None and not dst.is_dir else 0
         _forget_name(fs, dst, new_parent, new_name, remaining)
     if src.is_dir:
-        _mark_moved_dir(fs, src, dst_path, new_parent, new_name)
+        _mark_moved_dir(fs, src, dst_path, old_name, same_dir=old_parent is new_parent)
 
 
 def _check_replace(fs: UnionFS, src: Node, dst: Node) -> None:
+    """What is checked before anything moves. As on the kernel, a pure upper directory's
+    emptiness is left to the rename itself, after the source's checks (see rename)."""
     if src.is_dir and not dst.is_dir:
         raise _error(errno.ENOTDIR)
     if dst.is_dir and not src.is_dir:
         raise _error(errno.EISDIR)
-    if dst.is_dir and merged_names(fs, dst):
+    if dst.is_dir and dst.lowers and merged_names(fs, dst):
         raise _error(errno.ENOTEMPTY)
 
 
-async def _prepare_move(fs: UnionFS, node: Node) -> None:
-    """Copies up what a move needs: the object, or for a merged directory per redirect_dir."""
+async def _prepare_move(fs: UnionFS, node: Node, *, same_dir: bool) -> None:
+    """Copies up what a move needs: the object, or for a merged directory per redirect_dir.
+
+    A merged directory moved to another parent needs an absolute redirect; where that would
+    be longer than the kernel's ``redirect_max`` the kernel refuses with EXDEV (``mv`` then
+    copies), and so do we, so that every upper we write is one the kernel could have written.
+    """
     if node.is_dir and node.lowers:
         mode = fs.config.redirect_dir
         if mode in ("off", "follow", "nofollow"):
@@ -258,6 +267,9 @@ async def _prepare_move(fs: UnionFS, node: Node) -> None:
         if mode == "copy":
             await _copy_tree_up(fs, node)
             return
+        origin = os.fsencode("/" + node.lowers[0][1])
+        if not same_dir and len(origin) > ondisk.REDIRECT_MAX:
+            raise _error(errno.EXDEV)
     await copy_up(fs, node)
 
 
@@ -274,13 +286,21 @@ async def _copy_tree_up(fs: UnionFS, node: Node) -> None:
     node.lowers = ()
 
 
-def _mark_moved_dir(fs: UnionFS, node: Node, real: str, parent: Node, name: str) -> None:
-    """A moved directory keeps its lower content through a redirect, or hides what is below."""
+def _mark_moved_dir(fs: UnionFS, node: Node, real: str, old_name: str, *,
+                    same_dir: bool) -> None:
+    """A moved directory keeps its lower content through a redirect, or hides what is below.
+
+    The redirect is the kernel's: the old name for a move within the parent, the lower path
+    from the root for a move elsewhere; one already there that still applies is kept.
+    """
     if node.lowers:
-        origin = node.lowers[0][1]
-        fs.format.set_redirect(real, None if origin == fs.path(node) else origin)
+        current = ondisk.read_redirect(real)
+        if current is not None and (same_dir or current.startswith("/")):
+            return
+        redirect = old_name if same_dir else "/" + node.lowers[0][1]
+        fs.format.set_redirect(real, redirect)
         fs.redirects_changed()
-    elif fs.lower_has(parent, name):
+    elif node.parent is not None and fs.lower_has(node.parent, node.name):
         fs.format.set_opaque(real)
 
 
@@ -303,12 +323,13 @@ def _empty_whiteouts(path: str) -> None:
 
 async def _exchange(fs: UnionFS, a_parent: Node, a_name: str, a: Node,
                     b_parent: Node, b_name: str, b: Node) -> None:
-    await _prepare_move(fs, a)
-    await _prepare_move(fs, b)
+    same_dir = a_parent is b_parent
+    await _prepare_move(fs, a, same_dir=same_dir)
+    await _prepare_move(fs, b, same_dir=same_dir)
     a_path = fs.upper_path(a)
     b_path = fs.upper_path(b)
     syscalls.renameat2(a_path, b_path, syscalls.RENAME_EXCHANGE)
     a.parent, a.name, b.parent, b.name = b_parent, b_name, a_parent, a_name
-    for node, real, parent, name in ((a, b_path, b_parent, b_name), (b, a_path, a_parent, a_name)):
+    for node, real, old_name in ((a, b_path, a_name), (b, a_path, b_name)):
         if node.is_dir:
-            _mark_moved_dir(fs, node, real, parent, name)
+            _mark_moved_dir(fs, node, real, old_name, same_dir=same_dir)

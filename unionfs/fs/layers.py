@@ -12,7 +12,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from unionfs.fs import ondisk
+from unionfs.fs import longpaths, ondisk
 
 UPPER = 0
 WHITEOUT = -1  # a "kind" meaning: this name is deleted here and in the layers below
@@ -92,6 +92,7 @@ class LayerStack:
     def __init__(self, upper: str | None, lowers: list[str], *, follow_redirects: bool,
                  cache_lowers: bool = True, metacopy: bool = False) -> None:
         self.roots: list[str | None] = [upper, *lowers]
+        self.root_fds = [longpaths.open_root(r) if r is not None else -1 for r in self.roots]
         self.follow_redirects = follow_redirects
         self.lower_count = len(lowers)
         self.cache_lowers = cache_lowers
@@ -104,9 +105,10 @@ class LayerStack:
         return self.roots[UPPER] is not None
 
     def real(self, layer: int, path: str) -> str:
+        """The backing path of ``path`` in ``layer``, usable whatever its length."""
         root = self.roots[layer]
         assert root is not None
-        return f"{root}/{path}" if path else root
+        return longpaths.backing_path(root, self.root_fds[layer], path)
 
     def upper_path(self, path: str) -> str:
         return self.real(UPPER, path)

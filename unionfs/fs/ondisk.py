@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 WHITEOUT_PREFIX = ".wh."
 OCI_OPAQUE_MARKER = ".wh..wh..opq"
+# The longest absolute redirect the kernel writes (its ``redirect_max`` module parameter's
+# default); a move that would need a longer one fails with EXDEV there, and here.
+REDIRECT_MAX = 256
 
 # Namespaces whose overlay markers we read; we write only the mount's own namespace.
 _OPAQUE_XATTRS = (
@@ -82,7 +85,8 @@ def read_dir_markers(path: str, *, follow_redirects: bool) -> DirMarkers:
     return DirMarkers(opaque=opaque, redirect=redirect)
 
 
-def read_redirect(path: str) -> str | None:
+def read_redirect(path: str | int) -> str | None:
+    """The ``overlay.redirect`` of a directory (a path, or an fd of it)."""
     for name in ("trusted.overlay.redirect", "user.overlay.redirect"):
         value = _getxattr(path, name)
         if value:
@@ -98,8 +102,10 @@ def is_metacopy(path: str) -> bool:
     return False
 
 
-def _getxattr(path: str, name: str) -> bytes | None:
+def _getxattr(path: str | int, name: str) -> bytes | None:
     try:
+        if isinstance(path, int):
+            return os.getxattr(path, name)
         return os.getxattr(path, name, follow_symlinks=False)
     except OSError:
         return None
@@ -128,16 +134,10 @@ class Format:
     def set_opaque(self, path: str) -> None:
         os.setxattr(path, self.opaque_xattr, b"y", follow_symlinks=False)
 
-    def set_redirect(self, path: str, target: str | None) -> None:
-        """Record that the directory at ``path`` continues the lower directory ``/target``."""
-        if target is None:
-            try:
-                os.removexattr(path, self.redirect_xattr, follow_symlinks=False)
-            except OSError as e:
-                if e.errno != errno.ENODATA:
-                    raise
-            return
-        os.setxattr(path, self.redirect_xattr, os.fsencode("/" + target), follow_symlinks=False)
+    def set_redirect(self, path: str, redirect: str) -> None:
+        """Record where the directory at ``path`` continues below: ``/lower/path`` from the
+        root of the lowers, or a name in its parent's lower directories."""
+        os.setxattr(path, self.redirect_xattr, os.fsencode(redirect), follow_symlinks=False)
 
 
 def probe_namespace(workdir: str) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from unionfs.fs import attrs, dirops, ondisk
+from unionfs.fs import attrs, dirops, longpaths, ondisk
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
 from unionfs.fs.layers import open_lower
@@ -57,7 +57,8 @@ def _handler(fn: Callable) -> Callable:
     async def wrapper(self: UnionOperations, *args):
         self.fs.stats[name] += 1
         try:
-            return await fn(self, *args)
+            with longpaths.request_scope():
+                return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
         except OSError as e:

@@ -21,7 +21,7 @@ import trio
 from unionfs.fs import ondisk
 from unionfs.fs.handles import HandleTable
 from unionfs.fs.inodes import Node, NodeTable
-from unionfs.fs.layers import UPPER, Found, LayerStack
+from unionfs.fs.layers import UPPER, Found, LayerStack, join
 from unionfs.fs.options import MountConfig
 
 PRIVATE_DIR = "pyunion"
@@ -187,30 +187,43 @@ class UnionFS:
         self._redirects = None
 
     def _redirect_map(self) -> dict[str, str]:
-        """Redirected upper directories, read once per change (an upper walk, dirs only)."""
+        """Lower paths of redirected upper directories -> their merged paths, read once per
+        change (an upper walk, parents before children, dirs only).
+
+        A relative redirect names a directory in the parent's lower directory, so each
+        directory's lower path is worked out from its parent's. The walks here go by
+        directory fds (``os.fwalk``): a path deeper than PATH_MAX is walked like any other.
+        """
         if self._redirects is None:
             self._redirects = {}
+            lower_of = {"": ""}  # merged path of an upper dir -> the lower path it continues
             root = self.stack.roots[UPPER]
-            for dirpath, _dirs, _files in os.walk(root) if root else ():
-                target = ondisk.read_redirect(dirpath)
-                if target is None:
-                    continue
+            for dirpath, _dirs, _files, dir_fd in os.fwalk(root) if root else ():
                 merged = os.path.relpath(dirpath, root)
-                if not target.startswith("/"):  # relative: a sibling of the same parent
-                    target = os.path.join(os.path.dirname(merged), target)
-                self._redirects[target.strip("/")] = merged
+                if merged == ".":
+                    continue
+                parent, _, name = merged.rpartition("/")
+                parent_lower = lower_of.get(parent, parent)
+                target = ondisk.read_redirect(dir_fd)
+                if target is None:
+                    lower_of[merged] = join(parent_lower, name)
+                    continue
+                lower = target.strip("/") if target.startswith("/") else join(
+                    parent_lower, target)
+                lower_of[merged] = lower
+                self._redirects[lower] = merged
         return self._redirects
 
     def hardlink_paths(self, layer: int, st: os.stat_result) -> list[str]:
         """Every path in lower ``layer`` that is a hard link of the file ``st`` (cached walk)."""
         if layer not in self._hardlinks:
             by_ino: dict[int, list[str]] = {}
-            root = self.stack.real(layer, "")
-            for dirpath, _dirs, files in os.walk(root):
+            root = self.stack.roots[layer]
+            assert root is not None
+            for dirpath, _dirs, files, dir_fd in os.fwalk(root):
                 rel = os.path.relpath(dirpath, root)
                 for name in files:
-                    full = os.path.join(dirpath, name)
-                    fst = os.lstat(full)
+                    fst = os.lstat(name, dir_fd=dir_fd)
                     if fst.st_nlink > 1 and stat.S_ISREG(fst.st_mode):
                         by_ino.setdefault(fst.st_ino, []).append(
                             name if rel == "." else f"{rel}/{name}")
