@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pyfuse3
 
-from unionfs.fs import ondisk
+from unionfs.fs import ondisk, override
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
 from unionfs.fs.state import UnionFS
@@ -23,13 +23,10 @@ def entry_attributes(fs: UnionFS, node: Node, st: os.stat_result) -> pyfuse3.Ent
     attr.generation = 0
     attr.entry_timeout = fs.config.timeout
     attr.attr_timeout = fs.config.timeout
-    attr.st_mode = st.st_mode
+    attr.st_mode, attr.st_uid, attr.st_gid, attr.st_rdev = fs.visible_attrs(node, st)
     # A merged directory's real link count is unknown; report 1 as kernel overlayfs does.
     merged = node.is_dir and (node.upper + len(node.lowers)) > 1
     attr.st_nlink = 1 if merged else (0 if node.dead else st.st_nlink)
-    attr.st_uid = st.st_uid
-    attr.st_gid = st.st_gid
-    attr.st_rdev = st.st_rdev
     attr.st_size = st.st_size
     attr.st_blksize = st.st_blksize
     attr.st_blocks = st.st_blocks
@@ -65,17 +62,42 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
     if fields.update_size:
         os.truncate(target, attr.st_size)
         clear_setid(target, caller_of(ctx))
-    if fields.update_uid or fields.update_gid:
-        uid = attr.st_uid if fields.update_uid else -1
-        gid = attr.st_gid if fields.update_gid else -1
-        _chown(target, uid, gid)
-    if fields.update_mode:
-        if stat.S_ISLNK(node.kind):
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        os.chmod(target, stat.S_IMODE(attr.st_mode))
+    if fields.update_mode and stat.S_ISLNK(node.kind):
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+    if fs.config.override_stat and not stat.S_ISLNK(node.kind):
+        _record_owner_and_mode(fs, node, target, attr, fields)
+    else:
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            _chown(target, uid, gid)
+        if fields.update_mode:
+            os.chmod(target, stat.S_IMODE(attr.st_mode))
     if fields.update_atime or fields.update_mtime:
         _set_times(target, attr, fields)
     return getattr_(fs, node)
+
+
+def _record_owner_and_mode(fs: UnionFS, node: Node, target: str | int,
+                           attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields) -> None:
+    """chown and chmod with ``override_stat``: the new values go to the xattr, the real file
+    only gets a mode its owner can use (see override.py)."""
+    st = os.fstat(target) if isinstance(target, int) else os.lstat(target)
+    mode, uid, gid, rdev = override.effective(st, override.read(target))
+    if fields.update_uid or fields.update_gid:
+        if fields.update_uid:
+            uid = fs.config.uid_mapping.stored(attr.st_uid)
+        if fields.update_gid:
+            gid = fs.config.gid_mapping.stored(attr.st_gid)
+        if not stat.S_ISDIR(mode):  # a chown clears set-id bits, as chown(2) does
+            mode &= ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
+    if fields.update_mode:
+        mode = stat.S_IFMT(mode) | stat.S_IMODE(attr.st_mode)
+        if isinstance(target, int):
+            os.fchmod(target, override.stored_mode(mode))
+        else:
+            os.chmod(target, override.stored_mode(mode))
+    override.write(target, uid, gid, mode, rdev)
 
 
 def _target(fs: UnionFS, node: Node, fh: int | None) -> str | int:
@@ -148,34 +170,40 @@ def clear_setid(target: str | int, caller: Caller) -> None:
 # --- extended attributes ---------------------------------------------------------------------
 
 
-def _xattr_name(name: bytes) -> str:
+def _hidden(fs: UnionFS, name: str) -> bool:
+    """Bookkeeping xattrs no user sees through the mount (nor sets, nor removes)."""
+    return ondisk.is_private_xattr(name) or (fs.config.override_stat
+                                             and name in override.NAMES)
+
+
+def _xattr_name(fs: UnionFS, name: bytes) -> str:
     text = os.fsdecode(name)
-    if ondisk.is_private_xattr(text):
+    if _hidden(fs, text):
         raise pyfuse3.FUSEError(errno.EPERM)
     return text
 
 
 def getxattr(fs: UnionFS, node: Node, name: bytes) -> bytes:
     text = os.fsdecode(name)
-    if ondisk.is_private_xattr(text):
+    if _hidden(fs, text):
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
     return os.getxattr(fs.real_path(node), text, follow_symlinks=False)
 
 
 def listxattr(fs: UnionFS, node: Node) -> list[bytes]:
     names = os.listxattr(fs.real_path(node), follow_symlinks=False)
-    return [os.fsencode(n) for n in names if not ondisk.is_private_xattr(n)]
+    return [os.fsencode(n) for n in names if not _hidden(fs, n)]
 
 
 async def setxattr(fs: UnionFS, node: Node, name: bytes, value: bytes) -> None:
-    text = _xattr_name(name)
+    text = _xattr_name(fs, name)
     fs.check_writable()
     await copy_up(fs, node, metadata_only=True)
     os.setxattr(fs.upper_path(node), text, value, follow_symlinks=False)
 
 
 async def removexattr(fs: UnionFS, node: Node, name: bytes) -> None:
-    text = _xattr_name(name)
+    text = _xattr_name(fs, name)
     fs.check_writable()
     # Nothing to remove means no copy-up, as on the kernel.
     if text not in os.listxattr(fs.real_path(node), follow_symlinks=False):

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from unionfs.fs import ondisk, syscalls
+from unionfs.fs import ondisk, override, syscalls
 from unionfs.fs.inodes import Node
 from unionfs.fs.layers import join, open_lower
 from unionfs.fs.state import UnionFS
@@ -101,7 +101,10 @@ async def _install(fs: UnionFS, path: str, build: Callable[[str], Awaitable[None
     try:
         await build(tmp)
         copy_xattrs(xattrs_from, tmp)
-        copy_metadata(tmp, attrs)
+        if fs.config.override_stat:
+            copy_recorded_metadata(tmp, attrs, xattrs_from)
+        else:
+            copy_metadata(tmp, attrs)
         _rename_into_upper(fs, tmp, path)
     except BaseException:
         _remove_quietly(tmp)
@@ -218,6 +221,16 @@ def copy_metadata(dst: str, st: os.stat_result) -> None:
     os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def copy_recorded_metadata(dst: str, st: os.stat_result, src: str) -> None:
+    """``copy_metadata`` with ``override_stat``: the source's owner and mode (its recorded
+    ones, else its real ones) are recorded on the copy, which its owner can always use."""
+    if not stat.S_ISLNK(st.st_mode):
+        mode, uid, gid, rdev = override.effective(st, override.read(src))
+        override.write(dst, uid, gid, mode, rdev)
+        os.chmod(dst, override.stored_mode(mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 

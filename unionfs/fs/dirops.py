@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pyfuse3
 
-from unionfs.fs import ondisk, syscalls
+from unionfs.fs import ondisk, override, syscalls
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
 from unionfs.fs.layers import Found, join, lstat_or_none
@@ -35,15 +35,16 @@ def _error(code: int) -> pyfuse3.FUSEError:
 
 def owner_for(fs: UnionFS, parent: Node, uid: int, gid: int) -> tuple[int, int, bool]:
     """(uid, gid, setgid-dir) of a new object: a set-group-ID directory passes its group on."""
-    parent_st = fs.stat_of(parent)
-    if parent_st.st_mode & stat.S_ISGID:
-        return uid, parent_st.st_gid, True
+    parent_mode, _, parent_gid, _ = fs.visible_attrs(parent, fs.stat_of(parent))
+    if parent_mode & stat.S_ISGID:
+        return uid, parent_gid, True
     return uid, gid, False
 
 
 async def create_object(fs: UnionFS, parent: Node, name: str, ctx: pyfuse3.RequestContext,
-                        mode: int, make: Callable[[str], None]) -> Node:
-    """Makes a new object at ``name`` with ``make(real_path)`` and gives it the caller's owner."""
+                        mode: int, make: Callable[[str], None], rdev: int = 0) -> Node:
+    """Makes a new object at ``name`` with ``make(real_path)`` and gives it the caller's owner
+    (``mode`` and ``rdev`` are what users see of it: see ``override_stat``)."""
     fs.check_writable()
     fs.check_new_name(name)
     if fs.resolve(parent, name) is not None:  # (no node for a mere existence check)
@@ -53,12 +54,18 @@ async def create_object(fs: UnionFS, parent: Node, name: str, ctx: pyfuse3.Reque
     uid, gid, setgid_dir = owner_for(fs, parent, ctx.uid, ctx.gid)
     if setgid_dir and stat.S_ISDIR(mode):
         mode |= stat.S_ISGID
+    def make_owned(path: str) -> None:
+        make(path)
+        if fs.config.override_stat:
+            _record_owner(fs, path, uid, gid, mode, rdev)
+        else:
+            _set_owner(path, uid, gid, mode)
+
     existing = lstat_or_none(dest)
     if existing is None:
-        make(dest)
-        _set_owner(dest, uid, gid, mode)
+        make_owned(dest)
     elif ondisk.is_whiteout(existing):
-        _replace_whiteout(fs, dest, uid, gid, mode, make)
+        _replace_whiteout(fs, dest, mode, make_owned)
     else:
         raise _error(errno.EEXIST)
     # A new object has no lower part: where a lower had the name, a whiteout hid it and a
@@ -78,12 +85,20 @@ def _set_owner(path: str, uid: int, gid: int, mode: int) -> None:
         os.chmod(path, stat.S_IMODE(mode))
 
 
-def _replace_whiteout(fs: UnionFS, dest: str, uid: int, gid: int, mode: int,
-                      make: Callable[[str], None]) -> None:
+def _record_owner(fs: UnionFS, path: str, uid: int, gid: int, mode: int, rdev: int) -> None:
+    """``_set_owner`` with ``override_stat``: the owner and mode go to the xattr."""
+    if stat.S_ISLNK(mode):
+        return
+    os.chmod(path, override.stored_mode(mode))
+    override.write(path, fs.config.uid_mapping.stored(uid), fs.config.gid_mapping.stored(gid),
+                   mode, rdev)
+
+
+def _replace_whiteout(fs: UnionFS, dest: str, mode: int,
+                      make_owned: Callable[[str], None]) -> None:
     """Puts a new object where a whiteout stands, in one step; a directory becomes opaque."""
     tmp = fs.temp_path()
-    make(tmp)
-    _set_owner(tmp, uid, gid, mode)
+    make_owned(tmp)
     if stat.S_ISDIR(mode):
         fs.format.set_opaque(tmp)
         syscalls.renameat2(tmp, dest, syscalls.RENAME_EXCHANGE)

@@ -70,6 +70,12 @@ def _handler(fn: Callable) -> Callable:
     return wrapper
 
 
+def make_device_stand_in(path: str) -> None:
+    """With ``override_stat``, a device node is an empty file whose xattr says what it is
+    (an ordinary user may not make device nodes)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
 def backing_flags(flags: int) -> int:
     """Open flags for the real file behind a FUSE open."""
     return (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_NOFOLLOW
@@ -138,17 +144,22 @@ class UnionOperations(pyfuse3.Operations):
 
     # --- namespace -----------------------------------------------------------------------------
 
-    async def _create(self, parent_inode, name, ctx, mode: int, make) -> pyfuse3.EntryAttributes:
+    async def _create(self, parent_inode, name, ctx, mode: int, make,
+                      rdev: int = 0) -> pyfuse3.EntryAttributes:
         fs = self.fs
         async with fs.changing():
             node = await dirops.create_object(fs, fs.node(parent_inode), os.fsdecode(name),
-                                              ctx, mode, make)
+                                              ctx, mode, make, rdev)
             return self._entry(node)
 
     @_handler
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        def make(path: str) -> None:
+            os.mknod(path, mode, rdev)
+
+        stand_in = self.fs.config.override_stat and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode))
         return await self._create(parent_inode, name, ctx, mode,
-                                  lambda path: os.mknod(path, mode, rdev))
+                                  make_device_stand_in if stand_in else make, rdev)
 
     @_handler
     async def mkdir(self, parent_inode, name, mode, ctx):

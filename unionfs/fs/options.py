@@ -12,6 +12,8 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 
+from unionfs.fs.override import IdMapping
+
 # Mount flags handed to the kernel through libfuse (mount(8) semantics).
 FUSE_MOUNT_FLAGS = {
     "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime",
@@ -55,6 +57,11 @@ class MountConfig:
     fsync: bool = True
     metacopy: bool = False
     stats_file: str | None = None
+    # Owners, modes and device nodes recorded in user.containers.override_stat (see
+    # override.py), and how recorded ids are shown.
+    override_stat: bool = False
+    uid_mapping: IdMapping = field(default_factory=IdMapping)
+    gid_mapping: IdMapping = field(default_factory=IdMapping)
 
     @property
     def writable(self) -> bool:
@@ -94,7 +101,8 @@ def split_lowers(text: str) -> list[str]:
 
 
 _VALUE_OPTIONS = ("lowerdir", "upperdir", "workdir", "fsname", "subtype", "timeout",
-                  "redirect_dir", "index", "xino", "metacopy", "uuid", "nfs_export", "stats")
+                  "redirect_dir", "index", "xino", "metacopy", "uuid", "nfs_export", "stats",
+                  "xattr_permissions", "uidmapping", "gidmapping")
 
 
 def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) -> None:
@@ -141,8 +149,34 @@ def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) ->
             continue  # inode numbers are always made unique; no fsid is stored
         elif key == "stats":
             config.stats_file = value
+        elif key in ("override_stat", "xattr_permissions", "uidmapping", "gidmapping"):
+            _apply_override_option(config, key, value)
         else:
             raise MountError(f"unknown mount option '{key}'")
+
+
+def _apply_override_option(config: MountConfig, key: str, value: str | None) -> None:
+    """``override_stat`` (or fuse-overlayfs's ``xattr_permissions=2``), and the id mappings,
+    which imply it."""
+    if key == "override_stat":
+        _no_value(key, value)
+        config.override_stat = True
+    elif key == "xattr_permissions":
+        if value not in ("0", "2"):
+            raise MountError(f"xattr_permissions={value}: only 0 (off) and 2 "
+                             "(user.containers.override_stat) are supported")
+        config.override_stat = value == "2"
+    else:
+        assert value is not None
+        try:
+            mapping = IdMapping.parse(value)
+        except ValueError as e:
+            raise MountError(f"{key}={e}") from None
+        if key == "uidmapping":
+            config.uid_mapping = mapping
+        else:
+            config.gid_mapping = mapping
+        config.override_stat = True
 
 
 def _apply_flag(config: MountConfig, key: str) -> None:

@@ -18,7 +18,7 @@ from itertools import count
 import pyfuse3
 import trio
 
-from unionfs.fs import ondisk
+from unionfs.fs import ondisk, override
 from unionfs.fs.handles import HandleTable
 from unionfs.fs.inodes import Node, NodeTable
 from unionfs.fs.layers import UPPER, Found, LayerStack, join
@@ -136,6 +136,24 @@ class UnionFS:
                 raise pyfuse3.FUSEError(errno.ESTALE)
             return os.fstat(fd)
         return os.lstat(self.real_path(node))
+
+    def visible_attrs(self, node: Node, st: os.stat_result) -> tuple[int, int, int, int]:
+        """(st_mode, uid, gid, rdev) users see: with ``override_stat`` the recorded ones (and
+        ids shown through the id mappings), else the real ones."""
+        if not self.config.override_stat:
+            return st.st_mode, st.st_uid, st.st_gid, st.st_rdev
+        mode, uid, gid, rdev = override.effective(st, self.recorded(node))
+        return (mode, self.config.uid_mapping.shown(uid), self.config.gid_mapping.shown(gid),
+                rdev)
+
+    def recorded(self, node: Node) -> override.Override | None:
+        """The override xattr of the top-most object of ``node`` (None for a symlink)."""
+        if node.kind == stat.S_IFLNK:
+            return None
+        if self.table.path_of(node) is None:
+            fd = self.handles.any_fd(node)
+            return override.read(fd) if fd is not None else None
+        return override.read(self.real_path(node))
 
     def resolve(self, parent: Node, name: str) -> Found | None:
         if not parent.is_dir:
