@@ -1,5 +1,7 @@
 """The image manager as an ordinary user (uid 65534): its own store, images loaded and mounted
-through fusermount3, and a container run by runc in a user namespace (root inside).
+through fusermount3, and a container run by runc in a user namespace (root inside). Files of
+other owners and device nodes are kept in user.containers.override_stat: the reference for
+what the mounts show and what commit/save write is the tarball the image came from.
 
 Each run happens in a private mount namespace whose /dev holds 0666 nodes (as udev makes them;
 this machine's own /dev/fuse is root's 0600, which fusermount3 cannot open for another user).
@@ -7,11 +9,15 @@ this machine's own /dev/fuse is root's 0600, which fusermount3 cannot open for a
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 from tests.cli_helpers import AS_NOBODY, NOBODY, WITHOUT_DEV_FUSE, public_dir
 
@@ -79,3 +85,104 @@ def test_ordinary_user_loads_mounts_runs_and_commits() -> None:
         assert stat.S_IMODE(os.stat(store).st_mode) == 0o700
         for layer in (store / "layers").iterdir():
             assert os.stat(layer).st_uid == NOBODY
+
+
+OWNERS_SESSION = """
+set -e
+{p} import -q rootfs.tar owners:1
+{p} mount-image owners:1 mnt
+stat -c 'outside %n %u %g %a %F %t,%T' mnt/etc/shadow mnt/dev/null mnt/var/lib/apt mnt/bin/su
+{p} umount-image mnt
+{p} run --rm owners:1 stat -c 'inside %n %u %g %a' /etc/shadow /var/lib/apt /bin/su
+{p} run --name c owners:1 sh -c 'echo x > /etc/new && chmod 0600 /etc/new && chown 0:0 /etc/new'
+{p} commit -q c owners:2 >/dev/null
+{p} save -o saved.tar owners:2
+"""
+
+# name -> (type, uid, gid, mode, device numbers): the tarball's entries besides busybox
+OWNED_ENTRIES = {
+    "etc/shadow": (tarfile.REGTYPE, 0, 42, 0o640, None),
+    "dev/null": (tarfile.CHRTYPE, 0, 0, 0o666, (1, 3)),
+    "var/lib/apt": (tarfile.DIRTYPE, 100, 101, 0o755, None),
+    "bin/su": (tarfile.REGTYPE, 0, 0, 0o4755, None),
+}
+
+
+def owners_tarball(path: Path) -> None:
+    """A rootfs tarball with busybox and files of several owners, a set-uid file, a device."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("bin", "dev", "etc", "var", "var/lib"):
+            tar.addfile(_entry(name, tarfile.DIRTYPE, 0, 0, 0o755))
+        with open("/bin/busybox", "rb") as f:
+            info = _entry("bin/busybox", tarfile.REGTYPE, 0, 0, 0o755)
+            info.size = os.fstat(f.fileno()).st_size
+            tar.addfile(info, f)
+        for applet in ("sh", "stat", "chmod", "chown"):
+            link = _entry(f"bin/{applet}", tarfile.SYMTYPE, 0, 0, 0o777)
+            link.linkname = "busybox"
+            tar.addfile(link)
+        for name, (kind, uid, gid, mode, device) in OWNED_ENTRIES.items():
+            info = _entry(name, kind, uid, gid, mode)
+            if device:
+                info.devmajor, info.devminor = device
+            data = b"root:*:1:0:99999:7:::\n" if kind == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _entry(name: str, kind: bytes, uid: int, gid: int, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.uid, info.gid, info.mode, info.mtime = kind, uid, gid, mode, 1_700_000_000
+    return info
+
+
+def saved_entries(archive: Path, work: Path) -> dict[str, tarfile.TarInfo]:
+    """The entries of every layer of a saved image, as skopeo reads the archive."""
+    layout = work / "layout"
+    subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", f"docker-archive:{archive}",
+                    f"oci:{layout}:saved"], check=True, timeout=120)
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs/sha256" / manifest_digest).read_text())
+    entries: dict[str, tarfile.TarInfo] = {}
+    for layer in manifest["layers"]:
+        blob = layout / "blobs/sha256" / layer["digest"].split(":")[1]
+        with tarfile.open(blob) as tar:
+            entries.update((m.name.removeprefix("./").rstrip("/"), m) for m in tar)
+    return entries
+
+
+def test_owners_modes_and_devices_are_kept_for_an_ordinary_user() -> None:
+    with public_dir() as pub:
+        owners_tarball(pub / "rootfs.tar")
+        (pub / "mnt").mkdir()
+        for path in (pub, pub / "rootfs.tar", pub / "mnt"):
+            os.chown(path, NOBODY, NOBODY)
+        env = {**os.environ, "HOME": str(pub), "XDG_DATA_HOME": str(pub / "data"),
+               "XDG_RUNTIME_DIR": str(pub), "PYTHONPATH": os.getcwd()}
+        env.pop("PYUNION_ROOT", None)
+        result = subprocess.run([*WITH_USER_DEVICES, "sh", "-c",
+                                 OWNERS_SESSION.format(p=PYUNION)],
+                                cwd=pub, env=env, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = result.stdout.splitlines()
+        # Mounted for the user: what the tarball says (the layer's real files are the user's).
+        assert "outside mnt/etc/shadow 0 42 640 regular file 0,0" in lines
+        assert "outside mnt/dev/null 0 0 666 character special file 1,3" in lines
+        assert "outside mnt/var/lib/apt 100 101 755 directory 0,0" in lines
+        assert "outside mnt/bin/su 0 0 4755 regular file 0,0" in lines
+        # In the container (only root is mapped): root's files are root's, others nobody's.
+        assert f"inside /etc/shadow 0 {NOBODY} 640" in lines
+        assert f"inside /var/lib/apt {NOBODY} {NOBODY} 755" in lines
+        assert "inside /bin/su 0 0 4755" in lines
+        # Committed and saved: the true owners, modes and device, read back by skopeo.
+        saved = saved_entries(pub / "saved.tar", pub)
+        for name, (kind, uid, gid, mode, device) in OWNED_ENTRIES.items():
+            entry = saved[name]
+            assert (entry.type, entry.uid, entry.gid, entry.mode) == (kind, uid, gid, mode), name
+            if device:
+                assert (entry.devmajor, entry.devminor) == device
+        new = saved["etc/new"]
+        assert (new.uid, new.gid, new.mode) == (0, 0, 0o600)
+        assert not any("override_stat" in key for entry in saved.values()
+                       for key in entry.pax_headers)

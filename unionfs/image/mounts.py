@@ -82,7 +82,8 @@ def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -
     if not lowers:
         raise ImageError(f"image {short_name} has no layers to mount")
     fsname = "pyunion-image:" + short_name.replace(",", "_")
-    mount = Mount(lowers, None, target, readonly=True, options=[f"fsname={fsname}"])
+    options = [f"fsname={fsname}"] + (["override_stat"] if store.records_owners else [])
+    mount = Mount(lowers, None, target, readonly=True, options=options)
     try:
         mount.start()
     except MountError as e:

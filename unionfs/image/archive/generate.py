@@ -2,8 +2,10 @@
 
 Output is reproducible: entries sorted by name, PAX format with nanosecond mtimes, numeric
 owners, xattrs as ``SCHILY.xattr.*`` (overlay-private ones dropped), hard links as links to the
-first name seen. Kernel-overlay whiteouts (0/0 character devices) become ``.wh.NAME`` entries and
-opaque directories a ``.wh..wh..opq`` entry, so an overlay upper turns into an OCI layer.
+first name seen. Owners, modes and device nodes recorded in ``user.containers.override_stat``
+(layers and uppers an ordinary user wrote) are written as what they record. Kernel-overlay
+whiteouts (0/0 character devices) become ``.wh.NAME`` entries and opaque directories a
+``.wh..wh..opq`` entry, so an overlay upper turns into an OCI layer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tarfile
 from collections.abc import Callable
 from typing import BinaryIO
 
+from unionfs.fs import override
 from unionfs.fs.ondisk import OCI_OPAQUE_MARKER as OPAQUE_MARKER
 from unionfs.fs.ondisk import WHITEOUT_PREFIX, is_private_xattr, is_whiteout, read_dir_markers
 
@@ -25,7 +28,7 @@ def _xattrs(path: str) -> dict[str, bytes]:
         return {}
     found = {}
     for name in sorted(names):
-        if is_private_xattr(name):
+        if is_private_xattr(name) or name in override.NAMES:
             continue
         try:
             found[name] = os.getxattr(path, name, follow_symlinks=False)
@@ -34,10 +37,10 @@ def _xattrs(path: str) -> dict[str, bytes]:
     return found
 
 
-def _info(name: str, st: os.stat_result, path: str) -> tarfile.TarInfo:
+def _info(name: str, st: os.stat_result, path: str, owner: tuple[int, int, int]
+          ) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.uid, info.gid = st.st_uid, st.st_gid
+    info.mode, info.uid, info.gid = owner
     info.uname = info.gname = ""
     info.mtime = st.st_mtime_ns // 10**9
     pax = {"mtime": _ns_text(st.st_mtime_ns)}
@@ -107,7 +110,13 @@ def _add(tar: tarfile.TarFile, rel: str, path: str, st: os.stat_result,
         info.mtime = st.st_mtime_ns // 10**9
         tar.addfile(info)
         return 1
-    info = _info(rel, st, path)
+    rdev = st.st_rdev
+    recorded = None if stat.S_ISLNK(mode) or is_whiteout(st) else override.read(path)
+    if recorded is not None:  # written by an ordinary user: the true owner, mode and type
+        mode, uid, gid, rdev = override.effective(st, recorded)
+    else:
+        uid, gid = st.st_uid, st.st_gid
+    info = _info(rel, st, path, (stat.S_IMODE(mode), uid, gid))
     added = 1
     if stat.S_ISDIR(mode):
         info.type = tarfile.DIRTYPE
@@ -136,7 +145,7 @@ def _add(tar: tarfile.TarFile, rel: str, path: str, st: os.stat_result,
         tar.addfile(info)
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-        info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        info.devmajor, info.devminor = os.major(rdev), os.minor(rdev)
         tar.addfile(info)
     elif stat.S_ISFIFO(mode):
         info.type = tarfile.FIFOTYPE

@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from unionfs.fs import override
 from unionfs.fs.ondisk import OCI_OPAQUE_MARKER as OPAQUE_MARKER
 from unionfs.fs.ondisk import (
     WHITEOUT_PREFIX,
@@ -324,12 +325,13 @@ class LayerWriter:
         elif member.islnk():
             self._create_hardlink(member, parent_fd, path, name)
         elif member.ischr() or member.isblk():
-            if not self.as_root:
-                raise LayerError(f"entry {member.name!r} is a device node, which only root "
-                                 "can create")
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor),
-                     dir_fd=parent_fd)
+            if self.as_root:
+                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor),
+                         dir_fd=parent_fd)
+            else:  # an empty file, its xattr says what it is (see unionfs/fs/override.py)
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o600, dir_fd=parent_fd))
             self._set_attrs(member, parent_fd, name)
             self._files.add(path)
         elif member.isfifo():
@@ -368,8 +370,11 @@ class LayerWriter:
     def _set_fd_attrs(self, member: tarfile.TarInfo, fd: int) -> None:
         if self.as_root:
             os.fchown(fd, member.uid, member.gid)
-        os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
-        for key, value in _xattrs(member).items():
+            os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
+        else:
+            self._record_owner(member, fd)
+            os.fchmod(fd, override.stored_mode(_st_mode(member)))
+        for key, value in _xattrs(member).items():  # after chown (it drops capabilities)
             self._setxattr(member, f"/proc/self/fd/{fd}", key, value, follow=True)
         os.utime(fd, ns=_ns_times(member))
 
@@ -377,11 +382,25 @@ class LayerWriter:
                    symlink: bool = False) -> None:
         if self.as_root:
             os.chown(name, member.uid, member.gid, dir_fd=parent_fd, follow_symlinks=False)
-        if not symlink:
-            os.chmod(name, member.mode & 0o7777, dir_fd=parent_fd)
+            if not symlink:
+                os.chmod(name, member.mode & 0o7777, dir_fd=parent_fd)
+        elif not symlink:
+            mode = _st_mode(member)
+            if stat.S_ISREG(os.lstat(name, dir_fd=parent_fd).st_mode):  # (a device stand-in)
+                self._record_owner(member, f"/proc/self/fd/{parent_fd}/{name}")
+            os.chmod(name, override.stored_mode(mode), dir_fd=parent_fd)
         for key, value in _xattrs(member).items():
             self._setxattr(member, f"/proc/self/fd/{parent_fd}/{name}", key, value, follow=False)
         os.utime(name, ns=_ns_times(member), dir_fd=parent_fd, follow_symlinks=False)
+
+    def _record_owner(self, member: tarfile.TarInfo, target: str | int) -> None:
+        """An ordinary user keeps owner, mode and device numbers in the override xattr."""
+        rdev = os.makedev(member.devmajor, member.devminor) if member.isdev() else 0
+        try:
+            override.write(target, member.uid, member.gid, _st_mode(member), rdev)
+        except OSError as e:
+            raise LayerError(f"entry {member.name!r}: cannot record its owner in "
+                             f"{override.XATTR}: {e.strerror}") from None
 
     def _setxattr(self, member: tarfile.TarInfo, path: str, key: str, value: bytes,
                   follow: bool) -> None:
@@ -416,6 +435,16 @@ class LayerWriter:
                 continue
             fd = self._dir_fd(item.path, create=False, entry=item.member.name)
             self._set_fd_attrs(item.member, fd)
+
+
+_TAR_TYPES = {tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
+              tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
+              tarfile.FIFOTYPE: stat.S_IFIFO}
+
+
+def _st_mode(member: tarfile.TarInfo) -> int:
+    """The st_mode (type and permissions) a tar entry describes."""
+    return _TAR_TYPES.get(member.type, stat.S_IFREG) | (member.mode & 0o7777)
 
 
 def _is_whiteout_in(layer: str, parent: str, name: str) -> bool:

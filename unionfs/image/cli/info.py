@@ -38,8 +38,9 @@ def describe(store: Store) -> dict:
     return {
         "store": store.root,
         "mode": "root" if root else
-                "rootless, one mapped id (files in layers are all the user's; subordinate id "
-                "ranges are not used yet)",
+                "rootless, one mapped id (layer files are the user's; their owners, modes and "
+                "device nodes are kept in user.containers.override_stat; subordinate id "
+                "ranges are not used)",
         "whiteouts": "kernel overlay form (0/0 devices, trusted.overlay.opaque)" if root else
                      "OCI form (.wh. files)",
         "user": f"{os.geteuid()}:{os.getegid()}",

@@ -44,6 +44,16 @@ def lowers(store: Store, container: Container) -> list[str]:
     return ([init] if os.path.isdir(init) else []) + image_lowers(store, container)
 
 
+def mount_options(store: Store, container: Container) -> list[str]:
+    """In an ordinary user's store, recorded owners are shown, the recorded root as the user:
+    the container's user namespace maps its root to the user (container/bundle.py)."""
+    options = [f"fsname=pyunion-container:{container.name}"]
+    if store.records_owners:
+        options += ["override_stat", f"uidmapping=0:{os.geteuid()}:1",
+                    f"gidmapping=0:{os.getegid()}:1"]
+    return options
+
+
 def mount(store: Store, container: Container, target: str | None = None) -> str:
     """Mounts the container's rootfs (if not mounted already) and returns where."""
     if is_mounted(container):
@@ -59,9 +69,8 @@ def mount(store: Store, container: Container, target: str | None = None) -> str:
         raise ImageError(f"mount point {target} is not a directory")
     if point in mounted_points():
         raise ImageError(f"{point} is already a mount point")
-    fsname = f"pyunion-container:{container.name}"
     union = Mount(lowers(store, container), os.path.join(directory, "upper"), point,
-                  workdir=os.path.join(directory, "work"), options=[f"fsname={fsname}"])
+                  workdir=os.path.join(directory, "work"), options=mount_options(store, container))
     try:
         union.start()
     except MountError as e:

@@ -92,6 +92,13 @@ class Store:
         self._db: sqlite3.Connection | None = None
         self._write_lock = threading.RLock()  # one connection, shared by worker threads
 
+    @property
+    def records_owners(self) -> bool:
+        """An ordinary user's store: layer files are the user's, their true owners, modes
+        and device nodes are recorded in user.containers.override_stat (unionfs.fs.override)
+        and mounts show those (``-o override_stat``)."""
+        return os.geteuid() != 0
+
     # ------------------------------------------------------------------ paths
 
     @property
