@@ -10,7 +10,7 @@ STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -
 # Debian packages: FUSE itself and what pyfuse3 builds against; the reference
 # implementations the differential tests and the benchmark compare against.
 BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev
-TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils
+TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static
 
 .PHONY: setup test demo bench bench-quick install lint clean

@@ -31,6 +31,17 @@ WITH_USER_DEVICES = [
     *AS_NOBODY,
 ]
 PYUNION = f"{sys.executable} -m unionfs.image.cli"
+# The same, and the user has subordinate ids 200000-265535 (in a copy of /etc, with
+# user_allow_other in its fuse.conf): its containers map ids 0-65535.
+WITH_SUBORDINATE_IDS = [
+    *WITHOUT_DEV_FUSE[:6],
+    "etc=$(mktemp -d) && cp -a /etc/. $etc && echo 65534:200000:65536 > $etc/subuid"
+    " && cp $etc/subuid $etc/subgid && echo user_allow_other > $etc/fuse.conf"
+    " && mount --bind $etc /etc && " + WITH_USER_DEVICES[6].removesuffix(' && exec "$@"')
+    + ' && exec "$@"',
+    "sh",
+    *AS_NOBODY,
+]
 
 SESSION = """
 set -e
@@ -117,7 +128,7 @@ def owners_tarball(path: Path) -> None:
             info = _entry("bin/busybox", tarfile.REGTYPE, 0, 0, 0o755)
             info.size = os.fstat(f.fileno()).st_size
             tar.addfile(info, f)
-        for applet in ("sh", "stat", "chmod", "chown"):
+        for applet in ("sh", "stat", "chmod", "chown", "cat", "id", "touch"):
             link = _entry(f"bin/{applet}", tarfile.SYMTYPE, 0, 0, 0o777)
             link.linkname = "busybox"
             tar.addfile(link)
@@ -186,3 +197,38 @@ def test_owners_modes_and_devices_are_kept_for_an_ordinary_user() -> None:
         assert (new.uid, new.gid, new.mode) == (0, 0, 0o600)
         assert not any("override_stat" in key for entry in saved.values()
                        for key in entry.pax_headers)
+
+
+SUBORDINATE_SESSION = """
+set -e
+{p} import -q rootfs.tar owners:1
+{p} info | grep 'container ids'
+show='cat /proc/self/uid_map; stat -c "inside %n %u %g %a" /etc/shadow /var/lib/apt'
+{p} run --rm owners:1 sh -c "$show"
+{p} run --name c --user 100:101 owners:1 sh -c 'echo "uid $(id -u)"; touch /var/lib/apt/mine'
+{p} commit -q c owners:2 >/dev/null
+{p} save -o saved.tar owners:2
+"""
+
+
+def test_subordinate_ids_map_every_owner_into_the_container() -> None:
+    with public_dir() as pub:
+        owners_tarball(pub / "rootfs.tar")
+        for path in (pub, pub / "rootfs.tar"):
+            os.chown(path, NOBODY, NOBODY)
+        env = {**os.environ, "HOME": str(pub), "XDG_DATA_HOME": str(pub / "data"),
+               "XDG_RUNTIME_DIR": str(pub), "PYTHONPATH": os.getcwd()}
+        env.pop("PYUNION_ROOT", None)
+        result = subprocess.run([*WITH_SUBORDINATE_IDS, "sh", "-c",
+                                 SUBORDINATE_SESSION.format(p=PYUNION)],
+                                cwd=pub, env=env, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        lines = [" ".join(line.split()) for line in out.splitlines()]
+        assert "ids 0-65535 mapped" in out
+        assert f"0 {NOBODY} 1" in lines and "1 200000 65535" in lines  # the uid_map
+        assert "inside /etc/shadow 0 42 640" in lines  # every owner as the layer says
+        assert "inside /var/lib/apt 100 101 755" in lines
+        assert "uid 100" in lines
+        mine = saved_entries(pub / "saved.tar", pub)["var/lib/apt/mine"]
+        assert (mine.uid, mine.gid) == (100, 101)

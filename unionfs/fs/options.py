@@ -349,12 +349,12 @@ def _check_fuse_device(config: MountConfig) -> None:
         raise MountError(f"/dev/fuse (mode {mode:04o}) is not readable and writable by you, and "
                          "fusermount3 opens it with your permissions: make it 0666, as udev "
                          "does on most systems (chmod 0666 /dev/fuse)")
-    if config.allow_other and not _user_allow_other():
+    if config.allow_other and not user_allow_other():
         raise MountError(f"-o allow_other needs 'user_allow_other' in {FUSE_CONF} for an "
                          "ordinary user (or mount without allow_other: private to you)")
 
 
-def _user_allow_other() -> bool:
+def user_allow_other() -> bool:
     try:
         with open(FUSE_CONF) as f:
             return any(line.split("#")[0].strip() == "user_allow_other" for line in f)

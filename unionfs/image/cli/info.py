@@ -8,6 +8,7 @@ import shutil
 import stat
 import sys
 
+from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.store import Store
 
 HELP = "Show the store, the mode in use (root or rootless) and the tools found"
@@ -37,10 +38,9 @@ def describe(store: Store) -> dict:
             counts[table] = store.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     return {
         "store": store.root,
-        "mode": "root" if root else
-                "rootless, one mapped id (layer files are the user's; their owners, modes and "
-                "device nodes are kept in user.containers.override_stat; subordinate id "
-                "ranges are not used)",
+        "mode": "root" if root else "rootless (layer files are the user's; their owners, "
+                "modes and device nodes are kept in user.containers.override_stat)",
+        "container_ids": "all (root)" if root else rootless_id_map().describe(),
         "whiteouts": "kernel overlay form (0/0 devices, trusted.overlay.opaque)" if root else
                      "OCI form (.wh. files)",
         "user": f"{os.geteuid()}:{os.getegid()}",

@@ -13,6 +13,7 @@ import os
 import socket
 from typing import Any
 
+from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.container.records import Container, RunSpec
 from unionfs.image.errors import ImageError
 
@@ -211,15 +212,16 @@ def build_config(container: Container, rootfs: str, config: dict[str, Any],
 
 def _make_rootless(linux: dict[str, Any], mounts: list[dict[str, Any]]) -> None:
     """As ``runc spec --rootless`` shapes it: a user namespace in which root is the caller
-    (one mapped id), /sys bind-mounted, no devpts group the namespace lacks."""
+    (and ids 1..65535 the user's subordinate ids, where it has them: see idmap.py), /sys
+    bind-mounted, no devpts group the namespace lacks."""
+    ids = rootless_id_map()
     linux["namespaces"].append({"type": "user"})
-    linux["uidMappings"] = [{"containerID": 0, "hostID": os.geteuid(), "size": 1}]
-    linux["gidMappings"] = [{"containerID": 0, "hostID": os.getegid(), "size": 1}]
+    linux["uidMappings"], linux["gidMappings"] = ids.runtime_mappings()
     for mount in mounts:
         if mount["destination"] == "/sys":
             mount.update(type="none", source="/sys",
                          options=["rbind", "nosuid", "noexec", "nodev", "ro"])
-        elif mount["destination"] == "/dev/pts":
+        elif mount["destination"] == "/dev/pts" and not ids.several:
             mount["options"] = [o for o in mount["options"] if o != "gid=5"]
 
 

@@ -14,6 +14,7 @@ import subprocess
 from unionfs.api import Mount
 from unionfs.fs.options import MountError
 from unionfs.image.container import records
+from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
 from unionfs.image.mounts import layer_dirs, mount_is_live, mounted_points, unmount_daemon
@@ -45,12 +46,11 @@ def lowers(store: Store, container: Container) -> list[str]:
 
 
 def mount_options(store: Store, container: Container) -> list[str]:
-    """In an ordinary user's store, recorded owners are shown, the recorded root as the user:
-    the container's user namespace maps its root to the user (container/bundle.py)."""
+    """In an ordinary user's store, recorded owners are shown as the host ids the
+    container's user namespace maps them to (idmap.py)."""
     options = [f"fsname=pyunion-container:{container.name}"]
     if store.records_owners:
-        options += ["override_stat", f"uidmapping=0:{os.geteuid()}:1",
-                    f"gidmapping=0:{os.getegid()}:1"]
+        options += rootless_id_map().mount_options()
     return options
 
 
