@@ -55,15 +55,12 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
                    fields: pyfuse3.SetattrFields, fh: int | None,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
     fs.check_writable()
+    if fields.update_mode and stat.S_ISLNK(node.kind):
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
     truncating_to_zero = fields.update_size and attr.st_size == 0
     await copy_up(fs, node, with_data=not truncating_to_zero,
                   metadata_only=not fields.update_size)
     target = _target(fs, node, fh)
-    if fields.update_size:
-        os.truncate(target, attr.st_size)
-        clear_setid(target, caller_of(ctx))
-    if fields.update_mode and stat.S_ISLNK(node.kind):
-        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
     if fs.config.override_stat and not stat.S_ISLNK(node.kind):
         _record_owner_and_mode(fs, node, target, attr, fields)
     else:
@@ -73,6 +70,11 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
             _chown(target, uid, gid)
         if fields.update_mode:
             os.chmod(target, stat.S_IMODE(attr.st_mode))
+    if fields.update_size:
+        # After any mode the kernel sent with it (it kills set-user-ID itself, but keeps a
+        # set-group-ID bit that the file's group rules take away: see clear_setid).
+        os.truncate(target, attr.st_size)
+        clear_setid(target, caller_of(ctx))
     if fields.update_atime or fields.update_mtime:
         _set_times(target, attr, fields)
     return getattr_(fs, node)
