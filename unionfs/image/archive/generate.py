@@ -12,67 +12,66 @@ from __future__ import annotations
 
 import os
 import stat
-import tarfile
 from collections.abc import Callable
-from typing import BinaryIO
 
 from unionfs.fs import override
 from unionfs.fs.ondisk import OCI_OPAQUE_MARKER as OPAQUE_MARKER
 from unionfs.fs.ondisk import WHITEOUT_PREFIX, is_private_xattr, is_whiteout, read_dir_markers
+from unionfs.image.archive.tarwriter import (
+    BLKTYPE,
+    CHRTYPE,
+    DIRTYPE,
+    FIFOTYPE,
+    LNKTYPE,
+    REGTYPE,
+    SYMTYPE,
+    Entry,
+    Sink,
+    TarWriter,
+)
 
 
-def _xattrs(path: str) -> dict[str, bytes]:
+def _xattr_names(path: str) -> list[str]:
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        return os.listxattr(path, follow_symlinks=False)
     except OSError:
-        return {}
+        return []
+
+
+def _xattrs(path: str, names: list[str]) -> dict[bytes, bytes]:
     found = {}
     for name in sorted(names):
         if is_private_xattr(name) or name in override.NAMES:
             continue
         try:
-            found[name] = os.getxattr(path, name, follow_symlinks=False)
+            found[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
         except OSError:
             continue
     return found
 
 
-def _info(name: str, st: os.stat_result, path: str, owner: tuple[int, int, int]
-          ) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.mode, info.uid, info.gid = owner
-    info.uname = info.gname = ""
-    info.mtime = st.st_mtime_ns // 10**9
-    pax = {"mtime": _ns_text(st.st_mtime_ns)}
-    for key, value in _xattrs(path).items():
-        pax["SCHILY.xattr." + key] = value.decode("utf-8", "surrogateescape")
-    info.pax_headers = pax
-    return info
-
-
-def _ns_text(ns: int) -> str:
-    seconds, fraction = divmod(ns, 10**9)
-    return f"{seconds}.{fraction:09d}".rstrip("0").rstrip(".") if fraction else str(seconds)
-
-
 Skip = Callable[[str, os.stat_result], bool]
 Replacement = Callable[[str, str], "str | None"]
+IdTranslation = Callable[[int, int], tuple[int, int]]
 
 
-def write_layer_tar(root: str, out: BinaryIO, *, convert_whiteouts: bool = False,
-                    skip: Skip | None = None, replace_dir: Replacement | None = None) -> int:
+def write_layer_tar(root: str, out: Sink, *, convert_whiteouts: bool = False,
+                    skip: Skip | None = None, replace_dir: Replacement | None = None,
+                    real_owner: IdTranslation | None = None) -> int:
     """Writes the tree under ``root`` as a layer tar to ``out``; returns the entry count.
 
     ``skip(rel, st)`` leaves an entry (and what is below it) out. ``replace_dir(rel, path)``
     may name another directory whose whole contents stand for this one (a redirected overlay
     directory, read through the merged view), written as an opaque directory.
+    ``real_owner(uid, gid)`` gives the owner to write for an object that records none (an
+    ordinary user's container: the user's own files are its root's).
     """
     count = 0
-    links: dict[tuple[int, int], str] = {}
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                      encoding="utf-8", errors="surrogateescape") as tar:
+    links: dict[tuple[int, int], bytes] = {}
+    with TarWriter(out) as tar:
         for rel, path, st, opaque in _walk(root, skip, replace_dir):
-            count += _add(tar, rel, path, st, links, convert_whiteouts, opaque)
+            count += _add(tar, os.fsencode(rel), path, st, links, convert_whiteouts, opaque,
+                          real_owner)
     return count
 
 
@@ -100,56 +99,58 @@ def _walk(root: str, skip: Skip | None, replace_dir: Replacement | None):
             stack.append((path, rel, iter(sorted(os.listdir(path)))))
 
 
-def _add(tar: tarfile.TarFile, rel: str, path: str, st: os.stat_result,
-         links: dict[tuple[int, int], str], convert_whiteouts: bool, opaque: bool) -> int:
+def _add(tar: TarWriter, rel: bytes, path: str, st: os.stat_result,
+         links: dict[tuple[int, int], bytes], convert_whiteouts: bool, opaque: bool,
+         real_owner: IdTranslation | None) -> int:
     mode = st.st_mode
     if convert_whiteouts and is_whiteout(st):
-        parent, _, name = rel.rpartition("/")
-        info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent
-                               else WHITEOUT_PREFIX + name)
-        info.mtime = st.st_mtime_ns // 10**9
-        tar.addfile(info)
+        parent, _, name = rel.rpartition(b"/")
+        marker = WHITEOUT_PREFIX.encode() + name
+        tar.add(Entry(parent + b"/" + marker if parent else marker, REGTYPE,
+                      mtime_ns=st.st_mtime_ns // 10**9 * 10**9))
         return 1
     rdev = st.st_rdev
-    recorded = None if stat.S_ISLNK(mode) or is_whiteout(st) else override.read(path)
+    names = _xattr_names(path)
+    recorded = None
+    if not stat.S_ISLNK(mode) and any(name in override.NAMES for name in names):
+        recorded = override.read(path)
     if recorded is not None:  # written by an ordinary user: the true owner, mode and type
         mode, uid, gid, rdev = override.effective(st, recorded)
+    elif real_owner is not None:
+        uid, gid = real_owner(st.st_uid, st.st_gid)
     else:
         uid, gid = st.st_uid, st.st_gid
-    info = _info(rel, st, path, (stat.S_IMODE(mode), uid, gid))
-    added = 1
+    entry = Entry(rel, REGTYPE, mode=stat.S_IMODE(mode), uid=uid, gid=gid,
+                  mtime_ns=st.st_mtime_ns, xattrs=_xattrs(path, names))
     if stat.S_ISDIR(mode):
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
+        entry.type, entry.name = DIRTYPE, rel + b"/"
+        tar.add(entry)
         if opaque or (convert_whiteouts and
                       read_dir_markers(path, follow_redirects=False).opaque):
-            marker = tarfile.TarInfo(f"{rel}/{OPAQUE_MARKER}")
-            marker.mtime = info.mtime
-            tar.addfile(marker)
-            added += 1
+            tar.add(Entry(rel + b"/" + OPAQUE_MARKER.encode(), REGTYPE,
+                          mtime_ns=st.st_mtime_ns // 10**9 * 10**9))
+            return 2
     elif stat.S_ISREG(mode):
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and key in links:
-            info.type = tarfile.LNKTYPE
-            info.linkname = links[key]
-            tar.addfile(info)
+            entry.type, entry.linkname = LNKTYPE, links[key]
+            tar.add(entry)
         else:
             if st.st_nlink > 1:
                 links[key] = rel
-            info.size = st.st_size
+            entry.size = st.st_size
             with open(path, "rb") as f:
-                tar.addfile(info, f)
+                tar.add(entry, f)
     elif stat.S_ISLNK(mode):
-        info.type = tarfile.SYMTYPE
-        info.linkname = os.readlink(path)
-        tar.addfile(info)
+        entry.type, entry.linkname = SYMTYPE, os.fsencode(os.readlink(path))
+        tar.add(entry)
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        info.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-        info.devmajor, info.devminor = os.major(rdev), os.minor(rdev)
-        tar.addfile(info)
+        entry.type = CHRTYPE if stat.S_ISCHR(mode) else BLKTYPE
+        entry.devmajor, entry.devminor = os.major(rdev), os.minor(rdev)
+        tar.add(entry)
     elif stat.S_ISFIFO(mode):
-        info.type = tarfile.FIFOTYPE
-        tar.addfile(info)
+        entry.type = FIFOTYPE
+        tar.add(entry)
     else:
         return 0  # sockets are not archived
-    return added
+    return 1
