@@ -206,8 +206,11 @@ set -e
 show='cat /proc/self/uid_map; stat -c "inside %n %u %g %a" /etc/shadow /var/lib/apt'
 {p} run --rm owners:1 sh -c "$show"
 {p} run --name c --user 100:101 owners:1 sh -c 'echo "uid $(id -u)"; touch /var/lib/apt/mine'
+{p} run --rm owners:1 stat -c 'unrecorded %n %u %g' / /etc /bin/sh
 {p} commit -q c owners:2 >/dev/null
-{p} save -o saved.tar owners:2
+{p} run --name d owners:2 sh -c 'mkdir /etc/new.d && ln -s ../shadow /etc/new.d/link'
+{p} commit -q d owners:3 >/dev/null
+{p} save -o saved.tar owners:3
 """
 
 
@@ -230,5 +233,10 @@ def test_subordinate_ids_map_every_owner_into_the_container() -> None:
         assert "inside /etc/shadow 0 42 640" in lines  # every owner as the layer says
         assert "inside /var/lib/apt 100 101 755" in lines
         assert "uid 100" in lines
-        mine = saved_entries(pub / "saved.tar", pub)["var/lib/apt/mine"]
-        assert (mine.uid, mine.gid) == (100, 101)
+        # What records no owner (symlinks; the user's own files) is the container's root's.
+        for path in ("/", "/etc", "/bin/sh"):
+            assert f"unrecorded {path} 0 0" in lines
+        saved = saved_entries(pub / "saved.tar", pub)
+        assert (saved["var/lib/apt/mine"].uid, saved["var/lib/apt/mine"].gid) == (100, 101)
+        for name in ("etc/new.d", "etc/new.d/link"):
+            assert (saved[name].uid, saved[name].gid) == (0, 0), name

@@ -85,7 +85,7 @@ def _record_owner_and_mode(fs: UnionFS, node: Node, target: str | int,
     """chown and chmod with ``override_stat``: the new values go to the xattr, the real file
     only gets a mode its owner can use (see override.py)."""
     st = os.fstat(target) if isinstance(target, int) else os.lstat(target)
-    mode, uid, gid, rdev = override.effective(st, override.read(target))
+    mode, uid, gid, rdev = fs.to_record(st, override.read(target))
     if fields.update_uid or fields.update_gid:
         if fields.update_uid:
             uid = fs.config.uid_mapping.stored(attr.st_uid)

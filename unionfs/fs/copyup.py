@@ -102,7 +102,7 @@ async def _install(fs: UnionFS, path: str, build: Callable[[str], Awaitable[None
         await build(tmp)
         copy_xattrs(xattrs_from, tmp)
         if fs.config.override_stat:
-            copy_recorded_metadata(tmp, attrs, xattrs_from)
+            copy_recorded_metadata(fs, tmp, attrs, xattrs_from)
         else:
             copy_metadata(tmp, attrs)
         _rename_into_upper(fs, tmp, path)
@@ -224,11 +224,11 @@ def copy_metadata(dst: str, st: os.stat_result) -> None:
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def copy_recorded_metadata(dst: str, st: os.stat_result, src: str) -> None:
+def copy_recorded_metadata(fs: UnionFS, dst: str, st: os.stat_result, src: str) -> None:
     """``copy_metadata`` with ``override_stat``: the source's owner and mode (its recorded
     ones, else its real ones) are recorded on the copy, which its owner can always use."""
     if not stat.S_ISLNK(st.st_mode):
-        mode, uid, gid, rdev = override.effective(st, override.read(src))
+        mode, uid, gid, rdev = fs.to_record(st, override.read(src))
         override.write(dst, uid, gid, mode, rdev)
         os.chmod(dst, override.stored_mode(mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

@@ -138,13 +138,24 @@ class UnionFS:
         return os.lstat(self.real_path(node))
 
     def visible_attrs(self, node: Node, st: os.stat_result) -> tuple[int, int, int, int]:
-        """(st_mode, uid, gid, rdev) users see: with ``override_stat`` the recorded ones (and
-        ids shown through the id mappings), else the real ones."""
-        if not self.config.override_stat:
+        """(st_mode, uid, gid, rdev) users see: with ``override_stat`` the recorded ones,
+        shown through the id mappings; else, and where nothing is recorded, the real ones
+        (a real owner is already a host id: the user's, for an ordinary user's layers)."""
+        found = self.recorded(node) if self.config.override_stat else None
+        if found is None:
             return st.st_mode, st.st_uid, st.st_gid, st.st_rdev
-        mode, uid, gid, rdev = override.effective(st, self.recorded(node))
+        mode, uid, gid, rdev = override.effective(st, found)
         return (mode, self.config.uid_mapping.shown(uid), self.config.gid_mapping.shown(gid),
                 rdev)
+
+    def to_record(self, st: os.stat_result, found: override.Override | None
+                  ) -> tuple[int, int, int, int]:
+        """What to record for an object: its recorded values, or its real ones with the
+        owner translated from a host id (the same object, shown the same way)."""
+        if found is not None:
+            return override.effective(st, found)
+        return (st.st_mode, self.config.uid_mapping.stored(st.st_uid),
+                self.config.gid_mapping.stored(st.st_gid), st.st_rdev)
 
     def recorded(self, node: Node) -> override.Override | None:
         """The override xattr of the top-most object of ``node`` (None for a symlink)."""

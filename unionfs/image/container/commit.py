@@ -22,6 +22,7 @@ from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.config_changes import apply_changes
 from unionfs.image.container import rootfs, runtime
+from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
@@ -43,8 +44,9 @@ def _write_upper_layer(store: Store, container: Container, space: Workspace,
     blob = space.new_path("commit.tar.gz")
     with open(blob, "wb") as out:
         sink = HashingGzipFile(out)
+        real_owner = rootless_id_map().container_ids if store.records_owners else None
         write_layer_tar(upper, sink, convert_whiteouts=True,  # type: ignore[arg-type]
-                        replace_dir=replace_dir)
+                        replace_dir=replace_dir, real_owner=real_owner)
         sink.finish()
     return blob, "sha256:" + sink.plain.hexdigest()
 

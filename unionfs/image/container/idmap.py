@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass
 
 from unionfs.fs.options import FUSE_CONF, user_allow_other
+from unionfs.fs.override import IdMapping
 
 MAX_IDS = 65536  # ids 0..65535 inside, as rootless podman maps by default
 
@@ -40,10 +41,18 @@ class IdMap:
 
     def mount_options(self) -> list[str]:
         """pyunion mount options for the container's rootfs (ids shown as mapped)."""
-        uids = _mount_ranges(self.uid, self.sub_uids if self.several else None)
-        gids = _mount_ranges(self.gid, self.sub_gids if self.several else None)
+        uids, gids = self._ranges()
         options = ["override_stat", f"uidmapping={uids}", f"gidmapping={gids}"]
         return [*options, "allow_other"] if self.several else options
+
+    def container_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """The container's ids for host ids (what a file the user owns is inside: root)."""
+        uids, gids = self._ranges()
+        return IdMapping.parse(uids).stored(uid), IdMapping.parse(gids).stored(gid)
+
+    def _ranges(self) -> tuple[str, str]:
+        return (_mount_ranges(self.uid, self.sub_uids if self.several else None),
+                _mount_ranges(self.gid, self.sub_gids if self.several else None))
 
     def describe(self) -> str:
         if not self.several:
