@@ -172,11 +172,14 @@ class Store:
     def adding(self) -> Iterator[Workspace]:
         """Held while a command adds content: a shared store lock and a fresh workspace.
 
-        Before it starts, leftovers of killed commands are cleaned if nobody else is busy.
+        Before it starts, leftovers of killed commands are cleaned if nobody else is busy;
+        after it ends, what others freed meanwhile (an ``rmi`` during a ``load``), unless
+        another command is still adding: the last one cleans.
         """
         self.collect_garbage(blocking=False)
         with self.adding_lock(), self.workspace() as space:
             yield space
+        self.collect_garbage(blocking=False)
 
     def adding_lock(self) -> contextlib.AbstractContextManager:
         """The shared store lock alone: garbage collection waits while it is held."""
@@ -204,14 +207,18 @@ class Store:
     def collect_garbage(self, *, blocking: bool) -> list[str]:
         """Deletes what no image (nor mount) references and what killed commands left.
 
-        Runs only under the exclusive store lock; with ``blocking=False`` it gives up at once
-        if another command is adding content (its leftovers wait for a later command).
+        Runs only under the exclusive store lock. With ``blocking=False`` it gives up if
+        another command is adding content (that command collects when it ends), but waits
+        for a collection already running (it may have begun before this command's changes).
         Returns the chain ids of the layers deleted.
         """
         if not self.exists():
             return []  # nothing was ever stored here (a command failed before it began)
         lock = FileLock(self.store_lock_path)
+        if not blocking:
+            lock.acquire(exclusive=False)  # waits only for a running collection
         if not lock.acquire(exclusive=True, blocking=blocking):
+            lock.release()
             return []
         try:
             self._clean_workspaces()
