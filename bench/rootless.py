@@ -58,7 +58,7 @@ Rows (tools alternated, order rotated per round):
   reports them and exits 1; that is counted, not a failure), and rootless podman's storage has
   no device nodes.
 
-``--quick``: 1 repetition (3 run rounds, 2 walks per tool): about 2 minutes with the images
+``--quick``: 1 repetition (3 run rounds, 2 walks per tool): about 1 minute with the images
 cached. ``python -m bench.rootless [--quick]`` runs these rows alone.
 """
 
@@ -630,9 +630,9 @@ def run(args: argparse.Namespace, names: list[str], run_dir: Path, log: Log) -> 
             log(f"rootless podman does not work here: {why}")
         else:
             p = out["podman"]
-            log(f"rootless podman {p['version']}: {p['driver']} with "
-                f"{p['graph_options']}, {p['runtime']}, cgroups {p['cgroups']} "
-                f"({p['cgroup_manager']})")
+            program = p["graph_options"].get("overlay.mount_program", {}).get("Executable")
+            log(f"rootless podman {p['version']}: {p['driver']} with mount_program {program}, "
+                f"{p['runtime']}, cgroups {p['cgroups']} ({p['cgroup_manager']})")
         _, info, _ = s.run([*pyunion_cmd(), "info"], check=False)
         out["pyunion_info"] = [ln for ln in info.splitlines()
                                if ln.startswith(("mode:", "container ids:", "dev fuse:"))]
