@@ -622,7 +622,11 @@ def run(args: argparse.Namespace, names: list[str], run_dir: Path, log: Log) -> 
                     if not _which(t)), None)
         if why is None:
             try:
-                out["podman"] = {"ok": True, **Podman(s).check()}
+                conf = s.home / ".config/containers"
+                out["podman"] = {"ok": True, **Podman(s).check(),
+                                 "config": {f: (conf / f).read_text()
+                                            for f in ("storage.conf", "containers.conf")},
+                                 "global_options": PODMAN_GLOBAL}
             except (OSError, subprocess.SubprocessError, Failed, ValueError) as e:
                 why = _describe_failure(e)
         if why:
