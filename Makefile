@@ -11,7 +11,7 @@ STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -
 # implementations the differential tests and the benchmark compare against.
 BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev
 TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap
-BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static
+BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap
 
 .PHONY: setup test demo bench bench-quick install lint clean
 

@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bench import containers, dataset, images, report
+from bench import containers, dataset, images, report, rootless
 from bench.implementations import (
     ALL,
     REPO,
@@ -202,7 +202,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", help="implementations, comma-separated: " + ",".join(ALL))
     ap.add_argument("--workloads", help="comma-separated: "
                     + ",".join([w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
-                               + containers.NAMES))
+                               + containers.NAMES + rootless.NAMES))
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds per workload process (default 300)")
     ap.add_argument("--latency-reps", type=int, default=10)
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = dataset.QUICK if args.quick else dataset.FULL
     impl_names = select(args.only, list(ALL), "implementations")
     wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
-                      + containers.NAMES, "workloads")
+                      + containers.NAMES + rootless.NAMES, "workloads")
     workloads = [BY_NAME[n] for n in wl_names if n in BY_NAME]
     started = time.strftime("%Y%m%d-%H%M%S")
     t_start = time.monotonic()
@@ -312,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         container_names = [n for n in wl_names if n in containers.NAMES]
         container_rows = containers.run(args, container_names, run_dir, log) \
             if container_names and "pyunion" in impl_names else {}
+        rootless_names = [n for n in wl_names if n in rootless.NAMES]
+        rootless_rows = rootless.run(args, rootless_names, run_dir, log) \
+            if rootless_names and "pyunion" in impl_names else {}
     finally:
         cleanup_cell(run_dir)
 
@@ -334,11 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     data["images"] = image_rows
     data["containers"] = container_rows
+    data["rootless"] = rootless_rows
     print(report.render(data))
     if image_rows:
         print("\n".join(images.render(image_rows)))
     if container_rows:
         print("\n".join(containers.render(container_rows)))
+    if rootless_rows:
+        print("\n".join(rootless.render(rootless_rows)))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.results_dir / f"{started}.json"
     json_path.write_text(json.dumps(data, indent=1))
