@@ -239,6 +239,9 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
     dst_st = lstat_or_none(dst_path)
     if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
         _empty_whiteouts(dst_path)
+    same_dir = old_parent is new_parent
+    if src.is_dir:
+        _redirect_before_move(fs, src, src_path, old_name, same_dir=same_dir)
     if src.is_dir and dst_st is not None and ondisk.is_whiteout(dst_st):
         # A directory cannot be renamed over the whiteout (a non-directory): swap them; the
         # whiteout is then at the old name, where it is kept if a lower has that name.
@@ -254,7 +257,7 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
         remaining = dst_st.st_nlink - 1 if dst_st is not None and not dst.is_dir else 0
         _forget_name(fs, dst, new_parent, new_name, remaining)
     if src.is_dir:
-        _mark_moved_dir(fs, src, dst_path, old_name, same_dir=old_parent is new_parent)
+        _opaque_after_move(fs, src, dst_path)
 
 
 def _check_replace(fs: UnionFS, src: Node, dst: Node) -> None:
@@ -301,21 +304,27 @@ async def _copy_tree_up(fs: UnionFS, node: Node) -> None:
     node.lowers = ()
 
 
-def _mark_moved_dir(fs: UnionFS, node: Node, real: str, old_name: str, *,
-                    same_dir: bool) -> None:
-    """A moved directory keeps its lower content through a redirect, or hides what is below.
+def _redirect_before_move(fs: UnionFS, node: Node, real: str, old_name: str, *,
+                          same_dir: bool) -> None:
+    """A directory with lower content keeps it after a move through a redirect, written
+    before the move as the kernel does: a crash between the two steps leaves the directory
+    whole under one of its names (the redirect is right at either).
 
     The redirect is the kernel's: the old name for a move within the parent, the lower path
     from the root for a move elsewhere; one already there that still applies is kept.
     """
-    if node.lowers:
-        current = ondisk.read_redirect(real)
-        if current is not None and (same_dir or current.startswith("/")):
-            return
-        redirect = old_name if same_dir else "/" + node.lowers[0][1]
-        fs.format.set_redirect(real, redirect)
-        fs.redirects_changed()
-    elif node.parent is not None and fs.lower_has(node.parent, node.name):
+    if not node.lowers:
+        return
+    current = ondisk.read_redirect(real)
+    if current is not None and (same_dir or current.startswith("/")):
+        return
+    fs.format.set_redirect(real, old_name if same_dir else "/" + node.lowers[0][1])
+    fs.redirects_changed()
+
+
+def _opaque_after_move(fs: UnionFS, node: Node, real: str) -> None:
+    """A moved directory without lower content hides what the lowers have at its new name."""
+    if not node.lowers and node.parent is not None and fs.lower_has(node.parent, node.name):
         fs.format.set_opaque(real)
 
 
@@ -343,8 +352,11 @@ async def _exchange(fs: UnionFS, a_parent: Node, a_name: str, a: Node,
     await _prepare_move(fs, b, same_dir=same_dir)
     a_path = fs.upper_path(a)
     b_path = fs.upper_path(b)
+    for node, real, old_name in ((a, a_path, a_name), (b, b_path, b_name)):
+        if node.is_dir:
+            _redirect_before_move(fs, node, real, old_name, same_dir=same_dir)
     syscalls.renameat2(a_path, b_path, syscalls.RENAME_EXCHANGE)
     a.parent, a.name, b.parent, b.name = b_parent, b_name, a_parent, a_name
-    for node, real, old_name in ((a, b_path, a_name), (b, a_path, b_name)):
+    for node, real in ((a, b_path), (b, a_path)):
         if node.is_dir:
-            _mark_moved_dir(fs, node, real, old_name, same_dir=same_dir)
+            _opaque_after_move(fs, node, real)
