@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import os
 
@@ -13,7 +12,9 @@ RENAME_WHITEOUT = 1 << 2
 _AT_FDCWD = -100
 _FICLONE = 0x40049409
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The C library already loaded into this process (find_library would run ldconfig: a
+# child process at every start of the daemon).
+_libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
