@@ -86,6 +86,10 @@ class UnionOperations(pyfuse3.Operations):
     def __init__(self, fs: UnionFS) -> None:
         super().__init__()
         self.fs = fs
+        # Read by pyfuse3 at init (with the extension; patches/README.md): one readlink per
+        # symlink instead of one per resolution. Symlink targets never change under a name's
+        # inode number (a new object gets a new number), so nothing needs invalidating.
+        self.enable_cache_symlinks = fs.cache_symlinks
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """Attributes for a reply that gives the kernel a new reference to ``node``."""
@@ -265,7 +269,12 @@ class UnionOperations(pyfuse3.Operations):
         node = self.fs.node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return self.fs.handles.open_dir(node).fh
+        fh = self.fs.handles.open_dir(node).fh
+        if self.fs.cache_listings:
+            # The kernel keeps the listing readdir gives and serves later reads from it until
+            # a create, unlink or rename in the directory (or fs.invalidate_listing) drops it.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
+        return fh
 
     @_handler
     async def readdir(self, fh, start_id, token):
