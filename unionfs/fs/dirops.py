@@ -238,6 +238,8 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
         _forget_name(fs, dst, new_parent, new_name, remaining)
     if src.is_dir:
         _mark_moved_dir(fs, src, dst_path, new_parent, new_name)
+        if new_parent is not old_parent:
+            fs.invalidate_listing(src)  # its ".." entry names another directory now
 
 
 def _check_replace(fs: UnionFS, src: Node, dst: Node) -> None:
@@ -312,3 +314,5 @@ async def _exchange(fs: UnionFS, a_parent: Node, a_name: str, a: Node,
     for node, real, parent, name in ((a, b_path, b_parent, b_name), (b, a_path, a_parent, a_name)):
         if node.is_dir:
             _mark_moved_dir(fs, node, real, parent, name)
+            if a_parent is not b_parent:
+                fs.invalidate_listing(node)  # its ".." entry names another directory now
