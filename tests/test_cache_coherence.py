@@ -5,12 +5,16 @@ lower layer underneath (the option for lowers that do change)."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import platform
 import struct
 from pathlib import Path
 
 import pytest
+
+from tests import mounts
+from unionfs.fs.state import PYFUSE3_CACHE_READDIR
 
 
 def _lower(root: Path) -> Path:
@@ -136,3 +140,27 @@ def test_symlink_targets(tmp_path, upper_and_work, pyunion):
     os.unlink(mnt / "s")
     os.symlink("third", mnt / "s")
     assert os.readlink(mnt / "s") == "third"
+
+
+@pytest.mark.parametrize("timeout", ["3600", "0"])
+def test_what_the_kernel_caches(tmp_path, upper_and_work, pyunion_daemon, timeout):
+    """Listings and symlink targets are cached (no repeated readdir or readlink requests) when
+    the installed pyfuse3 can ask for it and timeout > 0; with timeout=0 or a plain pyfuse3,
+    every read reaches the daemon."""
+    lower = _lower(tmp_path)
+    (lower / "s").symlink_to("b")
+    upper, _ = upper_and_work("p")
+    stats = tmp_path / "stats.json"
+    mnt, proc = pyunion_daemon([lower], upper, options=[f"stats={stats}", f"timeout={timeout}"])
+    passes = 5
+    for _ in range(passes):
+        assert sorted(os.listdir(mnt / "d")) == ["a", "keep"]
+        assert os.readlink(mnt / "s") == "b"
+    mounts.unmount(mnt, proc)
+    counts = json.loads(stats.read_text())
+    readdirs, readlinks = counts.get("readdir", 0), counts.get("readlink", 0)
+    if timeout != "0" and PYFUSE3_CACHE_READDIR:
+        # Some slack: other processes dropping the kernel's caches (tests do) cost a refill.
+        assert readdirs < 2 * passes and readlinks < passes, counts
+    else:
+        assert readdirs == 2 * passes and readlinks == passes, counts
