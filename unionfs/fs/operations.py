@@ -143,9 +143,9 @@ class UnionOperations(pyfuse3.Operations):
 
     async def _create(self, parent_inode, name, ctx, mode: int, make) -> pyfuse3.EntryAttributes:
         fs = self.fs
-        async with fs.changing():
-            node = await dirops.create_object(fs, fs.node(parent_inode), os.fsdecode(name),
-                                              ctx, mode, make)
+        parent = fs.node(parent_inode)
+        async with fs.changing(parent):
+            node = await dirops.create_object(fs, parent, os.fsdecode(name), ctx, mode, make)
             return self._entry(node)
 
     @_handler
@@ -167,27 +167,30 @@ class UnionOperations(pyfuse3.Operations):
     @_handler
     async def link(self, inode, new_parent_inode, new_name, ctx):
         fs = self.fs
-        async with fs.changing():
-            node = await dirops.link(fs, fs.node(inode), fs.node(new_parent_inode),
-                                     os.fsdecode(new_name))
+        new_parent = fs.node(new_parent_inode)
+        async with fs.changing(new_parent):
+            node = await dirops.link(fs, fs.node(inode), new_parent, os.fsdecode(new_name))
             return self._entry(node)
 
     @_handler
     async def unlink(self, parent_inode, name, ctx):
-        async with self.fs.changing():
-            await dirops.unlink(self.fs, self.fs.node(parent_inode), os.fsdecode(name))
+        parent = self.fs.node(parent_inode)
+        async with self.fs.changing(parent):
+            await dirops.unlink(self.fs, parent, os.fsdecode(name))
 
     @_handler
     async def rmdir(self, parent_inode, name, ctx):
-        async with self.fs.changing():
-            await dirops.rmdir(self.fs, self.fs.node(parent_inode), os.fsdecode(name))
+        parent = self.fs.node(parent_inode)
+        async with self.fs.changing(parent):
+            await dirops.rmdir(self.fs, parent, os.fsdecode(name))
 
     @_handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         fs = self.fs
-        async with fs.changing():
-            await dirops.rename(fs, fs.node(parent_inode_old), os.fsdecode(name_old),
-                                fs.node(parent_inode_new), os.fsdecode(name_new), flags)
+        old_parent, new_parent = fs.node(parent_inode_old), fs.node(parent_inode_new)
+        async with fs.changing(old_parent, new_parent):
+            await dirops.rename(fs, old_parent, os.fsdecode(name_old), new_parent,
+                                os.fsdecode(name_new), flags)
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -219,10 +222,11 @@ class UnionOperations(pyfuse3.Operations):
             open_flags = backing_flags(flags & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL
             fds.append(os.open(path, open_flags, stat.S_IMODE(mode)))
 
-        async with fs.changing():
+        parent = fs.node(parent_inode)
+        async with fs.changing(parent):
             try:
-                node = await dirops.create_object(fs, fs.node(parent_inode), os.fsdecode(name),
-                                                  ctx, stat.S_IFREG | stat.S_IMODE(mode), make)
+                node = await dirops.create_object(fs, parent, os.fsdecode(name), ctx,
+                                                  stat.S_IFREG | stat.S_IMODE(mode), make)
             except BaseException:
                 for fd in fds:
                     os.close(fd)

@@ -81,11 +81,20 @@ class UnionFS:
         return os.path.join(self.temp_dir, f"t{next(self._temp_ids)}")
 
     @contextlib.asynccontextmanager
-    async def changing(self) -> AsyncIterator[None]:
-        """Serializes changes to the namespace and the upper; counts them for readdir."""
+    async def changing(self, *directories: Node) -> AsyncIterator[None]:
+        """Serializes changes to the namespace and the upper; counts them for readdir.
+
+        ``directories``: those whose names the change is about. The kernel drops its cached
+        listings of them only when the request succeeds; one that fails may have changed them
+        part way (a rename whose whiteout could not be made), so they are dropped here then.
+        """
         async with self.ns_lock:
             try:
                 yield
+            except BaseException:
+                for directory in directories:
+                    self.invalidate_listing(directory)
+                raise
             finally:
                 self.generation += 1
 
