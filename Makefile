@@ -6,24 +6,47 @@ PY        := $(VENV)/bin/python
 # Debian's Python, not one under /root: ordinary users must be able to run mount.pyunion and
 # pyunion from the venv (rootless use); fall back to whatever python3 is first on PATH.
 BASE_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
-STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# pyfuse3 is built from its pinned sdist with our extension applied (patches/README.md).
+PYFUSE3_VERSION := 3.5.0
+PYFUSE3_SHA256  := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
+PYFUSE3_PATCH   := patches/pyfuse3-cache-readdir-symlinks.patch
+PYFUSE3_BUILD   := build/pyfuse3
+STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml $(PYFUSE3_PATCH) | cksum | cut -d' ' -f1)
+PLAIN_VENV := .venv-plain
 # Debian packages: FUSE itself and what pyfuse3 builds against; the reference
 # implementations the differential tests and the benchmark compare against.
-BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev
+BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev patch gcc
 TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap
 
-.PHONY: setup test demo bench bench-quick install lint clean
+.PHONY: setup pyfuse3-extended system-packages test test-plain-pyfuse3 demo bench bench-quick install lint clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(PYFUSE3_PATCH)
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BUILD_PACKAGES) $(TEST_PACKAGES)"
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@$(MAKE) --no-print-directory pyfuse3-extended
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.FileInfo(), "cache_readdir"), pyfuse3.__file__'
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# pyfuse3's sdist (checked against its sha256) with the patch applied, built into the venv.
+# The sdist ships the C file Cython generated from the unpatched .pyx: it is removed, so the
+# build must regenerate it (Cython is a build requirement here, not a dependency of pyunion).
+pyfuse3-extended:
+	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
+	$(PY) -m pip download --quiet --no-deps --no-binary pyfuse3 -d build \
+	  'pyfuse3==$(PYFUSE3_VERSION)'
+	echo '$(PYFUSE3_SHA256)  build/pyfuse3-$(PYFUSE3_VERSION).tar.gz' | sha256sum -c --quiet
+	tar -xzf build/pyfuse3-$(PYFUSE3_VERSION).tar.gz -C $(PYFUSE3_BUILD) --strip-components=1
+	patch -d $(PYFUSE3_BUILD) -p1 --quiet < $(PYFUSE3_PATCH)
+	rm $(PYFUSE3_BUILD)/src/pyfuse3/__init__.c
+	$(PY) -m pip install --quiet 'Cython>=3.1' 'setuptools>=78.1.1' 'setuptools_scm>=8' wheel
+	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.1' \
+	  $(PY) -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./$(PYFUSE3_BUILD)
 
 # Installs the named Debian packages that are missing (as root only), nothing else.
 system-packages:
@@ -38,6 +61,15 @@ system-packages:
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The differential tests on the plain pyfuse3 from PyPI (no readdir or symlink caching): what
+# `pip install pyunion` gives. Its own venv, so the extended pyfuse3 in .venv stays as it is.
+test-plain-pyfuse3: setup
+	test -x $(PLAIN_VENV)/bin/python || $(BASE_PYTHON) -m venv $(PLAIN_VENV)
+	$(PLAIN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PLAIN_VENV)/bin/python -m pip install --quiet 'pyfuse3==$(PYFUSE3_VERSION)' -e '.[test]'
+	$(PLAIN_VENV)/bin/python -c 'import pyfuse3, sys; sys.exit(hasattr(pyfuse3.FileInfo(), "cache_readdir"))'
+	$(PLAIN_VENV)/bin/pytest tests/test_read_differential.py tests/test_write_differential.py $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check unionfs mount_helper tests bench
@@ -60,4 +92,4 @@ install: setup
 	ln -sf /sbin/mount.pyunion /sbin/mount.fuse.pyunion
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(PLAIN_VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

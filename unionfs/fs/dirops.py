@@ -258,6 +258,8 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
         _forget_name(fs, dst, new_parent, new_name, remaining)
     if src.is_dir:
         _opaque_after_move(fs, src, dst_path)
+        if not same_dir:
+            fs.invalidate_listing(src)  # its ".." entry names another directory now
 
 
 def _check_replace(fs: UnionFS, src: Node, dst: Node) -> None:
@@ -360,3 +362,5 @@ async def _exchange(fs: UnionFS, a_parent: Node, a_name: str, a: Node,
     for node, real in ((a, b_path), (b, a_path)):
         if node.is_dir:
             _opaque_after_move(fs, node, real)
+            if not same_dir:
+                fs.invalidate_listing(node)  # its ".." entry names another directory now

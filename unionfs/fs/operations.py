@@ -93,6 +93,10 @@ class UnionOperations(pyfuse3.Operations):
     def __init__(self, fs: UnionFS) -> None:
         super().__init__()
         self.fs = fs
+        # Read by pyfuse3 at init (with the extension; patches/README.md): one readlink per
+        # symlink instead of one per resolution. Symlink targets never change under a name's
+        # inode number (a new object gets a new number), so nothing needs invalidating.
+        self.enable_cache_symlinks = fs.cache_symlinks
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """Attributes for a reply that gives the kernel a new reference to ``node``."""
@@ -147,9 +151,10 @@ class UnionOperations(pyfuse3.Operations):
     async def _create(self, parent_inode, name, ctx, mode: int, make,
                       rdev: int = 0) -> pyfuse3.EntryAttributes:
         fs = self.fs
-        async with fs.changing():
-            node = await dirops.create_object(fs, fs.node(parent_inode), os.fsdecode(name),
-                                              ctx, mode, make, rdev)
+        parent = fs.node(parent_inode)
+        async with fs.changing(parent):
+            node = await dirops.create_object(fs, parent, os.fsdecode(name), ctx, mode, make,
+                                              rdev)
             return self._entry(node)
 
     @_handler
@@ -175,27 +180,30 @@ class UnionOperations(pyfuse3.Operations):
     @_handler
     async def link(self, inode, new_parent_inode, new_name, ctx):
         fs = self.fs
-        async with fs.changing():
-            node = await dirops.link(fs, fs.node(inode), fs.node(new_parent_inode),
-                                     os.fsdecode(new_name))
+        new_parent = fs.node(new_parent_inode)
+        async with fs.changing(new_parent):
+            node = await dirops.link(fs, fs.node(inode), new_parent, os.fsdecode(new_name))
             return self._entry(node)
 
     @_handler
     async def unlink(self, parent_inode, name, ctx):
-        async with self.fs.changing():
-            await dirops.unlink(self.fs, self.fs.node(parent_inode), os.fsdecode(name))
+        parent = self.fs.node(parent_inode)
+        async with self.fs.changing(parent):
+            await dirops.unlink(self.fs, parent, os.fsdecode(name))
 
     @_handler
     async def rmdir(self, parent_inode, name, ctx):
-        async with self.fs.changing():
-            await dirops.rmdir(self.fs, self.fs.node(parent_inode), os.fsdecode(name))
+        parent = self.fs.node(parent_inode)
+        async with self.fs.changing(parent):
+            await dirops.rmdir(self.fs, parent, os.fsdecode(name))
 
     @_handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         fs = self.fs
-        async with fs.changing():
-            await dirops.rename(fs, fs.node(parent_inode_old), os.fsdecode(name_old),
-                                fs.node(parent_inode_new), os.fsdecode(name_new), flags)
+        old_parent, new_parent = fs.node(parent_inode_old), fs.node(parent_inode_new)
+        async with fs.changing(old_parent, new_parent):
+            await dirops.rename(fs, old_parent, os.fsdecode(name_old), new_parent,
+                                os.fsdecode(name_new), flags)
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -227,10 +235,11 @@ class UnionOperations(pyfuse3.Operations):
             open_flags = backing_flags(flags & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL
             fds.append(os.open(path, open_flags, stat.S_IMODE(mode)))
 
-        async with fs.changing():
+        parent = fs.node(parent_inode)
+        async with fs.changing(parent):
             try:
-                node = await dirops.create_object(fs, fs.node(parent_inode), os.fsdecode(name),
-                                                  ctx, stat.S_IFREG | stat.S_IMODE(mode), make)
+                node = await dirops.create_object(fs, parent, os.fsdecode(name), ctx,
+                                                  stat.S_IFREG | stat.S_IMODE(mode), make)
             except BaseException:
                 for fd in fds:
                     os.close(fd)
@@ -277,7 +286,12 @@ class UnionOperations(pyfuse3.Operations):
         node = self.fs.node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return self.fs.handles.open_dir(node).fh
+        fh = self.fs.handles.open_dir(node).fh
+        if self.fs.cache_listings:
+            # The kernel keeps the listing readdir gives and serves later reads from it until
+            # a create, unlink or rename in the directory (or fs.invalidate_listing) drops it.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
+        return fh
 
     @_handler
     async def readdir(self, fh, start_id, token):

@@ -27,6 +27,11 @@ from unionfs.fs.options import MountConfig
 PRIVATE_DIR = "pyunion"
 NAME_MAX = 255
 
+# What the installed pyfuse3 lets us ask the kernel to cache (patches/README.md): the PyPI
+# release cannot ask for either; `make setup` builds one with the extension.
+PYFUSE3_CACHE_READDIR = hasattr(pyfuse3.FileInfo(), "cache_readdir")
+PYFUSE3_CACHE_SYMLINKS = hasattr(pyfuse3.Operations, "enable_cache_symlinks")
+
 
 class UnionFS:
     def __init__(self, config: MountConfig) -> None:
@@ -39,6 +44,10 @@ class UnionFS:
         self.handles = HandleTable()
         self.ns_lock = trio.Lock()
         self.stats: Counter[str] = Counter()
+        # The kernel may keep directory listings and symlink targets (for as long as it likes:
+        # only invalidation drops them) where nothing changes underneath: not with timeout=0.
+        self.cache_listings = PYFUSE3_CACHE_READDIR and config.timeout > 0
+        self.cache_symlinks = PYFUSE3_CACHE_SYMLINKS and config.timeout > 0
         self.generation = 0  # bumped by every change to the upper (see readdir snapshots)
         self._temp_ids = count()
         self.private_dir = ""
@@ -72,11 +81,20 @@ class UnionFS:
         return os.path.join(self.temp_dir, f"t{next(self._temp_ids)}")
 
     @contextlib.asynccontextmanager
-    async def changing(self) -> AsyncIterator[None]:
-        """Serializes changes to the namespace and the upper; counts them for readdir."""
+    async def changing(self, *directories: Node) -> AsyncIterator[None]:
+        """Serializes changes to the namespace and the upper; counts them for readdir.
+
+        ``directories``: those whose names the change is about. The kernel drops its cached
+        listings of them only when the request succeeds; one that fails may have changed them
+        part way (a rename whose whiteout could not be made), so they are dropped here then.
+        """
         async with self.ns_lock:
             try:
                 yield
+            except BaseException:
+                for directory in directories:
+                    self.invalidate_listing(directory)
+                raise
             finally:
                 self.generation += 1
 
@@ -270,3 +288,14 @@ class UnionFS:
                 pyfuse3.invalidate_inode(node.ino, attr_only=True)
             except OSError:
                 pass  # the kernel does not know this inode (any more): nothing cached
+
+    def invalidate_listing(self, directory: Node) -> None:
+        """Tells the kernel to drop its cached listing of ``directory`` (and its attributes),
+        which changed without a create, unlink or rename request on it (those the kernel
+        handles itself)."""
+        if not self.cache_listings:
+            return
+        try:
+            pyfuse3.invalidate_inode(directory.ino)  # not attr_only: the listing is its "data"
+        except OSError:
+            pass  # the kernel does not know this inode (any more): nothing cached
