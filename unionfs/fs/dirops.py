@@ -144,15 +144,21 @@ async def unlink(fs: UnionFS, parent: Node, name: str) -> None:
     await copy_up(fs, parent)
     dest = fs.stack.upper_path(join(fs.path(parent), name))
     remaining = 0
+    kept = -1
     if node.upper:
         remaining = os.lstat(dest).st_nlink - 1
-        if needs_whiteout:
-            _whiteout_over(fs, dest)
-        else:
-            os.unlink(dest)
+        kept = fs.keep_while_known(node, dest)
+        try:
+            if needs_whiteout:
+                _whiteout_over(fs, dest)
+            else:
+                os.unlink(dest)
+        except BaseException:
+            _close(kept)
+            raise
     else:
         fs.format.make_whiteout(dest)
-    _forget_name(fs, node, parent, name, remaining)
+    _forget_name(fs, node, parent, name, remaining, kept)
 
 
 async def rmdir(fs: UnionFS, parent: Node, name: str) -> None:
@@ -198,12 +204,23 @@ def _remove_upper_dir(fs: UnionFS, dest: str, needs_whiteout: bool) -> None:
     shutil.rmtree(tmp)  # only whiteouts were left in it
 
 
-def _forget_name(fs: UnionFS, node: Node, parent: Node, name: str, remaining: int) -> None:
-    """Updates the table after ``name`` stopped naming ``node``."""
+def _forget_name(fs: UnionFS, node: Node, parent: Node, name: str, remaining: int,
+                 kept: int = -1) -> None:
+    """Updates the table after ``name`` stopped naming ``node``; ``kept`` is an fd of its
+    upper object from before (``keep_while_known``), kept if no name now leads to it."""
     if node.parent is parent and node.name == name:
         node.parent = None
+    if node.parent is None and node.kept_fd < 0:
+        node.kept_fd = kept
+    else:
+        _close(kept)
     if remaining == 0:
         fs.table.mark_dead(node)
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
 
 
 # --- renaming ------------------------------------------------------------------------------
@@ -242,6 +259,25 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
     same_dir = old_parent is new_parent
     if src.is_dir:
         _redirect_before_move(fs, src, src_path, old_name, same_dir=same_dir)
+    kept = fs.keep_while_known(dst, dst_path) if dst is not None else -1
+    try:
+        _move(fs, src, src_path, dst_path, dst_st, src_needs_whiteout)
+    except BaseException:
+        _close(kept)
+        raise
+    src.parent, src.name = new_parent, new_name
+    if dst is not None:
+        remaining = dst_st.st_nlink - 1 if dst_st is not None and not dst.is_dir else 0
+        _forget_name(fs, dst, new_parent, new_name, remaining, kept)
+    if src.is_dir:
+        _opaque_after_move(fs, src, dst_path)
+        if not same_dir:
+            fs.invalidate_listing(src)  # its ".." entry names another directory now
+
+
+def _move(fs: UnionFS, src: Node, src_path: str, dst_path: str,
+          dst_st: os.stat_result | None, src_needs_whiteout: bool) -> None:
+    """The rename in the upper, leaving a whiteout at the old name where a lower has it."""
     if src.is_dir and dst_st is not None and ondisk.is_whiteout(dst_st):
         # A directory cannot be renamed over the whiteout (a non-directory): swap them; the
         # whiteout is then at the old name, where it is kept if a lower has that name.
@@ -252,14 +288,6 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
         _move_leaving_whiteout(fs, src_path, dst_path)
     else:
         os.rename(src_path, dst_path)
-    src.parent, src.name = new_parent, new_name
-    if dst is not None:
-        remaining = dst_st.st_nlink - 1 if dst_st is not None and not dst.is_dir else 0
-        _forget_name(fs, dst, new_parent, new_name, remaining)
-    if src.is_dir:
-        _opaque_after_move(fs, src, dst_path)
-        if not same_dir:
-            fs.invalidate_listing(src)  # its ".." entry names another directory now
 
 
 def _check_replace(fs: UnionFS, src: Node, dst: Node) -> None:

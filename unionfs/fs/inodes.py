@@ -25,7 +25,7 @@ class Node:
     """One merged object as the kernel knows it."""
 
     __slots__ = ("ino", "kind", "parent", "name", "upper", "lowers", "lookups", "open_count",
-                 "dead", "metacopy")
+                 "dead", "metacopy", "kept_fd")
 
     def __init__(self, ino: int, kind: int, parent: Node | None, name: str) -> None:
         self.ino = ino
@@ -38,6 +38,7 @@ class Node:
         self.open_count = 0
         self.dead = False             # its last name is gone; only open files still reach it
         self.metacopy = False         # upper has the metadata, the data is lowers[0]'s
+        self.kept_fd = -1             # O_PATH fd of its upper object once its name went
 
     @property
     def is_dir(self) -> bool:
@@ -147,6 +148,9 @@ class NodeTable:
         if node.lookups == 0 and node.open_count == 0 and node is not self.root:
             if self.nodes.get(node.ino) is node:
                 del self.nodes[node.ino]
+            if node.kept_fd >= 0:
+                os.close(node.kept_fd)
+                node.kept_fd = -1
 
     def path_of(self, node: Node) -> str | None:
         """The merged path of ``node`` (which is also its path in the upper), None if unnamed."""

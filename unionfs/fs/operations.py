@@ -217,9 +217,14 @@ class UnionOperations(pyfuse3.Operations):
             async with fs.changing():
                 await copy_up(fs, node, with_data=not flags & os.O_TRUNC)
         real_flags = backing_flags(flags)
-        path = fs.data_path(node)
-        fd = open_lower(path, real_flags) if not node.upper or node.metacopy else os.open(
-            path, real_flags)
+        if node.upper and not node.metacopy and fs.table.path_of(node) is None:
+            # Its name went between the caller's lookup and this open: open what it named.
+            unnamed = f"/proc/self/fd/{fs.unnamed_fd(node)}"
+            fd = os.open(unnamed, real_flags & ~os.O_NOFOLLOW)
+        else:
+            path = fs.data_path(node)
+            fd = open_lower(path, real_flags) if not node.upper or node.metacopy else os.open(
+                path, real_flags)
         caller = attrs.caller_of(ctx)
         if flags & os.O_TRUNC:
             attrs.clear_setid(fd, caller)

@@ -149,11 +149,26 @@ class UnionFS:
 
     def stat_of(self, node: Node) -> os.stat_result:
         if node.upper and self.table.path_of(node) is None:
-            fd = self.handles.any_fd(node)
-            if fd is None:
-                raise pyfuse3.FUSEError(errno.ESTALE)
-            return os.fstat(fd)
+            return os.fstat(self.unnamed_fd(node))
         return os.lstat(self.real_path(node))
+
+    def unnamed_fd(self, node: Node) -> int:
+        """An fd of an upper object that lost its name (unlinked, renamed over) while the
+        kernel still knows it: an open file's, or the one kept when the name went."""
+        fd = self.handles.any_fd(node)
+        if fd is None:
+            fd = node.kept_fd
+        if fd < 0:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return fd
+
+    def keep_while_known(self, node: Node, real: str) -> int:
+        """Before an upper file's name goes: an O_PATH fd of it if the kernel knows it (a
+        process that looked the name up may still open it, as on any filesystem), else -1.
+        Given to ``Node.kept_fd`` if the name was its last (see dirops._forget_name)."""
+        if node.is_dir or not node.upper or node.lookups == 0:
+            return -1
+        return os.open(real, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def visible_attrs(self, node: Node, st: os.stat_result) -> tuple[int, int, int, int]:
         """(st_mode, uid, gid, rdev) users see: with ``override_stat`` the recorded ones,
