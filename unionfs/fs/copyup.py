@@ -69,11 +69,30 @@ async def _copy_up_one(fs: UnionFS, node: Node, *, with_data: bool,
         else:
             await _make_copy(fs, src, tmp, st, with_data=with_data)
 
-    dest = await _install(fs, path, build, xattrs_from=src, attrs=st)
+    hard_linked = stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and not metacopy
+    index = os.path.join(fs.index_dir, f"{layer}-{st.st_ino}") if hard_linked else None
+    dest = await _install(fs, path, build, xattrs_from=src, attrs=st, index=index)
     _now_in_upper(fs, node, dest, metacopy=metacopy)
-    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and not metacopy:
-        await _link_siblings(fs, layer, lower_path, st, fs.stack.upper_path(path))
+    if index is not None:
+        await _link_siblings(fs, layer, st.st_ino, fs.stack.upper_path(path),
+                             written=lower_path)
+        os.unlink(index)
     fs.stats["copy_up"] += 1
+
+
+async def finish_interrupted_copy_ups(fs: UnionFS) -> None:
+    """At mount: a lower hard link whose copy-up a crash interrupted has its copy in the
+    index (see ``_install``); every visible name of it that is still the lower file's is
+    linked to that copy now, so the names stay one file (kernel overlayfs keeps them one
+    through its index in the same way)."""
+    if not fs.index_dir:
+        return
+    for entry in sorted(os.listdir(fs.index_dir)):
+        copy = os.path.join(fs.index_dir, entry)
+        layer, _, ino = entry.partition("-")
+        if layer.isdigit() and ino.isdigit() and 1 <= int(layer) <= fs.stack.lower_count:
+            await _link_siblings(fs, int(layer), int(ino), copy, written=None)
+        os.unlink(copy)
 
 
 async def _copy_up_data(fs: UnionFS, node: Node, *, with_data: bool) -> None:
@@ -93,10 +112,14 @@ async def _copy_up_data(fs: UnionFS, node: Node, *, with_data: bool) -> None:
 
 
 async def _install(fs: UnionFS, path: str, build: Callable[[str], Awaitable[None]], *,
-                   xattrs_from: str, attrs: os.stat_result) -> os.stat_result:
+                   xattrs_from: str, attrs: os.stat_result,
+                   index: str | None = None) -> os.stat_result:
     """Builds an object under a temporary name in the workdir (``build(tmp)``), gives it the
     xattrs of ``xattrs_from`` and the owner, mode and times of ``attrs``, and renames it to
-    ``path`` in the upper. Nothing partial is ever at ``path``. Returns its lstat."""
+    ``path`` in the upper. Nothing partial is ever at ``path``. Returns its lstat.
+
+    ``index``: the finished copy is also linked there before the rename, until every name
+    of a lower hard link is linked to it (``finish_interrupted_copy_ups`` after a crash)."""
     tmp = fs.temp_path()
     try:
         await build(tmp)
@@ -105,6 +128,9 @@ async def _install(fs: UnionFS, path: str, build: Callable[[str], Awaitable[None
             copy_recorded_metadata(fs, tmp, attrs, xattrs_from)
         else:
             copy_metadata(tmp, attrs)
+        if index is not None:
+            _remove_quietly(index)  # (one left by a read-only mount after a crash)
+            os.link(tmp, index)
         _rename_into_upper(fs, tmp, path)
     except BaseException:
         _remove_quietly(tmp)
@@ -242,11 +268,12 @@ def _rename_into_upper(fs: UnionFS, tmp: str, path: str) -> None:
     os.utime(parent, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
 
 
-async def _link_siblings(fs: UnionFS, layer: int, lower_path: str, st: os.stat_result,
-                         dest: str) -> None:
-    """Links the other visible names of a hard-linked lower file to its upper copy."""
-    for other in fs.hardlink_paths(layer, st):
-        if other == lower_path:
+async def _link_siblings(fs: UnionFS, layer: int, ino: int, dest: str, *,
+                         written: str | None) -> None:
+    """Links the visible names of the hard-linked lower file ``ino`` that still show it
+    (other than ``written``, the one just copied up) to its upper copy ``dest``."""
+    for other in fs.hardlink_paths(layer, ino):
+        if other == written:
             continue
         parent_path, _, name = fs.merged_path_of_lower(other).rpartition("/")
         parent = fs.node_at(parent_path)

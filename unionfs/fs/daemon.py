@@ -20,6 +20,7 @@ import sys
 import pyfuse3
 import trio
 
+from unionfs.fs.copyup import finish_interrupted_copy_ups
 from unionfs.fs.operations import UnionOperations
 from unionfs.fs.options import MountConfig, MountError, validate
 from unionfs.fs.state import UnionFS
@@ -98,7 +99,10 @@ def start(config: MountConfig) -> UnionFS:
         fs = UnionFS(config)
         fs.prepare_workdir()
         os.umask(0)
+        if config.writable:
+            trio.run(finish_interrupted_copy_ups, fs)
         pyfuse3.init(UnionOperations(fs), config.mountpoint, options)
+        fs.kernel_attached = True
         return fs
     except BaseException as e:
         if created_workdir and config.workdir:

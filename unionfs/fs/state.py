@@ -49,9 +49,11 @@ class UnionFS:
         self.cache_listings = PYFUSE3_CACHE_READDIR and config.timeout > 0
         self.cache_symlinks = PYFUSE3_CACHE_SYMLINKS and config.timeout > 0
         self.generation = 0  # bumped by every change to the upper (see readdir snapshots)
+        self.kernel_attached = False  # mounted: invalidations reach the kernel from now on
         self._temp_ids = count()
         self.private_dir = ""
         self.temp_dir = ""
+        self.index_dir = ""  # copies of lower hard links whose names are being linked
         self.format = ondisk.Format("trusted")
         self._hardlinks: dict[int, dict[int, list[str]]] = {}
         self._redirects: dict[str, str] | None = None  # lower dir path -> merged dir path
@@ -69,7 +71,9 @@ class UnionFS:
         assert self.config.workdir
         self.private_dir = os.path.join(self.config.workdir, PRIVATE_DIR)
         self.temp_dir = os.path.join(self.private_dir, "tmp")
+        self.index_dir = os.path.join(self.private_dir, "index")
         os.makedirs(self.private_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.index_dir, mode=0o700, exist_ok=True)
         if os.path.isdir(self.temp_dir):
             shutil.rmtree(self.temp_dir)
         os.mkdir(self.temp_dir, 0o700)
@@ -276,8 +280,9 @@ class UnionFS:
                 self._redirects[lower] = merged
         return self._redirects
 
-    def hardlink_paths(self, layer: int, st: os.stat_result) -> list[str]:
-        """Every path in lower ``layer`` that is a hard link of the file ``st`` (cached walk)."""
+    def hardlink_paths(self, layer: int, ino: int) -> list[str]:
+        """Every path in lower ``layer`` that is a hard link of its file ``ino`` (cached
+        walk)."""
         if layer not in self._hardlinks:
             by_ino: dict[int, list[str]] = {}
             root = self.stack.roots[layer]
@@ -290,12 +295,13 @@ class UnionFS:
                         by_ino.setdefault(fst.st_ino, []).append(
                             name if rel == "." else f"{rel}/{name}")
             self._hardlinks[layer] = by_ino
-        return self._hardlinks[layer].get(st.st_ino, [])
+        return self._hardlinks[layer].get(ino, [])
 
-    @staticmethod
-    def invalidate_attrs(*nodes: Node | None) -> None:
+    def invalidate_attrs(self, *nodes: Node | None) -> None:
         """Tells the kernel to drop cached attributes we changed behind its back (ctime after
         a copy-up, a parent directory's times)."""
+        if not self.kernel_attached:
+            return
         for node in nodes:
             if node is None:
                 continue
@@ -308,7 +314,7 @@ class UnionFS:
         """Tells the kernel to drop its cached listing of ``directory`` (and its attributes),
         which changed without a create, unlink or rename request on it (those the kernel
         handles itself)."""
-        if not self.cache_listings:
+        if not self.cache_listings or not self.kernel_attached:
             return
         try:
             pyfuse3.invalidate_inode(directory.ino)  # not attr_only: the listing is its "data"
