@@ -48,6 +48,9 @@ WORKLOADS = [
     Workload("readsmall", "read", "open/read/close every regular file under 1 MiB"),
     Workload("parallel", "read",
              "2 processes together: each lists every other directory, reads its small files"),
+    Workload("find-ls", "read", "find MNT -ls: every entry's attributes, symlink targets"),
+    Workload("du", "read", "du -s MNT"),
+    Workload("ls-lR", "read", "ls -lR MNT (also asks every entry for its ACL and capability)"),
     Workload("create", "add", "create small files (0-2 KiB) in new directories"),
     Workload("untar-grep", "add", "tar -xf a source tarball into the mount, then grep -r it"),
     Workload("append", "modify", "append 1 byte to the largest lower file (full copy-up)",
@@ -104,6 +107,24 @@ def w_stat(c: Context) -> Result:
 
 def w_readdir(c: Context) -> Result:
     return {"count": walk(str(c.mnt))}
+
+
+def _tool(command: list[str]) -> Result:
+    """A tool users run over the tree; the count is its output's lines."""
+    out = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True)
+    return {"count": out.stdout.count(b"\n")}
+
+
+def w_find_ls(c: Context) -> Result:
+    return _tool(["find", str(c.mnt), "-ls"])
+
+
+def w_du(c: Context) -> Result:
+    return _tool(["du", "-s", str(c.mnt)])
+
+
+def w_ls_lr(c: Context) -> Result:
+    return _tool(["ls", "-lR", str(c.mnt)])
 
 
 def w_seqread(c: Context) -> Result:
@@ -228,6 +249,9 @@ FUNCTIONS: dict[str, Callable[[Context], Result]] = {
     "check": w_check,
     "stat": w_stat,
     "readdir": w_readdir,
+    "find-ls": w_find_ls,
+    "du": w_du,
+    "ls-lR": w_ls_lr,
     "seqread": w_seqread,
     "readsmall": w_readsmall,
     "parallel": w_parallel,
