@@ -349,29 +349,16 @@ def test_simultaneous_copy_up(tmp_path, figures):
 
 # -- stress-ng ------------------------------------------------------------------------------
 
-# Stressors of the filesystem class left out, and why. Everything else runs and must pass.
+# Stressors of the filesystem class left out, and why. Each of the others runs 3 s with one
+# instance per CPU on the mount (--temp-path) and must pass; those that find a feature missing
+# (FIEMAP, fs-verity: ioctls pyfuse3 cannot pass) skip themselves and pass. A probe of every
+# stressor alone on a pyunion mount (2026-12-01) found no other that failed.
 STRESS_NG_EXCLUDED = {
-    # needs ioctls FUSE does not pass (FS_IOC_*, FIEMAP, FIBMAP): pyfuse3 has no ioctl handler
-    "fiemap": "FS_IOC_FIEMAP: no ioctl through pyfuse3",
-    "ioctl": "file ioctls: no ioctl through pyfuse3",
-    # fallocate: the kernel answers EOPNOTSUPP for FUSE without a fallocate handler (README)
-    "fallocate": "fallocate(2): not implemented by pyfuse3 (README Limits)",
-    # block-device and special-file stressors: not about a file system tree
-    "dev": "device files in /dev, not the mount",
-    "dev-shm": "/dev/shm, not the mount",
-    "sysfs": "sysfs, not the mount",
-    "procfs": "procfs, not the mount",
-    "binderfs": "binderfs, not the mount",
-    "efivar": "efivarfs, not the mount",
-    "fanotify": "fanotify needs CAP_SYS_ADMIN marks on the filesystem (FUSE mounts: EINVAL)",
-    "io-uring": "io_uring, not a filesystem feature",
-    "loop": "loop devices, not the mount",
-    "ramfs": "mounts ramfs itself",
-    "verity": "fs-verity ioctls: not on FUSE",
-    "copy-file": "copy_file_range(2): no handler in pyfuse3 (README Limits)",
-    "hdd": "needs O_DIRECT: FUSE without direct_io refuses it",
-    "sync-file": "sync_file_range + fallocate: not on FUSE",
-    "seek": "SEEK_DATA/SEEK_HOLE: not through pyfuse3 (README Limits)",
+    "bind-mount": "stress-ng itself disables it: 'may hang or reboot the machine'",
+    "binderfs": "mounts binderfs of its own; nothing on our mount (absent here: ENODEV)",
+    "procfs": "reads /proc, not our mount",
+    "dup": "dup(2)s /dev/zero descriptors, not our mount",
+    "eventfd": "eventfd(2) only, not our mount",
 }
 
 
@@ -389,7 +376,7 @@ def test_stress_ng_filesystem(tmp_path, figures):
     mnt = fresh_dir(tmp_path, "mnt")
     with daemon_mounted([lower], upper, mnt) as proc:
         result = subprocess.run(
-            ["stress-ng", "--class", "filesystem", "--seq", "0", "--timeout", "4",
+            ["stress-ng", "--class", "filesystem", "--seq", "0", "--timeout", "3",
              "--temp-path", str(mnt), "--exclude", ",".join(sorted(STRESS_NG_EXCLUDED)),
              "--metrics-brief", "--log-file", str(log), "--verify"],
             capture_output=True, text=True, timeout=560)
