@@ -93,6 +93,17 @@ def daemon_usage(pid: int) -> dict[str, int]:
     return {"rss_kib": kib("VmRSS"), "hwm_kib": kib("VmHWM"), "fds": fds}
 
 
+def settled_fds(pid: int, at_most: int, timeout: float = 10.0) -> int:
+    """The daemon's fd count once it is at most ``at_most`` (RELEASE is asynchronous: closed
+    files are let go a moment later), or what it is after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fds = daemon_usage(pid).get("fds", 0)
+        if fds <= at_most or time.monotonic() > deadline:
+            return fds
+        time.sleep(0.05)
+
+
 def _human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

@@ -36,6 +36,7 @@ from tests.stress.conftest import (
     daemon_mounted,
     fresh_dir,
     kernel_overlay,
+    settled_fds,
     size,
 )
 
@@ -214,8 +215,7 @@ def test_many_processes_on_one_tree(tmp_path, figures):
             if (mnt / name).exists():
                 check_payload((mnt / name).read_bytes(), name)
         ours = treesnap.snapshot(mnt)
-        time.sleep(0.2)
-        figures["end_fds"] = figures.daemon(proc.pid)["fds"]
+        figures["end_fds"] = settled_fds(proc.pid, figures["base_fds"] + 2)
     with kernel_overlay([lower], upper, tmp_path) as kmnt:
         treesnap.assert_same_tree(ours, treesnap.snapshot(kmnt),
                                   "pyunion (first) and kernel overlayfs over the upper")

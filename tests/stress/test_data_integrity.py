@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.stress.conftest import LONG, daemon_mounted, drop_caches, fresh_dir, size
+from tests.stress.conftest import (
+    LONG,
+    daemon_mounted,
+    drop_caches,
+    fresh_dir,
+    settled_fds,
+    size,
+)
 
 FILES = size(4, 6)
 MAXLEN = size(1 << 20, 4 << 20)
@@ -238,7 +245,7 @@ def test_fsx_random_io_with_copy_up(tmp_path, figures):
         finally:
             for f in files:
                 f.close()
-        figures["end_fds"] = figures.daemon(proc.pid)["fds"]
+        figures["end_fds"] = settled_fds(proc.pid, figures["base_fds"] + 2)
         models = {f.name: bytes(f.model) for f in files}
 
     for name, data in models.items():

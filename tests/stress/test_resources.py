@@ -15,7 +15,14 @@ import time
 
 import pytest
 
-from tests.stress.conftest import daemon_mounted, daemon_usage, drop_caches, fresh_dir, size
+from tests.stress.conftest import (
+    daemon_mounted,
+    daemon_usage,
+    drop_caches,
+    fresh_dir,
+    settled_fds,
+    size,
+)
 
 FILES = size(20_000, 200_000)
 PER_DIR = 1000
@@ -68,7 +75,7 @@ def test_memory_and_fds_bounded(tmp_path, figures):
         peak_fds = daemon_usage(pid)["fds"]
         for fd in held:
             os.close(fd)
-        time.sleep(0.5)  # RELEASE is asynchronous
+        settled_fds(pid, base["fds"] + 2)  # RELEASE is asynchronous
         end = _settled_usage(pid)
     figures.update(base_fds=base["fds"], peak_fds=peak_fds, end_fds=end["fds"],
                    peak_rss_kib=end["hwm_kib"], ops=FILES, bytes_checked=checked)
