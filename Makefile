@@ -11,9 +11,11 @@ STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -
 # implementations the differential tests and the benchmark compare against.
 BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev
 TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils
+# The stress suite (tests/stress): fio's verify workloads (short and long), stress-ng (long).
+STRESS_PACKAGES := fio stress-ng
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static
 
-.PHONY: setup test demo bench bench-quick install lint clean
+.PHONY: setup test stress demo bench bench-quick install lint clean
 
 setup: $(STAMP)
 
@@ -37,7 +39,14 @@ system-packages:
 	fi
 
 test: setup
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(STRESS_PACKAGES)"
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The stress suite at length (under 15 minutes on 2 CPUs); `make test` runs its short version.
+# Ends with a table of what each test ran and found (pytest's terminal summary).
+stress: setup
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(STRESS_PACKAGES)"
+	PYUNION_STRESS=long $(VENV)/bin/pytest tests/stress -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check unionfs mount_helper tests bench

@@ -43,7 +43,7 @@ from tests.stress.conftest import (
 CTX = multiprocessing.get_context("fork")
 WRITERS = size(3, 4)
 WALKERS = 2
-SECONDS = size(6, 60)
+SECONDS = size(6, 45)
 JOIN_SLACK = 60.0
 DIRS = ("a", "a/x", "b", "c")
 SHARED = [f"{d}/shared{i}" for d in DIRS for i in range(3)]
@@ -283,7 +283,7 @@ def test_open_racing_rename_over(tmp_path, figures):
 
 
 BIG = size(32 << 20, 64 << 20)
-ROUNDS = size(2, 12)
+ROUNDS = size(2, 8)
 
 
 def region_writer(path: str, off: int, data: bytes, barrier, results) -> None:

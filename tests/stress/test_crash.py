@@ -33,12 +33,12 @@ import pytest
 from tests import treesnap
 from tests.stress.conftest import daemon_mounted, fresh_dir, kernel_overlay, size
 
-UPPERS = size(1, 20)
+UPPERS = size(1, 16)
 KILLS_PER_UPPER = size(6, 10)
 BIG_FILES = size(4, 6)
 BIG_SIZE = size(4 << 20, 8 << 20)
-KERNEL_EVERY = size(1, 2)  # compare with kernel overlayfs after every n-th kill
-DELAY = (0.05, 0.8)  # seconds of workload before the kill
+KERNEL_EVERY = size(1, 3)  # compare with kernel overlayfs after every n-th kill
+DELAY = (0.05, 0.6)  # seconds of workload before the kill
 
 
 # -- model ------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from tests.stress.conftest import (
 
 FILES = size(4, 6)
 MAXLEN = size(1 << 20, 4 << 20)
-OPS = size(6_000, 120_000)
+OPS = size(6_000, 100_000)
 MIN_BYTES_CHECKED = size(64 << 20, 1 << 30)
 FULL_CHECK_EVERY = size(300, 600)  # ops between full-file comparisons of every file
 MAX_IO = 64 << 10
