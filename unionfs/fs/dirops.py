@@ -222,6 +222,10 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
     dst_st = lstat_or_none(dst_path)
     if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
         _empty_whiteouts(dst_path)
+    if src.is_dir and src.lowers and src.lowers[0][1] != join(fs.path(new_parent), new_name):
+        # The redirect before the move, as the kernel does: a crash between the two steps
+        # leaves the directory with its lower content at one of its names.
+        fs.format.set_redirect(src_path, src.lowers[0][1])
     if src.is_dir and dst_st is not None and ondisk.is_whiteout(dst_st):
         # A directory cannot be renamed over the whiteout (a non-directory): swap them; the
         # whiteout is then at the old name, where it is kept if a lower has that name.
