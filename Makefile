@@ -11,8 +11,9 @@ STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -
 # implementations the differential tests and the benchmark compare against.
 BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev
 TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils
-# The stress suite (tests/stress): fio's verify workloads (short and long), stress-ng (long).
-STRESS_PACKAGES := fio stress-ng
+# The stress suite (tests/stress): fio's verify workloads, strace (kills at chosen syscalls),
+# stress-ng (long mode only).
+STRESS_PACKAGES := fio strace stress-ng
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static
 
 .PHONY: setup test stress demo bench bench-quick install lint clean
