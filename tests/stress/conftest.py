@@ -162,15 +162,26 @@ def fresh_dir(parent: Path, stem: str) -> Path:
 
 @contextlib.contextmanager
 def daemon_mounted(lowers: Sequence[os.PathLike | str], upper: os.PathLike | str,
-                   mnt: os.PathLike | str,
-                   options: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
+                   mnt: os.PathLike | str, options: Sequence[str] = (),
+                   exit_timeout: float | None = None) -> Iterator[subprocess.Popen]:
     """A foreground pyunion daemon (its Popen) for the block; always unmounted afterwards,
-    also when the test killed the daemon (a dead FUSE mount unmounts fine)."""
+    also when the test killed the daemon (a dead FUSE mount unmounts fine).
+
+    ``exit_timeout``: how long the daemon may take to exit after the unmount, if longer than
+    tests/mounts.py allows; ``proc.exit_seconds`` then says how long it took.
+    """
     proc = mounts.start_pyunion(mounts.pyunion_command(lowers, upper, mnt, options), mnt)
     try:
         yield proc
     finally:
         try:
+            if exit_timeout is not None:
+                mounts.unmount(mnt)
+                start = time.monotonic()
+                try:
+                    proc.wait(timeout=exit_timeout)
+                finally:
+                    proc.exit_seconds = time.monotonic() - start
             mounts.unmount(mnt, proc)
         finally:
             if proc.stderr:

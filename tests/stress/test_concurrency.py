@@ -359,6 +359,10 @@ STRESS_NG_EXCLUDED = {
     "procfs": "reads /proc, not our mount",
     "dup": "dup(2)s /dev/zero descriptors, not our mount",
     "eventfd": "eventfd(2) only, not our mount",
+    "fsize": "checks RLIMIT_FSIZE through fallocate(2), which pyunion lacks (README Limits: "
+             "EOPNOTSUPP); stress-ng's write-based stand-in for it then misreports now and then "
+             "(passed alone 3 times; once in a full run: 'fallocate unexpectedly succeeded "
+             "at offset 262144'; the traced writes there did get EFBIG and SIGXFSZ)",
 }
 
 
@@ -374,7 +378,9 @@ def test_stress_ng_filesystem(tmp_path, figures):
     lower, upper = fresh_dir(tmp_path, "lower"), fresh_dir(tmp_path, "upper")
     log = tmp_path / "stress-ng.log"
     mnt = fresh_dir(tmp_path, "mnt")
-    with daemon_mounted([lower], upper, mnt) as proc:
+    # After stress-ng the daemon has been seen to take 7 s (idle machine) to over 20 s (busy)
+    # to exit once unmounted: allowed here, and reported.
+    with daemon_mounted([lower], upper, mnt, exit_timeout=120) as proc:
         result = subprocess.run(
             ["stress-ng", "--class", "filesystem", "--seq", "0", "--timeout", "3",
              "--temp-path", str(mnt), "--exclude", ",".join(sorted(STRESS_NG_EXCLUDED)),
@@ -386,7 +392,8 @@ def test_stress_ng_filesystem(tmp_path, figures):
     failed = re.search(r"failed: (\d+)", text)
     figures["ops"] = int(passed.group(1)) if passed else 0
     figures.note(f"stress-ng stressors: {', '.join(run)}; excluded: "
-                 f"{', '.join(sorted(STRESS_NG_EXCLUDED))}")
+                 f"{', '.join(sorted(STRESS_NG_EXCLUDED))}; the daemon exited "
+                 f"{proc.exit_seconds:.1f} s after the unmount")
     assert failed is not None, f"stress-ng reported nothing: {text[-3000:]}"
     assert int(failed.group(1)) == 0, f"stress-ng failures:\n{text[-5000:]}"
     assert result.returncode == 0, f"stress-ng exit {result.returncode}:\n{text[-5000:]}"

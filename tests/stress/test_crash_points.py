@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,9 +108,7 @@ def _run_traced(lower: Path, upper: Path, mnt: Path, log: Path, op,
         after = _calls(log)
         died = proc.poll() is not None
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # strace passes it on: a clean unmount
-        mounts.unmount(mnt, proc)
+        mounts.unmount(mnt, proc)  # the daemon exits on the unmount, then strace
         if proc.stderr:
             proc.stderr.close()
     return before, after, died
