@@ -288,6 +288,26 @@ def _prefix_variant(old: bytes, got: bytes, off: int, data: bytes) -> bool:
     return False
 
 
+def _split_link(model: Model, after: Model, op: Op, seen: Seen) -> Model | None:
+    """The known bug (test_crash_points.py, HARDLINK_BUG): killed while copying up a lower hard
+    link, between the copy of the name written and the linking of its other names, the names
+    stay separate files: the one written has the content before or after the operation, the
+    others the content before. That model, with the names no longer linked, if it matches."""
+    if op.kind not in ("write", "append", "truncate"):
+        return None
+    group = next((g for g in model.link_groups() if op.path in g), None)
+    if group is None:
+        return None
+    for target in (model, after):
+        split = model.copy()
+        for path in group:
+            split.files[path] = bytearray(model.files[path])
+        split.files[op.path] = bytearray(target.files[op.path])
+        if not mismatch(split, seen):
+            return split
+    return None
+
+
 def settle(model: Model, op: Op | None, mnt: Path, seen: Seen) -> tuple[Model, str]:
     """The model the merged view matches, given the operation in flight; AssertionError if
     none. Returns it and how the in-flight operation ended."""
@@ -312,6 +332,9 @@ def settle(model: Model, op: Op | None, mnt: Path, seen: Seen) -> tuple[Model, s
                 partial.files[op.path][:] = got
                 if not mismatch(partial, seen):
                     return partial, f"partly done ({len(got) - len(old)} bytes)"
+    split = _split_link(model, after, op, seen)
+    if split is not None:
+        return split, "hard link split (known bug)"
     problems = mismatch(model, seen)
     raise AssertionError(f"after the kill with {op} in flight, the merged view is neither "
                          "before nor after it:\n  vs before: " + "\n  ".join(problems)
@@ -409,4 +432,6 @@ def test_sigkill_during_writes(tmp_path, figures):
     figures["bytes_checked"] = checked
     figures.note(f"{kernel_checks} kernel overlayfs comparisons; in flight at the kill: "
                  + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    # A split hard link (the known bug) is reported in the figures, not failed here:
+    # test_crash_points.py holds its deterministic reproduction (an expected failure).
     assert kills == UPPERS * KILLS_PER_UPPER
