@@ -17,9 +17,12 @@ PLAIN_VENV := .venv-plain
 # implementations the differential tests and the benchmark compare against.
 BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev patch gcc
 TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap
+# The stress suite (tests/stress): fio's verify workloads, strace (kills at chosen syscalls),
+# stress-ng (long mode only).
+STRESS_PACKAGES := fio strace stress-ng
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap
 
-.PHONY: setup pyfuse3-extended system-packages test test-plain-pyfuse3 demo bench bench-quick install lint clean
+.PHONY: setup pyfuse3-extended system-packages test test-plain-pyfuse3 stress demo bench bench-quick install lint clean
 
 setup: $(STAMP)
 
@@ -60,6 +63,7 @@ system-packages:
 	fi
 
 test: setup
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(STRESS_PACKAGES)"
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The differential tests on the plain pyfuse3 from PyPI (no readdir or symlink caching): what
@@ -70,6 +74,12 @@ test-plain-pyfuse3: setup
 	$(PLAIN_VENV)/bin/python -m pip install --quiet 'pyfuse3==$(PYFUSE3_VERSION)' -e '.[test]'
 	$(PLAIN_VENV)/bin/python -c 'import pyfuse3, sys; sys.exit(hasattr(pyfuse3.FileInfo(), "cache_readdir"))'
 	$(PLAIN_VENV)/bin/pytest tests/test_read_differential.py tests/test_write_differential.py $(PYTEST_ARGS)
+
+# The stress suite at length (under 15 minutes on 2 CPUs); `make test` runs its short version.
+# Ends with a table of what each test ran and found (pytest's terminal summary).
+stress: setup
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(STRESS_PACKAGES)"
+	PYUNION_STRESS=long $(VENV)/bin/pytest tests/stress -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check unionfs mount_helper tests bench

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
@@ -200,18 +200,44 @@ def copy_file(src: str, dst: str, size: int, fsync: bool) -> None:
 
 
 def _copy_range(src_fd: int, dst_fd: int, size: int) -> None:
-    copied = 0
+    """Copies the data extents of the first ``size`` bytes; holes stay holes (as the kernel's
+    copy-up, which skips them with SEEK_DATA), the size is set last."""
+    for start, end in _data_extents(src_fd, size):
+        _copy_extent(src_fd, dst_fd, start, end)
+    os.ftruncate(dst_fd, size)
+
+
+def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole is left
+                return
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            start, end = pos, size  # no SEEK_DATA on this filesystem: all of it is data
+        if start >= size:
+            return
+        pos = min(end, size)
+        yield start, pos
+
+
+def _copy_extent(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+    copied = start
     try:
-        while copied < size:
-            n = os.copy_file_range(src_fd, dst_fd, min(CHUNK, size - copied))
+        while copied < end:
+            n = os.copy_file_range(src_fd, dst_fd, min(CHUNK, end - copied), copied, copied)
             if n == 0:
                 break
             copied += n
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
-    while copied < size:
-        chunk = os.pread(src_fd, min(1 << 20, size - copied), copied)
+    while copied < end:
+        chunk = os.pread(src_fd, min(1 << 20, end - copied), copied)
         if not chunk:
             break
         view = memoryview(chunk)
@@ -219,8 +245,8 @@ def _copy_range(src_fd: int, dst_fd: int, size: int) -> None:
             written = os.pwrite(dst_fd, view, copied)
             copied += written
             view = view[written:]
-    if copied != size:
-        raise OSError(errno.EIO, f"copy-up read {copied} of {size} bytes")
+    if copied != end:
+        raise OSError(errno.EIO, f"copy-up read {copied} of {end} bytes")
 
 
 def copy_xattrs(src: str, dst: str) -> None:
