@@ -32,7 +32,7 @@ def pyunion(mount_stack, tmp_path):
         options: Sequence[str] = (),
     ) -> Path:
         if mnt is None:
-            mnt = _fresh_dir(tmp_path, "pyunion-mnt")
+            mnt = fresh_dir(tmp_path, "pyunion-mnt")
         return mount_stack.enter_context(mounts.pyunion_mounted(lowers, upper, mnt, options))
 
     return mount
@@ -48,7 +48,7 @@ def pyunion_daemon(mount_stack, tmp_path):
 
     def mount(lowers, upper, mnt=None, options=()):
         if mnt is None:
-            mnt = _fresh_dir(tmp_path, "pyunion-mnt")
+            mnt = fresh_dir(tmp_path, "pyunion-mnt")
         proc = mounts.start_pyunion(mounts.pyunion_command(lowers, upper, mnt, options), mnt)
         mount_stack.callback(mounts.unmount, mnt, proc)
         return Path(mnt), proc
@@ -62,7 +62,7 @@ def overlay(mount_stack, tmp_path):
 
     def mount(lowers, upper, workdir, mnt=None, options=("redirect_dir=on", "index=on")) -> Path:
         if mnt is None:
-            mnt = _fresh_dir(tmp_path, "overlay-mnt")
+            mnt = fresh_dir(tmp_path, "overlay-mnt")
         return mount_stack.enter_context(
             mounts.overlay_mounted(lowers, upper, workdir, mnt, options)
         )
@@ -76,7 +76,7 @@ def fuse_overlayfs(mount_stack, tmp_path):
 
     def mount(lowers, upper, workdir, mnt=None) -> Path:
         if mnt is None:
-            mnt = _fresh_dir(tmp_path, "fuse-overlayfs-mnt")
+            mnt = fresh_dir(tmp_path, "fuse-overlayfs-mnt")
         return mount_stack.enter_context(
             mounts.fuse_overlayfs_mounted(lowers, upper, workdir, mnt)
         )
@@ -97,8 +97,9 @@ def upper_and_work(tmp_path):
     return make
 
 
-def _fresh_dir(parent: Path, stem: str) -> Path:
-    for i in range(1000):
+def fresh_dir(parent: Path, stem: str) -> Path:
+    """A new directory ``<stem>-<n>`` in ``parent``."""
+    for i in range(100000):
         path = parent / f"{stem}-{i}"
         if not path.exists():
             path.mkdir()

@@ -43,6 +43,18 @@ WITH_SUBORDINATE_IDS = [
     *AS_NOBODY,
 ]
 
+def run_session(pub: Path, harness: list[str], session: str) -> str:
+    """Runs a shell session of pyunion commands as the user, its store and home in ``pub``;
+    returns its output (it must succeed)."""
+    env = {**os.environ, "HOME": str(pub), "XDG_DATA_HOME": str(pub / "data"),
+           "XDG_RUNTIME_DIR": str(pub), "PYTHONPATH": os.getcwd()}
+    env.pop("PYUNION_ROOT", None)
+    result = subprocess.run([*harness, "sh", "-c", session.format(p=PYUNION)], cwd=pub, env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 SESSION = """
 set -e
 {p} import -q rootfs base:1
@@ -77,13 +89,7 @@ def test_ordinary_user_loads_mounts_runs_and_commits() -> None:
         for dirpath, dirnames, filenames in os.walk(pub):
             for name in [*dirnames, *filenames, "."]:
                 os.chown(os.path.join(dirpath, name), NOBODY, NOBODY, follow_symlinks=False)
-        env = {**os.environ, "HOME": str(pub), "XDG_DATA_HOME": str(pub / "data"),
-               "XDG_RUNTIME_DIR": str(pub), "PYTHONPATH": os.getcwd()}
-        env.pop("PYUNION_ROOT", None)
-        result = subprocess.run([*WITH_USER_DEVICES, "sh", "-c", SESSION.format(p=PYUNION)],
-                                cwd=pub, env=env, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stdout + result.stderr
-        out = result.stdout
+        out = run_session(pub, WITH_USER_DEVICES, SESSION)
         assert "base         1" in out
         assert "busybox" in out and "sh" in out
         assert f"{NOBODY} mnt/etc/passwd" in out  # one mapped id: files are the user's
@@ -169,14 +175,7 @@ def test_owners_modes_and_devices_are_kept_for_an_ordinary_user() -> None:
         (pub / "mnt").mkdir()
         for path in (pub, pub / "rootfs.tar", pub / "mnt"):
             os.chown(path, NOBODY, NOBODY)
-        env = {**os.environ, "HOME": str(pub), "XDG_DATA_HOME": str(pub / "data"),
-               "XDG_RUNTIME_DIR": str(pub), "PYTHONPATH": os.getcwd()}
-        env.pop("PYUNION_ROOT", None)
-        result = subprocess.run([*WITH_USER_DEVICES, "sh", "-c",
-                                 OWNERS_SESSION.format(p=PYUNION)],
-                                cwd=pub, env=env, capture_output=True, text=True, timeout=180)
-        assert result.returncode == 0, result.stdout + result.stderr
-        lines = result.stdout.splitlines()
+        lines = run_session(pub, WITH_USER_DEVICES, OWNERS_SESSION).splitlines()
         # Mounted for the user: what the tarball says (the layer's real files are the user's).
         assert "outside mnt/etc/shadow 0 42 640 regular file 0,0" in lines
         assert "outside mnt/dev/null 0 0 666 character special file 1,3" in lines
@@ -219,14 +218,7 @@ def test_subordinate_ids_map_every_owner_into_the_container() -> None:
         owners_tarball(pub / "rootfs.tar")
         for path in (pub, pub / "rootfs.tar"):
             os.chown(path, NOBODY, NOBODY)
-        env = {**os.environ, "HOME": str(pub), "XDG_DATA_HOME": str(pub / "data"),
-               "XDG_RUNTIME_DIR": str(pub), "PYTHONPATH": os.getcwd()}
-        env.pop("PYUNION_ROOT", None)
-        result = subprocess.run([*WITH_SUBORDINATE_IDS, "sh", "-c",
-                                 SUBORDINATE_SESSION.format(p=PYUNION)],
-                                cwd=pub, env=env, capture_output=True, text=True, timeout=180)
-        assert result.returncode == 0, result.stdout + result.stderr
-        out = result.stdout
+        out = run_session(pub, WITH_SUBORDINATE_IDS, SUBORDINATE_SESSION)
         lines = [" ".join(line.split()) for line in out.splitlines()]
         assert "ids 0-65535 mapped" in out
         assert f"0 {NOBODY} 1" in lines and "1 200000 65535" in lines  # the uid_map

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests import mounts
+from tests.conftest import fresh_dir
 
 MODE = "long" if os.environ.get("PYUNION_STRESS", "").strip().lower() == "long" else "short"
 LONG = MODE == "long"
@@ -151,13 +152,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 # -- mounts -----------------------------------------------------------------------------------
 
 
-def fresh_dir(parent: Path, stem: str) -> Path:
-    for i in range(100000):
-        path = parent / f"{stem}-{i}"
-        if not path.exists():
-            path.mkdir()
-            return path
-    raise RuntimeError(f"no free directory name for {stem} in {parent}")
 
 
 @contextlib.contextmanager
