@@ -94,7 +94,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import images
+from bench import images, standalone
 from bench.images import _error, _rmtree, _run, pyunion_cmd, pyunion_missing, timed
 from bench.implementations import REPO, cleanup_cell, fuse_abort, mounts_below
 from bench.report import _fmt, _table
@@ -1253,37 +1253,18 @@ def render(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.containers", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 repetition")
-    ap.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
-    ap.add_argument("--workloads", default=",".join(NAMES), help=",".join(NAMES))
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per command")
-    ap.add_argument("--cache-dir", type=Path, default=Path("/var/tmp/pyunion-bench"))
-    ap.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    args = ap.parse_args(argv)
-    if args.reps is None:
-        args.reps = 1 if args.quick else 3
-    names = [n for n in NAMES if n in args.workloads.split(",")]
-    if os.geteuid() != 0:
-        raise SystemExit("run it as root (containers, mounts, drop_caches)")
+    args = standalone.parse_args("containers", __doc__, NAMES, argv, quick_help="1 repetition",
+                                 reps_help="repetitions (default 3; --quick: 1)",
+                                 root_because="containers, mounts, drop_caches")
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
-    started = time.strftime("%Y%m%d-%H%M%S")
     run_dir = args.cache_dir / f"run-{os.getpid()}"
     run_dir.mkdir(parents=True)
     try:
-        res = run(args, names, run_dir, lambda m: print(m, flush=True))
+        res = run(args, args.names, run_dir, lambda m: print(m, flush=True))
     finally:
         unmount_below(run_dir)
         cleanup_cell(run_dir)
-    print(f"\npyunion container benchmark {started}: {os.cpu_count()} CPUs")
-    print("\n".join(render(res)[1:]))
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started}-containers.json"
-    path.write_text(json.dumps(res, indent=1))
-    print(f"wrote {path}")
-    return 0
-
+    return standalone.report(args, "container benchmark", "containers", res, render)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -57,6 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import standalone
 from bench.dataset import _assert_nothing_mounted_below
 from bench.implementations import REPO, cleanup_cell, mounts_below
 from bench.report import _fmt, _table
@@ -743,35 +744,17 @@ def render(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.images", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 repetition of the load rows")
-    ap.add_argument("--reps", type=int, help="load repetitions (default 3; --quick: 1)")
-    ap.add_argument("--workloads", default=",".join(NAMES), help=",".join(NAMES))
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per command")
-    ap.add_argument("--cache-dir", type=Path, default=Path("/var/tmp/pyunion-bench"))
-    ap.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    args = ap.parse_args(argv)
-    if args.reps is None:
-        args.reps = 1 if args.quick else 3
-    names = [n for n in NAMES if n in args.workloads.split(",")]
-    if os.geteuid() != 0:
-        raise SystemExit("run it as root (debootstrap, umoci unpack and the store need it)")
-    started = time.strftime("%Y%m%d-%H%M%S")
+    args = standalone.parse_args(
+        "images", __doc__, NAMES, argv, quick_help="1 repetition of the load rows",
+        reps_help="load repetitions (default 3; --quick: 1)",
+        root_because="debootstrap, umoci unpack and the store need it")
     run_dir = args.cache_dir / f"run-{os.getpid()}"
     run_dir.mkdir(parents=True)
     try:
-        res = run(args, names, run_dir, lambda m: print(m, flush=True))
+        res = run(args, args.names, run_dir, lambda m: print(m, flush=True))
     finally:
         cleanup_cell(run_dir)
-    print(f"\npyunion image benchmark {started}: {os.cpu_count()} CPUs")
-    print("\n".join(render(res)[1:]))
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started}-images.json"
-    path.write_text(json.dumps(res, indent=1))
-    print(f"wrote {path}")
-    return 0
-
+    return standalone.report(args, "image benchmark", "images", res, render)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -80,10 +80,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import images
+from bench import images, standalone
 from bench.containers import _per_rep, _ratio, _row, _summary, drop_caches
 from bench.images import _error, _rmtree, pyunion_cmd
-from bench.implementations import REPO, mounts_below
+from bench.implementations import mounts_below
 from bench.report import _table
 
 VERSION = 1
@@ -759,32 +759,14 @@ def render(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.rootless", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 repetition, 3 run rounds")
-    ap.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
-    ap.add_argument("--workloads", default=",".join(NAMES), help=",".join(NAMES))
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per command")
-    ap.add_argument("--cache-dir", type=Path, default=Path("/var/tmp/pyunion-bench"))
-    ap.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    args = ap.parse_args(argv)
-    if args.reps is None:
-        args.reps = 1 if args.quick else 3
-    names = [n for n in NAMES if n in args.workloads.split(",")]
-    if os.geteuid() != 0:
-        raise SystemExit("run it as root (it creates the user, namespaces, drops caches)")
+    args = standalone.parse_args(
+        "rootless", __doc__, NAMES, argv, quick_help="1 repetition, 3 run rounds",
+        reps_help="repetitions (default 3; --quick: 1)",
+        root_because="it creates the user, namespaces, drops caches")
     signal.signal(signal.SIGTERM, lambda sig, f: sys.exit(128 + sig))
-    started = time.strftime("%Y%m%d-%H%M%S")
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    res = run(args, names, args.cache_dir, lambda m: print(m, flush=True))
-    print(f"\npyunion rootless benchmark {started}: {os.cpu_count()} CPUs")
-    print("\n".join(render(res)[1:]))
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path = args.results_dir / f"{started}-rootless.json"
-    path.write_text(json.dumps(res, indent=1))
-    print(f"wrote {path}")
-    return 0
-
+    res = run(args, args.names, args.cache_dir, lambda m: print(m, flush=True))
+    return standalone.report(args, "rootless benchmark", "rootless", res, render)
 
 if __name__ == "__main__":
     sys.exit(main())
