@@ -245,7 +245,8 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
             return
         _check_replace(fs, src, dst)
         await _before_dropping_a_link(fs, dst)
-    await _prepare_move(fs, src, same_dir=old_parent is new_parent)
+    same_dir = old_parent is new_parent
+    await _prepare_move(fs, src, same_dir=same_dir)
     if dst is not None and dst.is_dir and not dst.lowers and merged_names(fs, dst):
         raise _error(errno.ENOTEMPTY)  # (what the upper's own rename would answer)
     await copy_up(fs, old_parent)
@@ -256,7 +257,6 @@ async def rename(fs: UnionFS, old_parent: Node, old_name: str, new_parent: Node,
     dst_st = lstat_or_none(dst_path)
     if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
         _empty_whiteouts(dst_path)
-    same_dir = old_parent is new_parent
     if src.is_dir:
         _redirect_before_move(fs, src, src_path, old_name, same_dir=same_dir)
     kept = fs.keep_while_known(dst, dst_path) if dst is not None else -1

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from unionfs.fs import attrs, dirops, longpaths, ondisk
+from unionfs.fs import attrs, dirops, longpaths, ondisk, override
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
 from unionfs.fs.layers import open_lower
@@ -68,12 +68,6 @@ def _handler(fn: Callable) -> Callable:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
-
-
-def make_device_stand_in(path: str) -> None:
-    """With ``override_stat``, a device node is an empty file whose xattr says what it is
-    (an ordinary user may not make device nodes)."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
 def backing_flags(flags: int) -> int:
@@ -164,7 +158,7 @@ class UnionOperations(pyfuse3.Operations):
 
         stand_in = self.fs.config.override_stat and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode))
         return await self._create(parent_inode, name, ctx, mode,
-                                  make_device_stand_in if stand_in else make, rdev)
+                                  override.make_device_stand_in if stand_in else make, rdev)
 
     @_handler
     async def mkdir(self, parent_inode, name, mode, ctx):

@@ -108,6 +108,12 @@ def write(target: str | int, uid: int, gid: int, mode: int, rdev: int = 0) -> No
         os.setxattr(target, XATTR, value, follow_symlinks=False)
 
 
+def make_device_stand_in(path: str, dir_fd: int | None = None) -> None:
+    """The empty regular file that stands for a device node (its xattr says which)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(path, flags, 0o600, dir_fd=dir_fd))
+
+
 def stored_mode(mode: int) -> int:
     """The real permission bits of an object whose true ones are recorded: its owner may
     always read and write it (and search a directory), nothing is set-id."""

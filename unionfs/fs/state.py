@@ -198,9 +198,8 @@ class UnionFS:
         """The override xattr of the top-most object of ``node`` (None for a symlink)."""
         if node.kind == stat.S_IFLNK:
             return None
-        if self.table.path_of(node) is None:
-            fd = self.handles.any_fd(node)
-            return override.read(fd) if fd is not None else None
+        if node.upper and self.table.path_of(node) is None:
+            return override.read(self.unnamed_fd(node))
         return override.read(self.real_path(node))
 
     def resolve(self, parent: Node, name: str) -> Found | None:

@@ -30,17 +30,23 @@ def mounted_points() -> set[str]:
         return {line.split()[4].replace("\\040", " ") for line in f}
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def process_alive(pid: int | None, *markers: bytes) -> bool:
     """Whether ``pid`` runs (not a zombie) a command line holding one of ``markers``: a pid
     recorded earlier may since belong to another program."""
-    if not pid:
+    if not pid or not _running(pid):
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return False
     except OSError:
         return False
     return any(marker in cmdline for marker in markers)
@@ -49,13 +55,7 @@ def process_alive(pid: int | None, *markers: bytes) -> bool:
 def wait_exit(pid: int | None, timeout: float = 10.0) -> None:
     """Waits (bounded) until ``pid`` has exited or is a zombie."""
     deadline = time.monotonic() + timeout
-    while pid and time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    return
-        except OSError:
-            return
+    while pid and _running(pid) and time.monotonic() < deadline:
         time.sleep(0.025)
 
 

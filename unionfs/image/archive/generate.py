@@ -13,22 +13,12 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from tarfile import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE
 
 from unionfs.fs import override
 from unionfs.fs.ondisk import OCI_OPAQUE_MARKER as OPAQUE_MARKER
 from unionfs.fs.ondisk import WHITEOUT_PREFIX, is_private_xattr, is_whiteout, read_dir_markers
-from unionfs.image.archive.tarwriter import (
-    BLKTYPE,
-    CHRTYPE,
-    DIRTYPE,
-    FIFOTYPE,
-    LNKTYPE,
-    REGTYPE,
-    SYMTYPE,
-    Entry,
-    Sink,
-    TarWriter,
-)
+from unionfs.image.archive.tarwriter import Entry, Sink, TarWriter
 
 
 def _xattr_names(path: str) -> list[str]:

@@ -12,14 +12,12 @@ import functools
 import queue
 import threading
 from dataclasses import dataclass, field
+from tarfile import REGTYPE, XHDTYPE
 from typing import BinaryIO, Protocol
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # archives end on a multiple of this, as tar(1) and tarfile write them
 CHUNK = 1 << 20
-REGTYPE, LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE = (
-    b"0", b"1", b"2", b"3", b"4", b"5", b"6")
-_PAX_TYPE = b"x"
 _MAGIC = b"ustar\x0000"
 
 
@@ -131,7 +129,7 @@ class TarWriter:
 @functools.lru_cache(maxsize=256)
 def _pax_header(size: int) -> bytes:
     """The ustar header of a pax record block of ``size`` bytes (the same for every entry)."""
-    return _ustar_header(Entry(b"././@PaxHeader", _PAX_TYPE, size=size))
+    return _ustar_header(Entry(b"././@PaxHeader", XHDTYPE, size=size))
 
 
 def _padded(data: bytes) -> bytes:

@@ -330,8 +330,7 @@ class LayerWriter:
                 os.mknod(name, kind | 0o600, os.makedev(member.devmajor, member.devminor),
                          dir_fd=parent_fd)
             else:  # an empty file, its xattr says what it is (see unionfs/fs/override.py)
-                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                                 | os.O_CLOEXEC, 0o600, dir_fd=parent_fd))
+                override.make_device_stand_in(name, dir_fd=parent_fd)
             self._set_attrs(member, parent_fd, name)
             self._files.add(path)
         elif member.isfifo():
