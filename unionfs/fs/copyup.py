@@ -85,8 +85,6 @@ async def finish_interrupted_copy_ups(fs: UnionFS) -> None:
     index (see ``_install``); every visible name of it that is still the lower file's is
     linked to that copy now, so the names stay one file (kernel overlayfs keeps them one
     through its index in the same way)."""
-    if not fs.index_dir:
-        return
     for entry in sorted(os.listdir(fs.index_dir)):
         copy = os.path.join(fs.index_dir, entry)
         layer, _, ino = entry.partition("-")

@@ -99,7 +99,7 @@ def start(config: MountConfig) -> UnionFS:
         fs = UnionFS(config)
         fs.prepare_workdir()
         os.umask(0)
-        if config.writable:
+        if fs.index_dir and os.listdir(fs.index_dir):  # (a crash left copy-ups to finish)
             trio.run(finish_interrupted_copy_ups, fs)
         pyfuse3.init(UnionOperations(fs), config.mountpoint, options)
         fs.kernel_attached = True
