@@ -137,10 +137,13 @@ def test_rmi_racing_a_load_of_an_image_sharing_the_base(images, tmp_path, mnt):
 def test_load_killed_at_random_moments(images, store, tmp_path, mnt):
     app = images.facts("app")
     source = images.package("app", "docker-archive")
-    start = time.monotonic()
-    load(store, source)
-    duration = time.monotonic() - start
-    run_pyunion(store, "rmi", "app:2.0")
+    durations = []  # the shorter of two loads: one slowed by a busy moment kills too late
+    for _ in range(2):
+        start = time.monotonic()
+        load(store, source)
+        durations.append(time.monotonic() - start)
+        run_pyunion(store, "rmi", "app:2.0")
+    duration = min(durations)
     seed = int(os.environ.get("PYUNION_TEST_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     killed = 0
