@@ -7,8 +7,10 @@ Handlers decode names, take the namespace lock for changes, count kernel lookups
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
+import hashlib
 import logging
 import os
 import stat
@@ -68,6 +70,13 @@ def _handler(fn: Callable) -> Callable:
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def readdir_cookie(name: str) -> int:
+    """A directory offset that names a place in any listing of the directory: a hash of the
+    name (above 2, the offsets of "." and ".."), listings being in hash order, as ext4's."""
+    digest = hashlib.blake2b(os.fsencode(name), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 2) + 3
 
 
 def backing_flags(flags: int) -> int:
@@ -299,17 +308,20 @@ class UnionOperations(pyfuse3.Operations):
         directory = handle.node
         if start_id == 0 or handle.names is None:
             names, handle.in_upper = merged_listing(fs, directory)
-            handle.names = [".", "..", *names]
+            handle.names = [".", "..", *sorted(names, key=readdir_cookie)]
+            handle.cookies = [1, 2, *map(readdir_cookie, handle.names[2:])]
             handle.generation = fs.generation
-        names = handle.names
+        names, cookies = handle.names, handle.cookies
         path = fs.path(directory)
         upper_known = handle.generation == fs.generation
-        for index in range(start_id, len(names)):
+        # The offset is the last cookie the kernel got, perhaps from a listing of another
+        # handle (a cached listing it dropped part way): go on after it in name-hash order.
+        for index in range(bisect.bisect_right(cookies, start_id), len(names)):
             name = names[index]
             if index < 2:  # "." and "..": the kernel takes no reference for these
                 node = directory if index == 0 else (directory.parent or directory)
                 attr = attrs.getattr_(fs, node)
-                if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, cookies[index]):
                     break
                 continue
             look_in_upper = directory.upper and (not upper_known or name in handle.in_upper)
@@ -318,7 +330,7 @@ class UnionOperations(pyfuse3.Operations):
                 continue
             node = fs.table.node_for(found, directory, name)
             attr = attrs.entry_attributes(fs, node, found.st)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, index + 1):
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, cookies[index]):
                 break
             node.lookups += 1
 
