@@ -92,15 +92,24 @@ class UnionFS:
         listings of them only when the request succeeds; one that fails may have changed them
         part way (a rename whose whiteout could not be made), so they are dropped here then.
         """
-        async with self.ns_lock:
-            try:
-                yield
-            except BaseException:
-                for directory in directories:
-                    self.invalidate_listing(directory)
-                raise
-            finally:
-                self.generation += 1
+        await self._lock_namespace()
+        try:
+            yield
+        except BaseException:
+            for directory in directories:
+                self.invalidate_listing(directory)
+            raise
+        finally:
+            self.generation += 1
+            self.ns_lock.release()
+
+    async def _lock_namespace(self) -> None:
+        """Takes ``ns_lock``; without a trip through trio's scheduler when it is free (a
+        checkpoint costs more than most changes, and handlers are never cancelled)."""
+        try:
+            self.ns_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self.ns_lock.acquire()
 
     # --- checks ------------------------------------------------------------------------------
 
