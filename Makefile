@@ -9,9 +9,9 @@ BASE_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo
 # pyfuse3 is built from its pinned sdist with our extension applied (patches/README.md).
 PYFUSE3_VERSION := 3.5.0
 PYFUSE3_SHA256  := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
-PYFUSE3_PATCH   := patches/pyfuse3-cache-readdir-symlinks.patch
+PYFUSE3_PATCHES := patches/pyfuse3-cache-readdir-symlinks.patch patches/pyfuse3-no-open.patch
 PYFUSE3_BUILD   := build/pyfuse3
-STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml $(PYFUSE3_PATCH) | cksum | cut -d' ' -f1)
+STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml $(PYFUSE3_PATCHES) | cksum | cut -d' ' -f1)
 PLAIN_VENV := .venv-plain
 # Debian packages: FUSE itself and what pyfuse3 builds against; the reference
 # implementations the differential tests and the benchmark compare against.
@@ -26,13 +26,13 @@ BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(PYFUSE3_PATCH)
+$(STAMP): pyproject.toml $(PYFUSE3_PATCHES)
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BUILD_PACKAGES) $(TEST_PACKAGES)"
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@$(MAKE) --no-print-directory pyfuse3-extended
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.FileInfo(), "cache_readdir"), pyfuse3.__file__'
+	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.FileInfo(), "cache_readdir") and hasattr(pyfuse3.Operations, "enable_no_open"), pyfuse3.__file__'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -45,10 +45,10 @@ pyfuse3-extended:
 	  'pyfuse3==$(PYFUSE3_VERSION)'
 	echo '$(PYFUSE3_SHA256)  build/pyfuse3-$(PYFUSE3_VERSION).tar.gz' | sha256sum -c --quiet
 	tar -xzf build/pyfuse3-$(PYFUSE3_VERSION).tar.gz -C $(PYFUSE3_BUILD) --strip-components=1
-	patch -d $(PYFUSE3_BUILD) -p1 --quiet < $(PYFUSE3_PATCH)
+	for p in $(PYFUSE3_PATCHES); do patch -d $(PYFUSE3_BUILD) -p1 --quiet < $$p || exit 1; done
 	rm $(PYFUSE3_BUILD)/src/pyfuse3/__init__.c
 	$(PY) -m pip install --quiet 'Cython>=3.1' 'setuptools>=78.1.1' 'setuptools_scm>=8' wheel
-	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.1' \
+	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.2' \
 	  $(PY) -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./$(PYFUSE3_BUILD)
 
 # Installs the named Debian packages that are missing (as root only), nothing else.
@@ -73,7 +73,7 @@ test-plain-pyfuse3: setup
 	$(PLAIN_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(PLAIN_VENV)/bin/python -m pip install --quiet 'pyfuse3==$(PYFUSE3_VERSION)' -e '.[test]'
 	$(PLAIN_VENV)/bin/python -c 'import pyfuse3, sys; sys.exit(hasattr(pyfuse3.FileInfo(), "cache_readdir"))'
-	$(PLAIN_VENV)/bin/pytest tests/test_read_differential.py tests/test_write_differential.py $(PYTEST_ARGS)
+	$(PLAIN_VENV)/bin/pytest tests/test_read_differential.py tests/test_write_differential.py tests/test_no_open.py $(PYTEST_ARGS)
 
 # The stress suite at length (under 15 minutes on 2 CPUs); `make test` runs its short version.
 # Ends with a table of what each test ran and found (pytest's terminal summary).

@@ -24,6 +24,7 @@ from tests.stress.conftest import (
     settled_fds,
     size,
 )
+from unionfs.fs.operations import PYFUSE3_NO_OPEN
 
 FILES = size(20_000, 100_000)
 PER_DIR = 1000
@@ -97,5 +98,8 @@ def test_memory_and_fds_bounded(tmp_path, figures):
     assert growth_second <= 0.5 * max(growth_first, 0) + 1024, (
         f"daemon RSS grew {growth_second} KiB in the second half after {growth_first} KiB in "
         "the first: memory follows the files ever touched, not what the kernel holds")
-    assert peak_fds >= base["fds"] + HELD_OPEN // 2, "the held files were not open in the daemon"
+    if PYFUSE3_NO_OPEN:  # files are used without handles: none stays open in the daemon
+        assert peak_fds <= base["fds"] + 2, f"{peak_fds - base['fds']} fds held for open files"
+    else:
+        assert peak_fds >= base["fds"] + HELD_OPEN // 2, "the held files were not open in daemon"
     assert end["fds"] <= base["fds"] + 2, f"fds {base['fds']} at start, {end['fds']} at end"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyfuse3
@@ -60,24 +62,33 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
     truncating_to_zero = fields.update_size and attr.st_size == 0
     await copy_up(fs, node, with_data=not truncating_to_zero,
                   metadata_only=not fields.update_size)
-    target = _target(fs, node, fh)
-    if fs.config.override_stat and not stat.S_ISLNK(node.kind):
-        _record_owner_and_mode(fs, node, target, attr, fields)
-    else:
-        if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else -1
-            gid = attr.st_gid if fields.update_gid else -1
-            _chown(target, uid, gid)
-        if fields.update_mode:
-            os.chmod(target, stat.S_IMODE(attr.st_mode))
-    if fields.update_size:
-        # After any mode the kernel sent with it (it kills set-user-ID itself, but keeps a
-        # set-group-ID bit that the file's group rules take away: see clear_setid).
-        os.truncate(target, attr.st_size)
-        clear_setid(target, caller_of(ctx))
-    if fields.update_atime or fields.update_mtime:
-        _set_times(target, attr, fields)
+    with _target(fs, node, fh) as target:
+        if fs.config.override_stat and not stat.S_ISLNK(node.kind):
+            _record_owner_and_mode(fs, node, target, attr, fields)
+        else:
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else -1
+                gid = attr.st_gid if fields.update_gid else -1
+                _chown(target, uid, gid)
+            if fields.update_mode:
+                os.chmod(target, stat.S_IMODE(attr.st_mode))
+        if fields.update_size:
+            # After any mode the kernel sent with it (it kills set-user-ID itself, but keeps
+            # a set-group-ID bit that the file's group rules take away: see clear_setid).
+            os.truncate(target, attr.st_size)
+            clear_setid(target, caller_of(ctx))
+        if fields.update_atime or fields.update_mtime:
+            _set_times(target, attr, fields)
+        if not _any_field(fields):
+            # What the kernel sends before an unprivileged write to a set-id file (it leaves
+            # the clearing of the bits to the file system; see inode_io.py).
+            clear_setid(target, caller_of(ctx))
     return getattr_(fs, node)
+
+
+def _any_field(fields: pyfuse3.SetattrFields) -> bool:
+    return (fields.update_uid or fields.update_gid or fields.update_mode or fields.update_size
+            or fields.update_atime or fields.update_mtime)
 
 
 def _record_owner_and_mode(fs: UnionFS, node: Node, target: str | int,
@@ -102,15 +113,30 @@ def _record_owner_and_mode(fs: UnionFS, node: Node, target: str | int,
     override.write(target, uid, gid, mode, rdev)
 
 
-def _target(fs: UnionFS, node: Node, fh: int | None) -> str | int:
-    """The upper path of ``node``, or an open fd of it when it has no name any more."""
+@contextlib.contextmanager
+def _target(fs: UnionFS, node: Node, fh: int | None) -> Iterator[str | int]:
+    """The upper path of ``node``, or an open fd of it when it has no name any more: an open
+    file's, else one opened for the call from the fd kept for it (files used without
+    handles, see inode_io.py)."""
     if fs.table.path_of(node) is not None:
-        return fs.upper_path(node)
+        yield fs.upper_path(node)
+        return
     handle = fs.handles.files.get(fh) if fh is not None else None
     fd = handle.fd if handle is not None else fs.handles.any_fd(node)
-    if fd is None:
+    if fd is not None:
+        yield fd
+        return
+    if node.kept_fd < 0 or node.kind != stat.S_IFREG:
         raise pyfuse3.FUSEError(errno.ESTALE)
-    return fd
+    kept = f"/proc/self/fd/{node.kept_fd}"
+    try:
+        fd = os.open(kept, os.O_RDWR | os.O_CLOEXEC)
+    except PermissionError:  # (an ordinary user's daemon, a file its owner cannot write)
+        fd = os.open(kept, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _chown(target: str | int, uid: int, gid: int) -> None:

@@ -47,6 +47,9 @@ async def copy_up(fs: UnionFS, node: Node, *, with_data: bool = True,
         chain.append(walk)
         walk = walk.parent
     if walk is None:  # no name leads to this object any more
+        if node.parent is None and node.kind == stat.S_IFREG:
+            await _copy_up_unnamed(fs, node, with_data=with_data)
+            return
         raise OSError(errno.ESTALE, "object has no name to copy up to")
     for item in reversed(chain):
         is_target = item is node
@@ -77,6 +80,31 @@ async def _copy_up_one(fs: UnionFS, node: Node, *, with_data: bool,
         await _link_siblings(fs, layer, st.st_ino, fs.stack.upper_path(path),
                              written=lower_path)
         os.unlink(index)
+    fs.stats["copy_up"] += 1
+
+
+async def _copy_up_unnamed(fs: UnionFS, node: Node, *, with_data: bool) -> None:
+    """A lower file whose last name went while a process may still write to it: files used
+    without open requests are copied up at their first change (inode_io.py), and this one
+    has no name left to copy up to. Its copy is made in the workdir and unlinked at once; it
+    lives on through ``Node.kept_fd``, as an upper file whose name went does, and goes when
+    the kernel forgets the file."""
+    src = fs.stack.real(*node.lowers[0])
+    st = os.lstat(src)
+    tmp = fs.temp_path()
+    try:
+        await copy_file_off_loop(fs, src, tmp, st.st_size if with_data else 0)
+        copy_xattrs(src, tmp)
+        if fs.config.override_stat:
+            copy_recorded_metadata(fs, tmp, st, src)
+        else:
+            copy_metadata(tmp, st)
+        node.kept_fd = os.open(tmp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    finally:
+        _remove_quietly(tmp)
+    node.upper = True
+    node.metacopy = False
+    fs.invalidate_attrs(node, None)
     fs.stats["copy_up"] += 1
 
 

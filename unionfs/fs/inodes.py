@@ -16,7 +16,7 @@ import stat
 
 import pyfuse3
 
-from unionfs.fs.layers import Found, LowerRef, join
+from unionfs.fs.layers import Found, LowerRef
 
 INO_BITS = 48
 
@@ -25,7 +25,7 @@ class Node:
     """One merged object as the kernel knows it."""
 
     __slots__ = ("ino", "kind", "parent", "name", "upper", "lowers", "lookups", "open_count",
-                 "dead", "metacopy", "kept_fd")
+                 "dead", "metacopy", "kept_fd", "next_read")
 
     def __init__(self, ino: int, kind: int, parent: Node | None, name: str) -> None:
         self.ino = ino
@@ -39,6 +39,7 @@ class Node:
         self.dead = False             # its last name is gone; only open files still reach it
         self.metacopy = False         # upper has the metadata, the data is lowers[0]'s
         self.kept_fd = -1             # O_PATH fd of its upper object once its name went
+        self.next_read = -1           # where a sequential reader's next read starts (no_open)
 
     @property
     def is_dir(self) -> bool:
@@ -160,7 +161,5 @@ class NodeTable:
             node = node.parent
         if node is not self.root:
             return None
-        path = ""
-        for name in reversed(names):
-            path = join(path, name)
-        return path
+        names.reverse()
+        return "/".join(names)
