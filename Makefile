@@ -9,7 +9,8 @@ BASE_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo
 # pyfuse3 is built from its pinned sdist with our extension applied (patches/README.md).
 PYFUSE3_VERSION := 3.5.0
 PYFUSE3_SHA256  := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
-PYFUSE3_PATCHES := patches/pyfuse3-cache-readdir-symlinks.patch patches/pyfuse3-no-open.patch
+PYFUSE3_PATCHES := patches/pyfuse3-cache-readdir-symlinks.patch patches/pyfuse3-no-open.patch \
+                   patches/pyfuse3-dont-mask.patch
 PYFUSE3_BUILD   := build/pyfuse3
 STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml $(PYFUSE3_PATCHES) | cksum | cut -d' ' -f1)
 PLAIN_VENV := .venv-plain
@@ -32,7 +33,7 @@ $(STAMP): pyproject.toml $(PYFUSE3_PATCHES)
 	$(PY) -m pip install --quiet --upgrade pip
 	@$(MAKE) --no-print-directory pyfuse3-extended
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.FileInfo(), "cache_readdir") and hasattr(pyfuse3.Operations, "enable_no_open"), pyfuse3.__file__'
+	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.FileInfo(), "cache_readdir") and hasattr(pyfuse3.Operations, "enable_no_open") and hasattr(pyfuse3.Operations, "enable_dont_mask"), pyfuse3.__file__'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -48,7 +49,7 @@ pyfuse3-extended:
 	for p in $(PYFUSE3_PATCHES); do patch -d $(PYFUSE3_BUILD) -p1 --quiet < $$p || exit 1; done
 	rm $(PYFUSE3_BUILD)/src/pyfuse3/__init__.c
 	$(PY) -m pip install --quiet 'Cython>=3.1' 'setuptools>=78.1.1' 'setuptools_scm>=8' wheel
-	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.2' \
+	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.3' \
 	  $(PY) -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./$(PYFUSE3_BUILD)
 
 # Installs the named Debian packages that are missing (as root only), nothing else.

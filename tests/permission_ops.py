@@ -29,6 +29,17 @@ def _mode_after(action: Callable[[], Any], path: str) -> str:
     return oct(stat.S_IMODE(os.stat(path).st_mode))
 
 
+def _create_mode(path: str, umask: int | None = None) -> str:
+    """Creates ``path`` asking for mode 0666 (under ``umask`` if given); its mode after."""
+    old = os.umask(umask) if umask is not None else None
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    finally:
+        if old is not None:
+            os.umask(old)
+    return oct(stat.S_IMODE(os.stat(path).st_mode))
+
+
 OPS: dict[str, Callable[[str], Any]] = {
     "read root's 0600 file": lambda r: open(f"{r}/secret", "rb").read(),
     "write root's 0600 file": lambda r: _write(f"{r}/secret"),
@@ -63,6 +74,10 @@ OPS: dict[str, Callable[[str], Any]] = {
     "trusted xattr": lambda r: os.setxattr(f"{r}/mine", "trusted.x", b"1"),
     "read symlink to root's file": lambda r: open(f"{r}/link_to_secret", "rb").read(),
     "hard link root's file": lambda r: os.link(f"{r}/secret", f"{r}/sticky/stolen"),
+    "read a 0600 file an ACL lets the user read": lambda r: open(f"{r}/acl_file", "rb").read(),
+    "write a 0600 file an ACL lets the user read": lambda r: _write(f"{r}/acl_file"),
+    "create under a default ACL": lambda r: _create_mode(f"{r}/acl_dir/new", 0o077),
+    "create with umask 027": lambda r: _create_mode(f"{r}/sticky/masked", 0o027),
     "dotdot at the root": lambda r: sorted(os.listdir(f"{r}/..")) == sorted(
         os.listdir(os.path.dirname(r))),
 }

@@ -198,6 +198,14 @@ def clear_setid(target: str | int, caller: Caller) -> None:
 # --- extended attributes ---------------------------------------------------------------------
 
 
+def has_default_acl(fs: UnionFS, directory: Node) -> bool:
+    try:
+        os.getxattr(fs.real_path(directory), "system.posix_acl_default")
+    except OSError:  # ENODATA, or no ACLs on that filesystem
+        return False
+    return True
+
+
 def _hidden(fs: UnionFS, name: str) -> bool:
     """Bookkeeping xattrs no user sees through the mount (nor sets, nor removes)."""
     return ondisk.is_private_xattr(name) or (fs.config.override_stat

@@ -27,8 +27,10 @@ from unionfs.fs.layers import open_lower
 from unionfs.fs.readdir import merged_listing
 from unionfs.fs.state import UnionFS
 
-# The pyfuse3 extension's no_open mode (patches/README.md); the PyPI release lacks it.
+# The pyfuse3 extension's no_open mode and umask hand-over (patches/README.md); the PyPI
+# release lacks both.
 PYFUSE3_NO_OPEN = hasattr(pyfuse3.Operations, "enable_no_open")
+PYFUSE3_DONT_MASK = hasattr(pyfuse3.Operations, "enable_dont_mask")
 
 log = logging.getLogger("pyunion")
 BIG_IO = 1 << 20  # reads and writes at least this large run in a worker thread
@@ -108,6 +110,11 @@ class UnionOperations(pyfuse3.Operations):
         # it: open and create then answer ENOSYS, and files are used without handles
         # (inode_io.py).
         self.enable_no_open = PYFUSE3_NO_OPEN
+        # POSIX ACLs (as kernel overlayfs): the kernel enforces and caches them, and with the
+        # extension leaves the umask to us (see _creation_mode). Not with override_stat: the
+        # ids in an ACL are the layers' own, not mapped like the recorded owners.
+        self.enable_acl = not fs.config.override_stat
+        self.enable_dont_mask = self.enable_acl
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """Attributes for a reply that gives the kernel a new reference to ``node``."""
@@ -159,6 +166,15 @@ class UnionOperations(pyfuse3.Operations):
 
     # --- namespace -----------------------------------------------------------------------------
 
+    def _creation_mode(self, parent_inode: int, mode: int, ctx: pyfuse3.RequestContext) -> int:
+        """The mode asked for a new object, less the caller's umask (the kernel leaves that to
+        us with ``enable_dont_mask``), unless the parent has a default ACL: the upper's
+        filesystem applies that instead when the object is made, as for kernel overlayfs.
+        (A plain pyfuse3 cannot ask: the kernel then takes the umask away in every case.)"""
+        if not self.enable_acl or attrs.has_default_acl(self.fs, self.fs.node(parent_inode)):
+            return mode
+        return mode & ~(ctx.umask & 0o777)
+
     async def _create(self, parent_inode, name, ctx, mode: int, make,
                       rdev: int = 0) -> pyfuse3.EntryAttributes:
         fs = self.fs
@@ -170,6 +186,8 @@ class UnionOperations(pyfuse3.Operations):
 
     @_handler
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        mode = self._creation_mode(parent_inode, mode, ctx)
+
         def make(path: str) -> None:
             os.mknod(path, mode, rdev)
 
@@ -179,7 +197,7 @@ class UnionOperations(pyfuse3.Operations):
 
     @_handler
     async def mkdir(self, parent_inode, name, mode, ctx):
-        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+        mode = stat.S_IFDIR | stat.S_IMODE(self._creation_mode(parent_inode, mode, ctx))
         return await self._create(parent_inode, name, ctx, mode,
                                   lambda path: os.mkdir(path, stat.S_IMODE(mode)))
 
@@ -252,6 +270,7 @@ class UnionOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         fs = self.fs
         fds: list[int] = []
+        mode = self._creation_mode(parent_inode, mode, ctx)
 
         def make(path: str) -> None:
             open_flags = backing_flags(flags & ~os.O_TRUNC) | os.O_CREAT | os.O_EXCL
