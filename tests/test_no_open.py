@@ -1,8 +1,9 @@
-"""Files used without open requests (the kernel's ``no_open``, with the pyfuse3 extension;
-unionfs/fs/inode_io.py): the kernel stops sending ``open`` and ``release``, and everything
-``open`` did for pyunion still happens: copy-up at the first write, ``O_TRUNC``, reading the
-upper copy after another process wrote, writing through a name that went. On a plain pyfuse3
-every open reaches the daemon, and the same file operations give the same results."""
+"""Files and directories used without open requests (the kernel's ``no_open`` and
+``no_opendir``, with the pyfuse3 extension; unionfs/fs/inode_io.py): the kernel stops sending
+``open``, ``release``, ``opendir`` and ``releasedir``, and everything ``open`` did for pyunion
+still happens: copy-up at the first write, ``O_TRUNC``, reading the upper copy after another
+process wrote, writing through a name that went, listings that follow changes. On a plain
+pyfuse3 every open reaches the daemon, and the same operations give the same results."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def _lower(root: Path) -> Path:
 
 
 def _workload(mnt: Path) -> None:
-    for _ in range(3):  # read every file three times
+    for _ in range(3):  # list and read every file three times
+        assert sorted(os.listdir(mnt / "d")) == sorted(f"f{i}" for i in range(FILES))
         for i in range(FILES):
             assert (mnt / f"d/f{i}").read_bytes() == f"lower {i}\n".encode()
     reader = open(mnt / "d/f0", "rb")  # opened before another process writes
@@ -51,9 +53,12 @@ def _workload(mnt: Path) -> None:
         assert os.fstat(fd).st_nlink == 0
     finally:
         os.close(fd)
+    (mnt / "d/new").write_bytes(b"new\n")  # a listing follows the changes
+    expected = sorted([f"f{i}" for i in range(FILES) if i != 3] + ["new"])
+    assert sorted(os.listdir(mnt / "d")) == expected
 
 
-def test_files_without_open_requests(tmp_path, upper_and_work, pyunion_daemon):
+def test_files_and_directories_without_open_requests(tmp_path, upper_and_work, pyunion_daemon):
     lower = _lower(tmp_path)
     upper, _ = upper_and_work("p")
     stats = tmp_path / "stats.json"
@@ -73,6 +78,8 @@ def test_files_without_open_requests(tmp_path, upper_and_work, pyunion_daemon):
         # One open, answered ENOSYS; one create (the pyunion-mnt probe of the fixture may
         # make none): from then on the kernel sends neither.
         assert counts.get("open", 0) <= 1 and counts.get("release", 0) == 0, counts
+        assert counts.get("opendir", 0) <= 1 and counts.get("releasedir", 0) == 0, counts
         assert not (upper / "d/f2").exists(), "opened for writing, never written: no copy-up"
     else:
         assert counts["open"] >= opens and counts["release"] >= opens, counts
+        assert counts["opendir"] >= 4 and counts["releasedir"] >= 4, counts

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from unionfs.fs.attrs import Caller
 
 
+MAX_OPEN_LISTINGS = 256
+
+
 class FileHandle:
     __slots__ = ("fh", "node", "fd", "flags", "caller", "next_read")
 
@@ -51,6 +54,9 @@ class HandleTable:
         self._ids = count(1)
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
+        # Directories listed without opendir requests (no_opendir): a snapshot per directory,
+        # from the readdir at offset 0 to the one that reaches the end.
+        self.listings: dict[int, DirHandle] = {}
         self._by_node: dict[int, set[FileHandle]] = defaultdict(set)
 
     def open_file(self, node: Node, fd: int, flags: int, caller: Caller) -> FileHandle:
@@ -95,3 +101,15 @@ class HandleTable:
 
     def close_dir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
+
+    def listing_of(self, node: Node) -> DirHandle:
+        """The snapshot a listing of ``node`` without a handle goes on in (made at need)."""
+        handle = self.listings.get(node.ino)
+        if handle is None:
+            if len(self.listings) >= MAX_OPEN_LISTINGS:  # listings abandoned part way
+                del self.listings[next(iter(self.listings))]
+            handle = self.listings[node.ino] = DirHandle(0, node)
+        return handle
+
+    def end_listing(self, node: Node) -> None:
+        self.listings.pop(node.ino, None)

@@ -116,6 +116,13 @@ class UnionOperations(pyfuse3.Operations):
         self.enable_acl = not fs.config.override_stat
         self.enable_dont_mask = self.enable_acl
 
+    @property
+    def _no_opendir(self) -> bool:
+        """Directories are listed without opendir requests: with no_open (pyfuse3 may have
+        turned it off at init), and only where the kernel may keep listings, which it then
+        always does."""
+        return self.enable_no_open and self.fs.cache_listings
+
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """Attributes for a reply that gives the kernel a new reference to ``node``."""
         node.lookups += 1
@@ -342,6 +349,10 @@ class UnionOperations(pyfuse3.Operations):
 
     @_handler
     async def opendir(self, inode, ctx):
+        if self._no_opendir:
+            # The kernel then lists directories without opendir and releasedir requests, and
+            # keeps their listings as with cache_readdir.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         node = self.fs.node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -355,7 +366,10 @@ class UnionOperations(pyfuse3.Operations):
     @_handler
     async def readdir(self, fh, start_id, token):
         fs = self.fs
-        handle = fs.handles.dirs[fh]
+        if self._no_opendir:  # fh is the inode
+            handle = fs.handles.listing_of(fs.node(fh))
+        else:
+            handle = fs.handles.dirs[fh]
         directory = handle.node
         if start_id == 0 or handle.names is None:
             names, handle.in_upper = merged_listing(fs, directory)
@@ -384,14 +398,21 @@ class UnionOperations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, cookies[index]):
                 break
             node.lookups += 1
+        else:
+            if self._no_opendir:
+                fs.handles.end_listing(directory)
 
     @_handler
     async def releasedir(self, fh):
-        self.fs.handles.close_dir(fh)
+        if not self._no_opendir:  # (not sent without opendir)
+            self.fs.handles.close_dir(fh)
 
     @_handler
     async def fsyncdir(self, fh, datasync):
-        node = self.fs.handles.dirs[fh].node
+        if self._no_opendir:  # fh is the inode
+            node = self.fs.node(fh)
+        else:
+            node = self.fs.handles.dirs[fh].node
         if node.upper:
             fd = os.open(self.fs.upper_path(node), os.O_RDONLY | os.O_DIRECTORY)
             try:
