@@ -323,12 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = standalone.parse_args("apt", __doc__, NAMES, argv,
                                  quick_help="one repetition", reps_help="default 3 (quick 1)",
                                  root_because="it mounts filesystems and chroots")
-    run_dir = args.cache_dir / f"run-apt-{time.strftime('%H%M%S')}"
-    run_dir.mkdir(parents=True)
-    try:
-        res = run(args, args.names, run_dir, lambda msg: print(msg, flush=True))
-    finally:
-        cleanup_cell(run_dir)
+    res = standalone.run_in_fresh_dir(args, run)
     return standalone.report(args, "apt row", "apt", res, render)
 
 

@@ -1257,13 +1257,11 @@ def main(argv: list[str] | None = None) -> int:
                                  reps_help="repetitions (default 3; --quick: 1)",
                                  root_because="containers, mounts, drop_caches")
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
-    run_dir = args.cache_dir / f"run-{os.getpid()}"
-    run_dir.mkdir(parents=True)
-    try:
-        res = run(args, args.names, run_dir, lambda m: print(m, flush=True))
-    finally:
+    def unmount_and_remove(run_dir: Path) -> None:
         unmount_below(run_dir)
         cleanup_cell(run_dir)
+
+    res = standalone.run_in_fresh_dir(args, run, unmount_and_remove)
     return standalone.report(args, "container benchmark", "containers", res, render)
 
 if __name__ == "__main__":

@@ -748,12 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         "images", __doc__, NAMES, argv, quick_help="1 repetition of the load rows",
         reps_help="load repetitions (default 3; --quick: 1)",
         root_because="debootstrap, umoci unpack and the store need it")
-    run_dir = args.cache_dir / f"run-{os.getpid()}"
-    run_dir.mkdir(parents=True)
-    try:
-        res = run(args, args.names, run_dir, lambda m: print(m, flush=True))
-    finally:
-        cleanup_cell(run_dir)
+    res = standalone.run_in_fresh_dir(args, run)
     return standalone.report(args, "image benchmark", "images", res, render)
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.implementations import REPO
+from bench.implementations import REPO, cleanup_cell
+
+Rows = Callable[[argparse.Namespace, list[str], Path, Callable[[str], None]], dict[str, Any]]
 
 
 def parse_args(module: str, doc: str | None, names: list[str], argv: list[str] | None, *,
@@ -45,3 +47,15 @@ def report(args: argparse.Namespace, title: str, suffix: str, res: dict[str, Any
     path.write_text(json.dumps(res, indent=1))
     print(f"wrote {path}")
     return 0
+
+
+def run_in_fresh_dir(args: argparse.Namespace, run: Rows,
+                     cleanup: Callable[[Path], object] = cleanup_cell) -> dict[str, Any]:
+    """``run(args, names, run_dir, log)`` in a new ``<cache>/run-<pid>`` directory, which
+    ``cleanup`` removes afterwards, whatever happened."""
+    run_dir = args.cache_dir / f"run-{os.getpid()}"
+    run_dir.mkdir(parents=True)
+    try:
+        return run(args, args.names, run_dir, lambda msg: print(msg, flush=True))
+    finally:
+        cleanup(run_dir)
