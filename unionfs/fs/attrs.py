@@ -126,13 +126,12 @@ def _target(fs: UnionFS, node: Node, fh: int | None) -> Iterator[str | int]:
     if fd is not None:
         yield fd
         return
-    if node.kept_fd < 0 or node.kind != stat.S_IFREG:
+    if node.kind != stat.S_IFREG:
         raise pyfuse3.FUSEError(errno.ESTALE)
-    kept = f"/proc/self/fd/{node.kept_fd}"
     try:
-        fd = os.open(kept, os.O_RDWR | os.O_CLOEXEC)
+        fd = fs.reopen_unnamed(node, os.O_RDWR)
     except PermissionError:  # (an ordinary user's daemon, a file its owner cannot write)
-        fd = os.open(kept, os.O_RDONLY | os.O_CLOEXEC)
+        fd = fs.reopen_unnamed(node, os.O_RDONLY)
     try:
         yield fd
     finally:

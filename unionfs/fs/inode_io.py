@@ -26,17 +26,7 @@ import trio
 
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
-from unionfs.fs.layers import open_lower
 from unionfs.fs.state import UnionFS
-
-
-def open_backing(fs: UnionFS, node: Node, flags: int) -> int:
-    """An fd of the object ``node`` reads its data from (``O_RDONLY``) or is written to."""
-    if node.upper and not node.metacopy and fs.table.path_of(node) is None:
-        return os.open(f"/proc/self/fd/{fs.unnamed_fd(node)}", flags | os.O_CLOEXEC)
-    if not node.upper or (node.metacopy and flags == os.O_RDONLY):
-        return open_lower(fs.data_path(node), flags | os.O_NOFOLLOW | os.O_CLOEXEC)
-    return os.open(fs.upper_path(node), flags | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 async def write(fs: UnionFS, node: Node, off: int, buf: bytes, big: int) -> int:
@@ -45,7 +35,7 @@ async def write(fs: UnionFS, node: Node, off: int, buf: bytes, big: int) -> int:
         fs.check_writable()
         async with fs.changing():
             await copy_up(fs, node, with_data=True)
-    fd = open_backing(fs, node, os.O_WRONLY)
+    fd = fs.open_data(node, os.O_WRONLY)
     try:
         if len(buf) >= big:
             return await trio.to_thread.run_sync(os.pwrite, fd, buf, off)
@@ -55,7 +45,7 @@ async def write(fs: UnionFS, node: Node, off: int, buf: bytes, big: int) -> int:
 
 
 async def fsync(fs: UnionFS, node: Node, datasync: bool) -> None:
-    fd = open_backing(fs, node, os.O_RDONLY)
+    fd = fs.open_data(node, os.O_RDONLY)
     try:
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
     finally:

@@ -23,7 +23,6 @@ from unionfs.fs import attrs, dirops, inode_io, longpaths, ondisk, override
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.handles import FileHandle
 from unionfs.fs.inodes import Node
-from unionfs.fs.layers import open_lower
 from unionfs.fs.readdir import merged_listing
 from unionfs.fs.state import UnionFS
 
@@ -254,15 +253,8 @@ class UnionOperations(pyfuse3.Operations):
             fs.check_writable()
             async with fs.changing():
                 await copy_up(fs, node, with_data=not flags & os.O_TRUNC)
-        real_flags = backing_flags(flags)
-        if node.upper and not node.metacopy and fs.table.path_of(node) is None:
-            # Its name went between the caller's lookup and this open: open what it named.
-            unnamed = f"/proc/self/fd/{fs.unnamed_fd(node)}"
-            fd = os.open(unnamed, real_flags & ~os.O_NOFOLLOW)
-        else:
-            path = fs.data_path(node)
-            fd = open_lower(path, real_flags) if not node.upper or node.metacopy else os.open(
-                path, real_flags)
+        # (If its name went between the caller's lookup and this open: what it named.)
+        fd = fs.open_data(node, backing_flags(flags))
         caller = attrs.caller_of(ctx)
         if flags & os.O_TRUNC:
             attrs.clear_setid(fd, caller)
@@ -299,7 +291,7 @@ class UnionOperations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         if self.enable_no_open:  # fh is the inode
             node = self.fs.node(fh)
-            fd = inode_io.open_backing(self.fs, node, os.O_RDONLY)
+            fd = self.fs.open_data(node, os.O_RDONLY)
             try:
                 return await self._read(node, fd, off, size)
             finally:

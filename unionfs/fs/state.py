@@ -21,7 +21,7 @@ import trio
 from unionfs.fs import ondisk, override
 from unionfs.fs.handles import HandleTable
 from unionfs.fs.inodes import Node, NodeTable
-from unionfs.fs.layers import UPPER, Found, LayerStack, join
+from unionfs.fs.layers import UPPER, Found, LayerStack, join, open_lower
 from unionfs.fs.options import MountConfig
 
 PRIVATE_DIR = "pyunion"
@@ -164,6 +164,22 @@ class UnionFS:
         if node.upper and self.table.path_of(node) is None:
             return os.fstat(self.unnamed_fd(node))
         return os.lstat(self.real_path(node))
+
+    def open_data(self, node: Node, flags: int) -> int:
+        """A new fd of the object ``node`` reads its data from, or (copied up) is written to:
+        its lower, or metacopy data, file, its upper file, or what its upper name named."""
+        if node.upper and not node.metacopy and self.table.path_of(node) is None:
+            return self.reopen_unnamed(node, flags)
+        flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+        if not node.upper or node.metacopy:
+            return open_lower(self.data_path(node), flags)
+        return os.open(self.upper_path(node), flags)
+
+    def reopen_unnamed(self, node: Node, flags: int) -> int:
+        """A new fd, opened with ``flags``, of an upper object that lost its name (see
+        ``unnamed_fd``; the /proc link is followed whatever ``flags`` say)."""
+        return os.open(f"/proc/self/fd/{self.unnamed_fd(node)}",
+                       (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC)
 
     def unnamed_fd(self, node: Node) -> int:
         """An fd of an upper object that lost its name (unlinked, renamed over) while the
