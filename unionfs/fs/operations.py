@@ -176,10 +176,12 @@ class UnionOperations(pyfuse3.Operations):
         """The mode asked for a new object, less the caller's umask (the kernel leaves that to
         us with ``enable_dont_mask``), unless the parent has a default ACL: the upper's
         filesystem applies that instead when the object is made, as for kernel overlayfs.
-        (A plain pyfuse3 cannot ask: the kernel then takes the umask away in every case.)"""
-        if not self.enable_acl or attrs.has_default_acl(self.fs, self.fs.node(parent_inode)):
+        (A plain pyfuse3 cannot ask: the kernel then takes the umask away in every case.)
+        The parent is looked at only when the umask takes something away."""
+        masked = mode & ~(ctx.umask & 0o777)
+        if masked == mode or not self.enable_acl:
             return mode
-        return mode & ~(ctx.umask & 0o777)
+        return mode if attrs.has_default_acl(self.fs, self.fs.node(parent_inode)) else masked
 
     async def _create(self, parent_inode, name, ctx, mode: int, make,
                       rdev: int = 0) -> pyfuse3.EntryAttributes:
