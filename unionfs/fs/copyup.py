@@ -94,11 +94,7 @@ async def _copy_up_unnamed(fs: UnionFS, node: Node, *, with_data: bool) -> None:
     tmp = fs.temp_path()
     try:
         await copy_file_off_loop(fs, src, tmp, st.st_size if with_data else 0)
-        copy_xattrs(src, tmp)
-        if fs.config.override_stat:
-            copy_recorded_metadata(fs, tmp, st, src)
-        else:
-            copy_metadata(tmp, st)
+        _give_metadata(fs, tmp, src, st)
         node.kept_fd = os.open(tmp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     finally:
         _remove_quietly(tmp)
@@ -149,11 +145,7 @@ async def _install(fs: UnionFS, path: str, build: Callable[[str], Awaitable[None
     tmp = fs.temp_path()
     try:
         await build(tmp)
-        copy_xattrs(xattrs_from, tmp)
-        if fs.config.override_stat:
-            copy_recorded_metadata(fs, tmp, attrs, xattrs_from)
-        else:
-            copy_metadata(tmp, attrs)
+        _give_metadata(fs, tmp, xattrs_from, attrs)
         if index is not None:
             _remove_quietly(index)  # (one left by a read-only mount after a crash)
             os.link(tmp, index)
@@ -162,6 +154,16 @@ async def _install(fs: UnionFS, path: str, build: Callable[[str], Awaitable[None
         _remove_quietly(tmp)
         raise
     return os.lstat(fs.stack.upper_path(path))
+
+
+def _give_metadata(fs: UnionFS, tmp: str, xattrs_from: str, attrs: os.stat_result) -> None:
+    """The xattrs of ``xattrs_from`` and the owner, mode and times of ``attrs`` (recorded in
+    the override xattr with ``override_stat``) for the new copy ``tmp``."""
+    copy_xattrs(xattrs_from, tmp)
+    if fs.config.override_stat:
+        copy_recorded_metadata(fs, tmp, attrs, xattrs_from)
+    else:
+        copy_metadata(tmp, attrs)
 
 
 def _now_in_upper(fs: UnionFS, node: Node, dest: os.stat_result, *, metacopy: bool) -> None:
