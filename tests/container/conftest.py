@@ -212,14 +212,6 @@ def pids_with_cmdline(*fragments: str) -> list[int]:
     return pids
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def _teardown(px: Pyunion) -> list[str]:
     """Everything the test may have left; returns what pyunion's own cleanup did not remove."""
     leftovers: list[str] = []

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import signal
 
-from tests.container.conftest import IMAGE, mounts_under, pid_alive, pids_with_cmdline, wait_for
+from tests.cli_helpers import pid_alive
+from tests.container.conftest import IMAGE, mounts_under, pids_with_cmdline, wait_for
 
 
 def mount_daemon_pid(px, name: str) -> int:
