@@ -10,13 +10,20 @@ BASE_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo
 PYFUSE3_VERSION := 3.5.0
 PYFUSE3_SHA256  := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
 PYFUSE3_PATCHES := patches/pyfuse3-cache-readdir-symlinks.patch patches/pyfuse3-no-open.patch \
-                   patches/pyfuse3-dont-mask.patch
+                   patches/pyfuse3-dont-mask.patch patches/pyfuse3-passthrough.patch
 PYFUSE3_BUILD   := build/pyfuse3
-STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml $(PYFUSE3_PATCHES) | cksum | cut -d' ' -f1)
+# libfuse 3.17 (FUSE passthrough), from Debian's next release's source package, built into a
+# private prefix that pyfuse3 links to with an rpath (patches/build-libfuse.sh). Where it cannot
+# be had, pyfuse3 is built against the system's libfuse, without passthrough.
+LIBFUSE_VERSION := 3.17.2
+LIBFUSE_SHA256  := 3d932431ad94e86179e5265cddde1d67aa3bb2fb09a5bd35c641f86f2b5ed06f
+LIBFUSE_BUILD   := build/libfuse
+LIBFUSE_PREFIX  := $(CURDIR)/$(LIBFUSE_BUILD)/prefix
+STAMP     := $(VENV)/.installed-$(shell cat pyproject.toml $(PYFUSE3_PATCHES) patches/build-libfuse.sh | cksum | cut -d' ' -f1)
 PLAIN_VENV := .venv-plain
 # Debian packages: FUSE itself and what pyfuse3 builds against; the reference
 # implementations the differential tests and the benchmark compare against.
-BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev patch gcc
+BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev patch gcc meson ninja-build
 TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap
 # The stress suite (tests/stress): fio's verify workloads, strace (kills at chosen syscalls),
 # stress-ng (long mode only).
@@ -27,20 +34,27 @@ BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml $(PYFUSE3_PATCHES)
+$(STAMP): pyproject.toml $(PYFUSE3_PATCHES) patches/build-libfuse.sh
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BUILD_PACKAGES) $(TEST_PACKAGES)"
 	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@$(MAKE) --no-print-directory pyfuse3-extended
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.FileInfo(), "cache_readdir") and hasattr(pyfuse3.Operations, "enable_no_open") and hasattr(pyfuse3.Operations, "enable_dont_mask"), pyfuse3.__file__'
+	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.FileInfo(), "cache_readdir") and hasattr(pyfuse3.Operations, "enable_no_open") and hasattr(pyfuse3.Operations, "enable_dont_mask") and hasattr(pyfuse3, "passthrough_open"), pyfuse3.__file__'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# pyfuse3's sdist (checked against its sha256) with the patch applied, built into the venv.
-# The sdist ships the C file Cython generated from the unpatched .pyx: it is removed, so the
-# build must regenerate it (Cython is a build requirement here, not a dependency of pyunion).
+# pyfuse3's sdist (checked against its sha256) with the patches applied, built into the venv,
+# against libfuse 3.17 where it could be built. The sdist ships the C file Cython generated from
+# the unpatched .pyx: it is removed, so the build must regenerate it (Cython is a build
+# requirement here, not a dependency of pyunion).
 pyfuse3-extended:
+	@if patches/build-libfuse.sh $(LIBFUSE_VERSION) $(LIBFUSE_SHA256) $(LIBFUSE_BUILD) $(LIBFUSE_PREFIX); then \
+	  echo "libfuse $(LIBFUSE_VERSION) in $(LIBFUSE_PREFIX): pyfuse3 is built with passthrough"; \
+	else \
+	  echo "falling back to the system's libfuse $$(pkg-config --modversion fuse3): no FUSE passthrough"; \
+	  rm -rf $(LIBFUSE_PREFIX); \
+	fi
 	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
 	$(PY) -m pip download --quiet --no-deps --no-binary pyfuse3 -d build \
 	  'pyfuse3==$(PYFUSE3_VERSION)'
@@ -49,7 +63,11 @@ pyfuse3-extended:
 	for p in $(PYFUSE3_PATCHES); do patch -d $(PYFUSE3_BUILD) -p1 --quiet < $$p || exit 1; done
 	rm $(PYFUSE3_BUILD)/src/pyfuse3/__init__.c
 	$(PY) -m pip install --quiet 'Cython>=3.1' 'setuptools>=78.1.1' 'setuptools_scm>=8' wheel
-	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.3' \
+	if [ -e $(LIBFUSE_PREFIX)/.complete ]; then \
+	  export PKG_CONFIG_PATH=$(LIBFUSE_PREFIX)/lib/pkgconfig \
+	         LDFLAGS="-L$(LIBFUSE_PREFIX)/lib -Wl,-rpath,$(LIBFUSE_PREFIX)/lib"; \
+	fi; \
+	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.4' \
 	  $(PY) -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./$(PYFUSE3_BUILD)
 
 # Installs the named Debian packages that are missing (as root only), nothing else.
