@@ -15,6 +15,15 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from unionfs.fs import passthrough
+
+# Whether this run's pyunion mounts use FUSE passthrough (as root on a kernel that has it,
+# unless PYUNION_PASSTHROUGH=off, which .ci/run sets for a second run of the differential
+# tests). Tests of what only the daemon-served mode guarantees mount with NO_PASSTHROUGH.
+PASSTHROUGH = (os.environ.get("PYUNION_PASSTHROUGH", "auto") != "off"
+               and passthrough.unavailable_because() is None)
+NO_PASSTHROUGH = "passthrough=off"
+
 READY_TIMEOUT = 20.0
 EXIT_TIMEOUT = 60.0  # (a daemon finishes in-flight fsyncs first: slow on a loaded machine)
 

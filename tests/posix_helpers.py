@@ -117,6 +117,7 @@ class Union:
     work: Path                     # pyunion: its default workdir; kernel: the workdir
     mnt: Path
     proc: subprocess.Popen | None = None
+    options: tuple[str, ...] = ()  # pyunion's mount options
 
     @property
     def temp_dir(self) -> Path:
@@ -141,31 +142,35 @@ class Mounter:
         path.mkdir(mode=0o755)
         return path
 
-    def mount(self, kind: str, lowers: list[Path], top: Path | None = None) -> Union:
-        """A new union of ``kind`` with its own upper in ``top`` (default: a fresh dir)."""
+    def mount(self, kind: str, lowers: list[Path], top: Path | None = None,
+              options: tuple[str, ...] = ()) -> Union:
+        """A new union of ``kind`` with its own upper in ``top`` (default: a fresh dir);
+        ``options`` are pyunion's mount options."""
         top = top if top is not None else self._fresh(kind)
         upper = top / "upper"
         upper.mkdir(mode=0o755, exist_ok=True)
         work = top / (".upper.work" if kind == "pyunion" else "work")
         if kind == "kernel":
             work.mkdir(exist_ok=True)
-        return self._mount(Union(kind, lowers, upper, work, self._fresh(f"{kind}-mnt")))
+        return self._mount(Union(kind, lowers, upper, work, self._fresh(f"{kind}-mnt"),
+                                 options=options))
 
     def _mount(self, union: Union) -> Union:
         if union.kind == "pyunion":
-            union.mnt, union.proc = self._pyunion_daemon(union.lowers, union.upper, union.mnt)
+            union.mnt, union.proc = self._pyunion_daemon(union.lowers, union.upper, union.mnt,
+                                                         union.options)
         else:
             union.mnt = self._overlay(union.lowers, union.upper, union.work, union.mnt)
         return union
 
-    def both(self, lowers: list[Path]) -> dict[str, Union]:
-        return {kind: self.mount(kind, lowers) for kind in KINDS}
+    def both(self, lowers: list[Path], options: tuple[str, ...] = ()) -> dict[str, Union]:
+        return {kind: self.mount(kind, lowers, options=options) for kind in KINDS}
 
     def remount(self, union: Union) -> Union:
         """Unmounts (waiting for the daemon to exit) and mounts the same layers again."""
         mounts.unmount(union.mnt, union.proc)
         fresh = Union(union.kind, union.lowers, union.upper, union.work,
-                      self._fresh(f"{union.kind}-mnt"))
+                      self._fresh(f"{union.kind}-mnt"), options=union.options)
         return self._mount(fresh)
 
 

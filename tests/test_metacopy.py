@@ -7,7 +7,7 @@ from pathlib import Path
 
 import xattr
 
-from tests import treesnap
+from tests import mounts, treesnap
 
 KERNEL_OPTIONS = ("redirect_dir=on", "index=on", "metacopy=on")
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -53,7 +53,8 @@ def test_write_completes_the_copy(tmp_path, upper_and_work, pyunion, overlay):
     lower = _lower(tmp_path)
     upper, _ = upper_and_work("p")
     kupper, kwork = upper_and_work("k")
-    mine = pyunion([lower], upper, options=["metacopy=on"])
+    # (a reader held across the data copy-up: the daemon-served mode, as in test_cache_coherence)
+    mine = pyunion([lower], upper, options=["metacopy=on", mounts.NO_PASSTHROUGH])
     ref = overlay([lower], kupper, kwork, options=KERNEL_OPTIONS)
     for mnt in (mine, ref):
         _metadata_changes(mnt)

@@ -62,7 +62,8 @@ def test_files_and_directories_without_open_requests(tmp_path, upper_and_work, p
     lower = _lower(tmp_path)
     upper, _ = upper_and_work("p")
     stats = tmp_path / "stats.json"
-    mnt, proc = pyunion_daemon([lower], upper, options=[f"stats={stats}"])
+    # no_open is the mode without passthrough (which needs open requests)
+    mnt, proc = pyunion_daemon([lower], upper, options=[f"stats={stats}", mounts.NO_PASSTHROUGH])
     _workload(mnt)
     mounts.unmount(mnt, proc)
     counts = json.loads(stats.read_text())

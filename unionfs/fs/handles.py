@@ -22,7 +22,7 @@ MAX_OPEN_LISTINGS = 256
 
 
 class FileHandle:
-    __slots__ = ("fh", "node", "fd", "flags", "caller", "next_read")
+    __slots__ = ("fh", "node", "fd", "flags", "caller", "next_read", "passthrough")
 
     def __init__(self, fh: int, node: Node, fd: int, flags: int, caller: Caller) -> None:
         self.fh = fh
@@ -31,6 +31,7 @@ class FileHandle:
         self.flags = flags    # the flags the real file was opened with
         self.caller = caller  # who opened it (an unprivileged writer clears set-id bits)
         self.next_read = -1   # where a sequential reader's next read starts
+        self.passthrough = False  # the kernel reads and writes its backing file itself
 
     @property
     def writable(self) -> bool:

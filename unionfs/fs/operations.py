@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from unionfs.fs import attrs, dirops, inode_io, longpaths, ondisk, override
+from unionfs.fs import attrs, dirops, inode_io, longpaths, ondisk, override, passthrough
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.handles import FileHandle
 from unionfs.fs.inodes import Node
@@ -105,15 +105,29 @@ class UnionOperations(pyfuse3.Operations):
         # symlink instead of one per resolution. Symlink targets never change under a name's
         # inode number (a new object gets a new number), so nothing needs invalidating.
         self.enable_cache_symlinks = fs.cache_symlinks
+        # FUSE passthrough (passthrough.py), read by pyfuse3 at init and set back to False
+        # there if the kernel does not offer it. It needs open requests, so no_open is off.
+        self.enable_passthrough = (fs.config.passthrough != "off"
+                                   and passthrough.unavailable_because() is None)
         # Read by pyfuse3 at init too, and set back to False there if the kernel cannot do
         # it: open and create then answer ENOSYS, and files are used without handles
         # (inode_io.py).
-        self.enable_no_open = PYFUSE3_NO_OPEN
+        self.enable_no_open = PYFUSE3_NO_OPEN and not self.enable_passthrough
         # POSIX ACLs (as kernel overlayfs): the kernel enforces and caches them, and with the
         # extension leaves the umask to us (see _creation_mode). Not with override_stat: the
         # ids in an ACL are the layers' own, not mapped like the recorded owners.
         self.enable_acl = not fs.config.override_stat
         self.enable_dont_mask = self.enable_acl
+
+    def init(self) -> None:
+        """Called by pyfuse3 once the kernel's capabilities are known."""
+        self.fs.backings.enabled = self.enable_passthrough
+        if self.enable_passthrough:
+            log.debug("passthrough: %s", passthrough.describe())
+        elif self.fs.config.passthrough != "off" and not passthrough.unavailable_because():
+            log.debug("passthrough: off (the kernel does not offer it)")
+        else:
+            log.debug("passthrough: %s", passthrough.describe(self.fs.config.passthrough))
 
     @property
     def _no_opendir(self) -> bool:
@@ -159,6 +173,8 @@ class UnionOperations(pyfuse3.Operations):
 
     @_handler
     async def setattr(self, inode, attr, fields, fh, ctx):
+        if fields.update_size:
+            await self.fs.backings.check_writable(inode)
         async with self.fs.changing():
             return await attrs.setattr_(self.fs, self.fs.node(inode), attr, fields, fh, ctx)
 
@@ -253,6 +269,7 @@ class UnionOperations(pyfuse3.Operations):
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
             fs.check_writable()
+            await fs.backings.check_writable(node.ino)
             async with fs.changing():
                 await copy_up(fs, node, with_data=not flags & os.O_TRUNC)
         # (If its name went between the caller's lookup and this open: what it named.)
@@ -260,8 +277,21 @@ class UnionOperations(pyfuse3.Operations):
         caller = attrs.caller_of(ctx)
         if flags & os.O_TRUNC:
             attrs.clear_setid(fd, caller)
+        return self._file_info(node, fd, flags, caller)
+
+    def _file_info(self, node: Node, fd: int, flags: int,
+                   caller: attrs.Caller) -> pyfuse3.FileInfo:
+        """The reply to an open of ``node`` whose real file is open as ``fd``: in passthrough
+        mode where the kernel takes it, else served here (and kept in the page cache)."""
+        fs = self.fs
+        cached_opens = sum(not h.passthrough for h in fs.handles.of_node(node))
+        lower = node.lowers[0] if not node.upper or node.metacopy else None
+        backing_id = fs.backings.attach(node.ino, fd, lower, cached_opens)
         handle = fs.handles.open_file(node, fd, flags, caller)
-        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True)
+        if not backing_id:
+            return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True)
+        handle.passthrough = True
+        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=False, backing_id=backing_id)
 
     @_handler
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -286,8 +316,8 @@ class UnionOperations(pyfuse3.Operations):
                 for fd in fds:
                     os.close(fd)
                 raise
-            handle = fs.handles.open_file(node, fds[0], flags, attrs.caller_of(ctx))
-            return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True), self._entry(node)
+            info = self._file_info(node, fds[0], flags, attrs.caller_of(ctx))
+            return info, self._entry(node)
 
     @_handler
     async def read(self, fh, off, size):
@@ -329,6 +359,8 @@ class UnionOperations(pyfuse3.Operations):
         if self.enable_no_open:  # (not sent for files opened without open)
             return
         handle = self.fs.handles.close_file(fh)
+        if handle.passthrough:
+            self.fs.backings.detach(handle.node.ino)
         self.fs.table.drop_if_unused(handle.node)
 
     @_handler

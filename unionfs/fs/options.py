@@ -12,6 +12,7 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 
+from unionfs.fs import passthrough
 from unionfs.fs.override import IdMapping
 
 # Mount flags handed to the kernel through libfuse (mount(8) semantics).
@@ -57,6 +58,10 @@ class MountConfig:
     fsync: bool = True
     metacopy: bool = False
     stats_file: str | None = None
+    # FUSE passthrough: auto (where granted), on (or fail), off; $PYUNION_PASSTHROUGH sets
+    # the default for every mount of a process tree (a test run without it, say).
+    passthrough: str = field(
+        default_factory=lambda: os.environ.get("PYUNION_PASSTHROUGH", "auto"))
     # Owners, modes and device nodes recorded in user.containers.override_stat (see
     # override.py), and how recorded ids are shown.
     override_stat: bool = False
@@ -102,7 +107,7 @@ def split_lowers(text: str) -> list[str]:
 
 _VALUE_OPTIONS = ("lowerdir", "upperdir", "workdir", "fsname", "subtype", "timeout",
                   "redirect_dir", "index", "xino", "metacopy", "uuid", "nfs_export", "stats",
-                  "xattr_permissions", "uidmapping", "gidmapping")
+                  "xattr_permissions", "uidmapping", "gidmapping", "passthrough")
 
 
 def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) -> None:
@@ -149,6 +154,11 @@ def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) ->
             continue  # inode numbers are always made unique; no fsid is stored
         elif key == "stats":
             config.stats_file = value
+        elif key == "passthrough":
+            if value not in passthrough.MODES:
+                raise MountError(f"passthrough={value}: expected one of "
+                                 f"{', '.join(passthrough.MODES)}")
+            config.passthrough = value
         elif key in ("override_stat", "xattr_permissions", "uidmapping", "gidmapping"):
             _apply_override_option(config, key, value)
         else:
@@ -272,6 +282,11 @@ def validate(config: MountConfig) -> MountConfig:
         _writable_fs(upper, "upper directory")
         workdir = _check_workdir(config, upper, lowers, mountpoint)
     _check_fuse_device(config)
+    if config.passthrough not in passthrough.MODES:
+        raise MountError(f"PYUNION_PASSTHROUGH={config.passthrough}: expected one of "
+                         f"{', '.join(passthrough.MODES)}")
+    if config.passthrough == "on" and passthrough.unavailable_because():
+        raise MountError(f"passthrough=on: {passthrough.unavailable_because()}")
     return _replace(config, lowers=lowers, upper=upper, mountpoint=mountpoint, workdir=workdir)
 
 

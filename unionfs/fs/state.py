@@ -23,6 +23,7 @@ from unionfs.fs.handles import HandleTable
 from unionfs.fs.inodes import Node, NodeTable
 from unionfs.fs.layers import UPPER, Found, LayerStack, join, open_lower
 from unionfs.fs.options import MountConfig
+from unionfs.fs.passthrough import Backings
 
 PRIVATE_DIR = "pyunion"
 NAME_MAX = 255
@@ -42,6 +43,7 @@ class UnionFS:
                                 metacopy=config.metacopy)
         self.table = NodeTable([os.stat(r).st_dev for r in self.stack.roots if r is not None])
         self.handles = HandleTable()
+        self.backings = Backings(self.stack.roots)  # FUSE passthrough (passthrough.py)
         self.ns_lock = trio.Lock()
         self.stats: Counter[str] = Counter()
         # The kernel may keep directory listings and symlink targets (for as long as it likes:

@@ -8,6 +8,7 @@ import shutil
 import stat
 import sys
 
+from unionfs.fs import passthrough
 from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.store import Store
 
@@ -46,6 +47,7 @@ def describe(store: Store) -> dict:
         "user": f"{os.geteuid()}:{os.getegid()}",
         "dev_fuse": _fuse_access(),
         "fusermount3": shutil.which("fusermount3") or "missing",
+        "passthrough": passthrough.describe(),
         "runtimes": {name: shutil.which(name) or "missing" for name in ("runc", "crun")},
         "python": sys.version.split()[0],
         **counts,
