@@ -30,7 +30,8 @@ TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc dock
 STRESS_PACKAGES := fio strace stress-ng
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap debootstrap
 
-.PHONY: setup pyfuse3-extended system-packages test test-plain-pyfuse3 stress demo bench bench-quick install lint clean
+.PHONY: setup pyfuse3-extended system-packages test test-plain-pyfuse3 test-no-passthrough stress demo \
+        bench bench-quick install lint clean
 
 setup: $(STAMP)
 
@@ -93,6 +94,14 @@ test-plain-pyfuse3: setup
 	$(PLAIN_VENV)/bin/python -m pip install --quiet 'pyfuse3==$(PYFUSE3_VERSION)' -e '.[test]'
 	$(PLAIN_VENV)/bin/python -c 'import pyfuse3, sys; sys.exit(hasattr(pyfuse3.FileInfo(), "cache_readdir"))'
 	$(PLAIN_VENV)/bin/pytest tests/test_read_differential.py tests/test_write_differential.py tests/test_no_open.py $(PYTEST_ARGS)
+
+# The differential tests with FUSE passthrough off (as root, `make test` runs them with it on):
+# what pyunion guarantees where passthrough is refused or turned off.
+DIFFERENTIAL_TESTS := tests/test_read_differential.py tests/test_write_differential.py \
+                      tests/test_posix_details.py tests/test_permissions.py tests/test_deep_paths.py \
+                      tests/test_write_failures.py tests/test_cache_coherence.py tests/test_metacopy.py
+test-no-passthrough: setup
+	PYUNION_PASSTHROUGH=off $(VENV)/bin/pytest $(DIFFERENTIAL_TESTS) -p no:cacheprovider $(PYTEST_ARGS)
 
 # The stress suite at length (under 15 minutes on 2 CPUs); `make test` runs its short version.
 # Ends with a table of what each test ran and found (pytest's terminal summary).

@@ -43,6 +43,7 @@ from bench.implementations import (
     Mounted,
     MountFailed,
     Pyunion,
+    PyunionNoPassthrough,
     cleanup_cell,
     mounts_below,
     read_stats,
@@ -181,7 +182,7 @@ class PyunionPlainPyfuse3(Pyunion):
 
 
 IMPLEMENTATIONS: list[Implementation] = [Kernel(), FuseOverlayfs(), Pyunion(),
-                                         PyunionPlainPyfuse3()]
+                                         PyunionNoPassthrough(), PyunionPlainPyfuse3()]
 
 
 @contextlib.contextmanager

@@ -315,6 +315,16 @@ class Pyunion(Implementation):
         return self._cmd(ds, mnt, upper, [])
 
 
+class PyunionNoPassthrough(Pyunion):
+    """pyunion with FUSE passthrough off (``-o passthrough=off``): every read and write goes
+    through the daemon, as where the kernel refuses passthrough (an ordinary user)."""
+
+    name = "pyunion-nopt"
+
+    def _cmd(self, ds: Dataset, mnt: Path, upper: Path, options: list[str]) -> list[str]:
+        return super()._cmd(ds, mnt, upper, [*options, "passthrough=off"])
+
+
 def read_stats(m: Mounted) -> dict[str, int] | None:
     if m.stats_file is None:
         return None
@@ -326,7 +336,8 @@ def read_stats(m: Mounted) -> dict[str, int] | None:
 
 
 ALL: dict[str, type[Implementation]] = {
-    cls.name: cls for cls in (Plain, Kernel, FuseOverlayfs, UnionfsFuse, Pyunion)
+    cls.name: cls for cls in (Plain, Kernel, FuseOverlayfs, UnionfsFuse, Pyunion,
+                              PyunionNoPassthrough)
 }
 
 

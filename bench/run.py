@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bench import apt, containers, dataset, images, report, rootless
+from bench import apt, containers, dataset, images, pagecache, report, rootless
 from bench.implementations import (
     ALL,
     REPO,
@@ -202,7 +202,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", help="implementations, comma-separated: " + ",".join(ALL))
     ap.add_argument("--workloads", help="comma-separated: "
                     + ",".join([w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
-                               + containers.NAMES + rootless.NAMES + apt.NAMES))
+                               + containers.NAMES + rootless.NAMES + pagecache.NAMES
+                               + apt.NAMES))
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds per workload process (default 300)")
     ap.add_argument("--latency-reps", type=int, default=10)
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = dataset.QUICK if args.quick else dataset.FULL
     impl_names = select(args.only, list(ALL), "implementations")
     wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
-                      + containers.NAMES + rootless.NAMES + apt.NAMES, "workloads")
+                      + containers.NAMES + rootless.NAMES + pagecache.NAMES + apt.NAMES,
+                      "workloads")
     workloads = [BY_NAME[n] for n in wl_names if n in BY_NAME]
     started = time.strftime("%Y%m%d-%H%M%S")
     t_start = time.monotonic()
@@ -315,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         rootless_names = [n for n in wl_names if n in rootless.NAMES]
         rootless_rows = rootless.run(args, rootless_names, run_dir, log) \
             if rootless_names and "pyunion" in impl_names else {}
+        pagecache_names = [n for n in wl_names if n in pagecache.NAMES]
+        pagecache_rows = pagecache.run(args, pagecache_names, run_dir, log) \
+            if pagecache_names and "pyunion" in impl_names else {}
         apt_rows = apt.run(args, apt.NAMES, run_dir, log) \
             if apt.APT in wl_names and "pyunion" in impl_names else {}
     finally:
@@ -340,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     data["images"] = image_rows
     data["containers"] = container_rows
     data["rootless"] = rootless_rows
+    data["pagecache"] = pagecache_rows
     data["apt"] = apt_rows
     print(report.render(data))
     if image_rows:
@@ -348,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(containers.render(container_rows)))
     if rootless_rows:
         print("\n".join(rootless.render(rootless_rows)))
+    if pagecache_rows:
+        print("\n".join(pagecache.render(pagecache_rows)))
     if apt_rows:
         print("\n".join(apt.render(apt_rows)))
     args.results_dir.mkdir(parents=True, exist_ok=True)
