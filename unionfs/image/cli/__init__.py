@@ -1,6 +1,9 @@
 """``pyunion``: the image manager's command line, one module per command.
 
 Errors are one line on stderr (``pyunion: error: ...``) with exit status 1; usage errors exit 2.
+``run`` exits 125 for both, as docker's ``run`` does, so that pyunion's own failures stay apart
+from the container's statuses (126: its command cannot be invoked, 127: not found; otherwise its
+process's own status).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ COMMANDS = {
     "pull": "pull", "push": "push", "search": "search", "login": "login", "logout": "login",
     "info": "info",
 }
+# The exit status of a command's failures (usage errors included) where it is not 1.
+FAILURE_STATUS = {"run": 125}
 
 
 def _chosen_command(argv: list[str]) -> str | None:
@@ -82,13 +87,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    failure = FAILURE_STATUS.get(_chosen_command(argv) or "", 1)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except SystemExit as e:
+        if e.code == 2 and failure != 1:  # a usage error (argparse has printed it)
+            return failure
+        raise
     store = Store(args.root or default_root())
     try:
         return args.run(args, store)
     except ImageError as e:
         print(f"pyunion: error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_status or failure
     except BaseExceptionGroup as group:  # from concurrent work (trio nurseries)
         first = _first_leaf(group)
         if isinstance(first, KeyboardInterrupt):
@@ -97,17 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(first, (ImageError, OSError, sqlite3.Error)):
             raise
         print(f"pyunion: error: {_message(first)}", file=sys.stderr)
-        return 1
+        return failure
     except sqlite3.Error as e:
         print(f"pyunion: error: store database: {e}", file=sys.stderr)
-        return 1
+        return failure
     except OSError as e:
         if isinstance(e, BrokenPipeError):
             _quiet_stdout()
-            return 1
+            return failure
         where = f" ({e.filename})" if e.filename else ""
         print(f"pyunion: error: {e.strerror or e}{where}", file=sys.stderr)
-        return 1
+        return failure
     except KeyboardInterrupt:
         print("pyunion: interrupted", file=sys.stderr)
         return 130

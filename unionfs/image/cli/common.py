@@ -9,7 +9,8 @@ from unionfs.image import reference
 from unionfs.image.errors import Conflict, NotFound
 from unionfs.image.store import Store
 
-_HEX = re.compile(r"(sha256:)?([0-9a-f]{1,64})")
+# what an image id or a unique prefix of one may look like
+ID_PREFIX = re.compile(r"(sha256:)?([0-9a-f]{1,64})")
 
 
 @dataclass
@@ -44,7 +45,7 @@ def resolve(store: Store, text: str) -> Resolved:
             row = db.execute("SELECT image_id FROM tags WHERE name = ?", (ref.name,)).fetchone()
             if row is not None:
                 return Resolved(row["image_id"], ref.name)
-    match = _HEX.fullmatch(text)
+    match = ID_PREFIX.fullmatch(text)
     if match:
         prefix = "sha256:" + match.group(2)
         rows = db.execute("SELECT id FROM images WHERE id >= ? AND id < ? LIMIT 11",

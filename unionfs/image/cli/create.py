@@ -6,17 +6,24 @@ The options here are shared with ``run``.
 from __future__ import annotations
 
 import argparse
+import re
 
-from unionfs.image.cli.common import resolve, short_id, short_name
+from unionfs.image import reference
+from unionfs.image.cli.common import ID_PREFIX, Resolved, resolve, short_id, short_name
 from unionfs.image.container import lifecycle
 from unionfs.image.container.records import Container, RunSpec
+from unionfs.image.errors import NotFound
 from unionfs.image.store import Store
 
 HELP = "Create a new container from an image"
 EPILOG = """examples:
   pyunion create --name web app:2.0
   pyunion create --name dev -e DEBUG=1 -v /srv/data:/data:ro app:2.0 /bin/sh
+  pyunion create --pull always 127.0.0.1:5000/busybox:1.35
 """
+PULL_POLICIES = ("missing", "always", "never", "newer")
+# an image id (not a name a registry could have): sha256:HEX, or all 64 hex digits
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{1,64}|[0-9a-f]{64}")
 
 
 def add_container_options(p: argparse.ArgumentParser) -> None:
@@ -38,6 +45,10 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
                    help="the OCI runtime (default runc)")
     p.add_argument("--rm", action="store_true",
                    help="remove the container when its process exits")
+    p.add_argument("--pull", choices=PULL_POLICIES, default="missing",
+                   help="pull the image: if it is missing (the default), always, never, or "
+                        "if the registry has a newer one")
+    p.add_argument("-q", "--quiet", action="store_true", help="suppress the pull output")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
 
@@ -51,8 +62,28 @@ def spec_from_args(args) -> RunSpec:
         interactive=args.interactive, runtime=args.runtime, auto_remove=args.rm)
 
 
+def find_image(store: Store, text: str, policy: str, quiet: bool = False) -> Resolved:
+    """The image by name, digest or id, pulled first as ``policy`` says (docker's and podman's
+    ``--pull``); "invalid reference format" for text that is neither a name nor an id."""
+    if not ID_PREFIX.fullmatch(text):
+        reference.parse(text)
+    try:
+        local: Resolved | None = resolve(store, text)
+    except NotFound:
+        local = None
+    by_id = local is not None and local.name is None and "@" not in text
+    if policy == "never" or _IMAGE_ID.fullmatch(text) or by_id or (
+            local is not None and policy == "missing"):
+        if local is None:
+            raise NotFound(f"No such image: {text}")
+        return local
+    from unionfs.image.cli.pull import image_for_container  # the registry client: only now
+
+    return image_for_container(store, reference.parse(text), policy, local, quiet)
+
+
 def create_from_args(args, store: Store) -> Container:
-    found = resolve(store, args.image)
+    found = find_image(store, args.image, args.pull, args.quiet)
     label = short_name(found.name) if found.name else short_id(found.image_id)
     return lifecycle.create(store, found.image_id, label, args.name, spec_from_args(args))
 

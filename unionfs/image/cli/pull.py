@@ -1,18 +1,24 @@
-"""``pyunion pull``: an image from a registry (only the layers the store lacks)."""
+"""``pyunion pull``: an image from a registry (only the layers the store lacks); and the pull
+``run`` and ``create`` make on demand (``--pull missing|always|never|newer``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TextIO, TypeVar
 
 import trio
 
 from unionfs.image import reference
 from unionfs.image.archive.formats import Platform
+from unionfs.image.cli.common import Resolved
 from unionfs.image.cli.output import CliProgress
+from unionfs.image.progress import Progress
+from unionfs.image.reference import Reference
 from unionfs.image.registry.client import RegistryClient, RegistryError
 from unionfs.image.registry.config import RegistrySettings
-from unionfs.image.registry.pull import Puller
+from unionfs.image.registry.pull import Puller, PullResult
 from unionfs.image.store import Store
 
 HELP = "Download an image from a registry"
@@ -22,6 +28,7 @@ EPILOG = """examples:
   pyunion pull registry.lan:5000/app@sha256:4f2a...
   pyunion pull --platform linux/arm64 alpine
 """
+T = TypeVar("T")
 
 
 def add_registry_options(p: argparse.ArgumentParser) -> None:
@@ -41,41 +48,95 @@ def register(commands) -> None:
     p.set_defaults(run=run)
 
 
-async def _pull(store: Store, args, progress: CliProgress):
-    """Pulls through the configured mirrors of the reference's registry first, then from the
-    registry itself."""
-    ref = reference.parse(args.image)
-    platform = Platform.parse(args.platform) if args.platform else None
+async def _through_mirrors(ref: Reference, insecure: bool,
+                           work: Callable[[RegistryClient], Awaitable[T]]) -> T:
+    """``work`` with a client of each configured mirror of the reference's registry in turn,
+    then with one of the registry itself."""
     settings = RegistrySettings.load()
     mirrors = [m.removeprefix("https://").removeprefix("http://").rstrip("/")
                for m in settings.mirrors.get(ref.domain, [])]
     for mirror in mirrors:
         try:
-            async with RegistryClient(mirror, insecure=args.insecure,
-                                      settings=settings) as client:
-                return ref, await Puller(store, client, ref, platform, progress).pull()
+            async with RegistryClient(mirror, insecure=insecure, settings=settings) as client:
+                return await work(client)
         except RegistryError as e:
             print(f"pyunion: mirror {mirror} failed ({e}); trying the next", file=sys.stderr)
-    async with RegistryClient(ref.domain, insecure=args.insecure, settings=settings) as client:
-        return ref, await Puller(store, client, ref, platform, progress).pull()
+    async with RegistryClient(ref.domain, insecure=insecure, settings=settings) as client:
+        return await work(client)
 
 
-def run(args, store: Store) -> int:
-    ref = reference.parse(args.image)
-    if not args.quiet:
-        print(f"{ref.tag or ref.digest}: Pulling from {ref.short_repository}", flush=True)
-    progress = CliProgress(args.quiet)
+def _shown(ref: Reference) -> str:
+    return ref.short_name if ref.tag else f"{ref.short_repository}@{ref.digest}"
+
+
+def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None,
+               insecure: bool = False, quiet: bool = False,
+               out: TextIO | None = None) -> PullResult:
+    """Pulls ``ref``, telling ``out`` (stdout by default) what happens as docker does: the
+    registry, each layer (on stderr), the digest and a ``Status:`` line."""
+    out = out or sys.stdout
+    if not quiet:
+        print(f"{ref.tag or ref.digest}: Pulling from {ref.short_repository}", file=out,
+              flush=True)
+    progress = CliProgress(quiet)
+
+    def pull(client: RegistryClient) -> Awaitable[PullResult]:
+        return Puller(store, client, ref, platform, progress).pull()
+
     try:
-        ref, result = trio.run(_pull, store, args, progress)
+        result = trio.run(_through_mirrors, ref, insecure, pull)
     except BaseException:
         progress.close()
         store.collect_garbage(blocking=False)
         raise
     progress.close()
-    shown = ref.short_name if ref.tag else f"{ref.short_repository}@{ref.digest}"
-    if not args.quiet:
-        print(f"Digest: {result.manifest_digest}")
-        print("Status: " + (f"Downloaded newer image for {shown}" if result.downloaded
-                            else f"Image is up to date for {shown}"))
+    if not quiet:
+        print(f"Digest: {result.manifest_digest}", file=out)
+        print("Status: " + (f"Downloaded newer image for {_shown(ref)}" if result.downloaded
+                            else f"Image is up to date for {_shown(ref)}"), file=out, flush=True)
+    return result
+
+
+def run(args, store: Store) -> int:
+    ref = reference.parse(args.image)
+    platform = Platform.parse(args.platform) if args.platform else None
+    pull_image(store, ref, platform=platform, insecure=args.insecure, quiet=args.quiet)
     print(ref.name if ref.tag else f"{ref.repository}@{ref.digest}")
     return 0
+
+
+# ---------------------------------------------------------------------- pulls for containers
+
+
+def image_for_container(store: Store, ref: Reference, policy: str, local: Resolved | None,
+                        quiet: bool) -> Resolved:
+    """The image ``run`` or ``create`` uses under the pull policy ``policy`` (``missing``,
+    ``always`` or ``newer``), ``local`` being what the store has by that name. The pull's
+    output goes to stderr: stdout is the container's (or its id)."""
+    if local is not None and policy == "newer" and _is_current(store, ref, local, quiet):
+        return local
+    if local is None:
+        print(f"Unable to find image '{_shown(ref)}' locally", file=sys.stderr, flush=True)
+    result = pull_image(store, ref, quiet=quiet, out=sys.stderr)
+    return Resolved(result.image_id, ref.name if ref.tag else None)
+
+
+def _is_current(store: Store, ref: Reference, local: Resolved, quiet: bool) -> bool:
+    """Whether the registry's manifest for ``ref`` (this platform's) is the local image's; so
+    too when the registry cannot be asked, as podman's ``--pull newer`` has it."""
+    def resolve(client: RegistryClient) -> Awaitable[tuple[bytes, str, str, dict]]:
+        return Puller(store, client, ref, None, Progress()).resolve()
+
+    try:
+        digest = trio.run(_through_mirrors, ref, False, resolve)[2]
+    except RegistryError as e:
+        print(f"Status: Using the local image for {_shown(ref)} (cannot check the registry "
+              f"for a newer one: {e})", file=sys.stderr, flush=True)
+        return True
+    row = store.db.execute("SELECT manifest_digest FROM images WHERE id = ?",
+                           (local.image_id,)).fetchone()
+    if row is None or row["manifest_digest"] != digest:
+        return False
+    if not quiet:
+        print(f"Status: Image is up to date for {_shown(ref)}", file=sys.stderr, flush=True)
+    return True

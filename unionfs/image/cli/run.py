@@ -7,7 +7,8 @@ import sys
 
 from unionfs.image.cli.create import add_container_options, create_from_args
 from unionfs.image.container import lifecycle, records, runtime
-from unionfs.image.errors import Conflict, ImageError
+from unionfs.image.container.records import Container
+from unionfs.image.errors import Conflict, ImageError, StartFailed
 from unionfs.image.store import Store
 
 HELP = "Create and run a container (mount its rootfs, start it with runc, wait)"
@@ -15,7 +16,10 @@ EPILOG = """examples:
   pyunion run --rm app:2.0 uname -a        the host's kernel: the bootfs is shared
   pyunion run -it --name dev app:2.0 sh    an interactive shell
   pyunion run -d --name web app:2.0        detached; see pyunion logs/stop/wait
-The exit status of the container's process is run's exit status.
+  pyunion run --pull always --rm 127.0.0.1:5000/busybox:1.35 true
+An image that is not in the store is pulled first (--pull missing, the default).
+The exit status of the container's process is run's exit status; run's own failures exit 125,
+126 when the command cannot be invoked, 127 when it is not found (as docker's run).
 """
 START_HELP = "Start one or more stopped containers (detached, unless -a)"
 
@@ -34,11 +38,11 @@ def register(commands) -> None:
 
 
 def run(args, store: Store) -> int:
-    if args.tty and not sys.stdin.isatty():
-        raise ImageError("the input device is not a TTY (drop -t, or run from a terminal)")
+    if args.tty and not sys.stdin.isatty():  # exit status 1, as docker's client has it
+        raise ImageError("the input device is not a TTY (drop -t, or run from a terminal)", 1)
     container = create_from_args(args, store)
     if args.detach:
-        runtime.start_detached(store, container)
+        start_detached(store, container)
         print(container.id)
         return 0
     try:
@@ -59,9 +63,20 @@ def run_start(args, store: Store) -> int:
             if args.attach:
                 status = runtime.execute(store, container)
             else:
-                runtime.start_detached(store, container)
+                start_detached(store, container)
                 print(text)
         except ImageError as e:
             print(f"pyunion: error: {e}", file=sys.stderr)
             status = 1
     return status
+
+
+def start_detached(store: Store, container: Container) -> None:
+    """``runtime.start_detached``; a container that could not start goes if it was to be
+    removed (``--rm``), as its monitor leaves that to us."""
+    try:
+        runtime.start_detached(store, container)
+    except StartFailed:
+        if container.spec.auto_remove:
+            lifecycle.remove(store, records.get(store, container.id), force=True)
+        raise

@@ -2,6 +2,11 @@
 
 Runs in its own session: mounts the rootfs, runs the runtime with the container's output going
 to its log, records the exit status, unmounts, and removes the container if asked (``--rm``).
+
+Its own exit status is for ``start_detached``: 0 once the process ran (its status is in the
+record), else that of the failure (126 or 127 when the runtime could not invoke or find the
+command, 125 otherwise), with the error as the last line of its stderr. A container that could
+not start is left for the ``start_detached`` waiting for it to report (and remove, if ``--rm``).
 """
 
 from __future__ import annotations
@@ -22,16 +27,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     store = Store(args.root)
     try:
-        container = records.get(store, args.container)
-        code = runtime.execute(store, container, log_path=args.log)
-        if container.spec.auto_remove:
-            lifecycle.remove(store, records.get(store, container.id), force=True)
-        return code
-    except ImageError as e:
-        print(f"pyunion: error: {e}", file=sys.stderr)
-        return 125
+        return _monitor(store, args.container, args.log)
     finally:
         store.close()
+
+
+def _monitor(store: Store, name: str, log: str) -> int:
+    try:
+        container = records.get(store, name)
+        runtime.execute(store, container, log_path=log)
+    except ImageError as e:
+        print(f"pyunion: error: {e}", file=sys.stderr, flush=True)
+        return e.exit_status or 125
+    if container.spec.auto_remove:
+        try:
+            lifecycle.remove(store, records.get(store, container.id), force=True)
+        except ImageError as e:
+            print(f"pyunion: error: {e}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ A container runs under a *monitor*: the ``pyunion run`` process itself in the fo
 detached ``python -m unionfs.image.container.monitor`` for ``-d`` and ``start``. The monitor
 mounts the rootfs, writes the bundle, runs ``runc run`` and waits, forwarding signals, then
 records the exit status and unmounts. If the monitor dies, ``refresh`` asks the runtime.
+
+When the runtime cannot start the process (its command is missing or not executable, a mount
+fails), ``execute`` raises ``StartFailed`` with the runtime's message as one line (see
+runtime_output); the container is recorded as exited with docker's status for it.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import time
 from unionfs.image.container import records, rootfs
 from unionfs.image.container.bundle import image_config, write_bundle
 from unionfs.image.container.records import Container
-from unionfs.image.errors import ImageError
+from unionfs.image.container.runtime_output import StderrRelay, start_failure
+from unionfs.image.errors import ImageError, StartFailed
 from unionfs.image.mounts import process_alive
 from unionfs.image.store import Store
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2)
+RUNTIME_LOG = "runtime.log"  # the runtime's own messages (JSON lines), per run
+PID_FILE = "runtime.pid"     # written by the runtime once the process has started
 
 
 def runtime_binary(name: str) -> str:
@@ -96,35 +103,72 @@ def _exit_status(returncode: int) -> int:
 
 
 def execute(store: Store, container: Container, *, log_path: str | None = None) -> int:
-    """Runs the container's process to its end under this process (the monitor)."""
+    """Runs the container's process to its end under this process (the monitor); its exit
+    status. StartFailed if the runtime could not start it."""
     point = rootfs.mount(store, container)
     directory = records.container_dir(store, container.id)
     bundle = write_bundle(directory, container, point, image_config(store, container.image_id))
     if os.path.exists(os.path.join(store.root, "runtime", container.id)):
         delete_runtime_state(store, container)  # a stale state from a crashed run
-    command = runtime_command(store, container) + ["run", "-b", bundle, container.id]
+    command = runtime_command(store, container) + [
+        "--log", _fresh(directory, RUNTIME_LOG), "--log-format", "json",
+        "run", "--pid-file", _fresh(directory, PID_FILE), "-b", bundle, container.id]
     records.update(store, container.id, state="running", started=time.time(), finished=None,
                    exit_code=None, monitor_pid=os.getpid())
-    stdout = open(log_path, "ab") if log_path else None  # noqa: SIM115
-    try:
-        proc = subprocess.Popen(command, stdin=None if not log_path else subprocess.DEVNULL,
-                                stdout=stdout, stderr=stdout)
-    except OSError as e:
-        records.update(store, container.id, state="exited", exit_code=127,
-                       finished=time.time(), monitor_pid=None)
-        raise ImageError(f"cannot start the runtime: {e.strerror}") from None
-    finally:
-        if stdout is not None:
-            stdout.close()
-    records.update(store, container.id, pid=proc.pid)
-    code = _wait_forwarding_signals(proc)
+    code, failure = _run_runtime(store, container, command, log_path)
     records.update(store, container.id, state="exited", exit_code=code, finished=time.time(),
                    pid=None, monitor_pid=None)
     if os.path.exists(os.path.join(store.root, "runtime", container.id)):
         delete_runtime_state(store, container)  # runc run deletes it itself when it can
     with contextlib.suppress(ImageError):
         rootfs.unmount(store, records.get(store, container.id))
+    if failure is not None:
+        raise failure
     return code
+
+
+def _fresh(directory: str, name: str) -> str:
+    """``directory/name``, a previous run's file removed."""
+    path = os.path.join(directory, name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return path
+
+
+def _run_runtime(store: Store, container: Container, command: list[str],
+                 log_path: str | None) -> tuple[int, StartFailed | None]:
+    """Runs the runtime to its end: the exit status, and the failure if it could not start the
+    process. The container's output goes to ``log_path`` if given, else to ours."""
+    output = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    try:
+        return _run_relayed(store, container, command, output.fileno() if output else None)
+    finally:
+        if output is not None:
+            output.close()
+
+
+def _run_relayed(store: Store, container: Container, command: list[str],
+                 output: int | None) -> tuple[int, StartFailed | None]:
+    """``_run_runtime`` with the runtime's stderr through a relay that keeps its own error
+    apart (to ``output``, or to our stderr, fd 2, which it inherited before)."""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(command, stdin=None if output is None else subprocess.DEVNULL,
+                                stdout=output, stderr=write_end)
+    except OSError as e:
+        os.close(read_end)
+        return 127, StartFailed(f"cannot start the runtime: {e.strerror}")
+    finally:
+        os.close(write_end)
+    relay = StderrRelay(read_end, 2 if output is None else output,
+                        os.path.join(records.container_dir(store, container.id), RUNTIME_LOG))
+    records.update(store, container.id, pid=proc.pid)
+    code = _wait_forwarding_signals(proc)
+    error = relay.finish()
+    if error is None:
+        return code, None
+    failure = start_failure(container.spec.runtime, error)
+    return failure.exit_status or 125, failure
 
 
 def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
@@ -149,9 +193,11 @@ def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
 
 
 def start_detached(store: Store, container: Container) -> None:
-    """Starts the container under a detached monitor; returns once it runs (or ended)."""
+    """Starts the container under a detached monitor; returns once its process runs (or ran).
+    StartFailed (the monitor's message and status) if it could not be started."""
     directory = records.container_dir(store, container.id)
     log = os.path.join(directory, "container.log")
+    started = _fresh(directory, PID_FILE)
     # the previous run's "exited" must not be taken for this one's
     records.update(store, container.id, state="created", exit_code=None, finished=None)
     monitor_log = open(os.path.join(directory, "monitor.log"), "ab")  # noqa: SIM115
@@ -165,18 +211,24 @@ def start_detached(store: Store, container: Container) -> None:
         monitor_log.close()
     deadline = time.time() + 60
     while time.time() < deadline:
-        current = records.get(store, container.id)
-        if current.state == "exited" or (current.state == "running" and current.pid):
+        if os.path.exists(started):
             return
-        if proc.poll() is not None:
-            current = records.get(store, container.id)
-            if current.state != "exited":
-                message = _tail(os.path.join(directory, "monitor.log"))
-                raise ImageError(f"container {container.name} failed to start"
-                                 + (f": {message}" if message else ""))
+        status = proc.poll()
+        if status is not None:
+            _check_monitor_status(status, directory, container)
             return
         time.sleep(0.02)
     raise ImageError(f"container {container.name} did not start within 60 s")
+
+
+def _check_monitor_status(status: int, directory: str, container: Container) -> None:
+    """A monitor that exited before its process ran: 0 if it ran anyway (briefly), else the
+    status of the failure (126 or 127: the command's; see monitor.py) and its message."""
+    if status == 0:
+        return
+    message = _tail(os.path.join(directory, "monitor.log"))
+    raise StartFailed(message or f"container {container.name} failed to start (its monitor "
+                      f"exited with status {status})", status if status in (126, 127) else None)
 
 
 def _tail(path: str) -> str:
