@@ -10,7 +10,8 @@ BASE_PYTHON := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo
 PYFUSE3_VERSION := 3.5.0
 PYFUSE3_SHA256  := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
 PYFUSE3_PATCHES := patches/pyfuse3-cache-readdir-symlinks.patch patches/pyfuse3-no-open.patch \
-                   patches/pyfuse3-dont-mask.patch patches/pyfuse3-passthrough.patch
+                   patches/pyfuse3-dont-mask.patch patches/pyfuse3-passthrough.patch \
+                   patches/pyfuse3-inline-requests.patch
 PYFUSE3_BUILD   := build/pyfuse3
 # libfuse 3.17 (FUSE passthrough), from Debian's next release's source package, built into a
 # private prefix that pyfuse3 links to with an rpath (patches/build-libfuse.sh). Where it cannot
@@ -41,7 +42,7 @@ $(STAMP): pyproject.toml $(PYFUSE3_PATCHES) patches/build-libfuse.sh
 	$(PY) -m pip install --quiet --upgrade pip
 	@$(MAKE) --no-print-directory pyfuse3-extended
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.FileInfo(), "cache_readdir") and hasattr(pyfuse3.Operations, "enable_no_open") and hasattr(pyfuse3.Operations, "enable_dont_mask") and hasattr(pyfuse3, "passthrough_open"), pyfuse3.__file__'
+	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.FileInfo(), "cache_readdir") and hasattr(pyfuse3.Operations, "enable_no_open") and hasattr(pyfuse3.Operations, "enable_dont_mask") and hasattr(pyfuse3, "passthrough_open") and hasattr(pyfuse3, "PLAIN_METHODS"), pyfuse3.__file__'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -68,7 +69,7 @@ pyfuse3-extended:
 	  export PKG_CONFIG_PATH=$(LIBFUSE_PREFIX)/lib/pkgconfig \
 	         LDFLAGS="-L$(LIBFUSE_PREFIX)/lib -Wl,-rpath,$(LIBFUSE_PREFIX)/lib"; \
 	fi; \
-	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.4' \
+	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.5' \
 	  $(PY) -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./$(PYFUSE3_BUILD)
 
 # Installs the named Debian packages that are missing (as root only), nothing else.
