@@ -11,6 +11,7 @@ import bisect
 import errno
 import functools
 import hashlib
+import inspect
 import logging
 import os
 import stat
@@ -30,6 +31,8 @@ from unionfs.fs.state import UnionFS
 # release lacks both.
 PYFUSE3_NO_OPEN = hasattr(pyfuse3.Operations, "enable_no_open")
 PYFUSE3_DONT_MASK = hasattr(pyfuse3.Operations, "enable_dont_mask")
+# ... and handlers that are plain functions, called inline (the PyPI release awaits them all)
+PYFUSE3_PLAIN_METHODS = getattr(pyfuse3, "PLAIN_METHODS", False)
 
 log = logging.getLogger("pyunion")
 BIG_IO = 1 << 20  # reads and writes at least this large run in a worker thread
@@ -57,24 +60,52 @@ async def read_without_blocking(fd: int, size: int, off: int) -> bytes:
 
 
 def _handler(fn: Callable) -> Callable:
-    """Counts the request and maps OSError to FUSEError; anything else is a bug: EIO, logged."""
+    """Counts the request and maps OSError to FUSEError; anything else is a bug: EIO, logged.
+
+    A handler that never waits is a plain function, which the pyfuse3 extension calls inline
+    (on PyPI's pyfuse3 it is wrapped in a coroutine); one that may wait (for the namespace
+    lock, a thread) is a coroutine, so that other requests are served meanwhile."""
     name = fn.__name__
 
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def wrapper(self: UnionOperations, *args):
+            self.fs.stats[name] += 1
+            try:
+                with longpaths.request_scope():
+                    return await fn(self, *args)
+            except Exception as e:
+                raise _fuse_error(e, name, args) from None
+
+        return wrapper
+
     @functools.wraps(fn)
-    async def wrapper(self: UnionOperations, *args):
+    def plain(self: UnionOperations, *args):
         self.fs.stats[name] += 1
         try:
             with longpaths.request_scope():
-                return await fn(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except Exception:
-            log.exception("internal error in %s%r", name, args)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+                return fn(self, *args)
+        except Exception as e:
+            raise _fuse_error(e, name, args) from None
 
-    return wrapper
+    if PYFUSE3_PLAIN_METHODS:
+        return plain
+
+    @functools.wraps(fn)
+    async def awaitable(self: UnionOperations, *args):
+        return plain(self, *args)
+
+    return awaitable
+
+
+def _fuse_error(e: Exception, name: str, args: tuple) -> pyfuse3.FUSEError:
+    """The FUSEError to answer a request that raised ``e`` with."""
+    if isinstance(e, pyfuse3.FUSEError):
+        return e
+    if isinstance(e, OSError):
+        return pyfuse3.FUSEError(e.errno or errno.EIO)
+    log.error("internal error in %s%r", name, args, exc_info=e)
+    return pyfuse3.FUSEError(errno.EIO)
 
 
 def readdir_cookie(name: str) -> int:
@@ -144,7 +175,7 @@ class UnionOperations(pyfuse3.Operations):
     # --- lookup and attributes ---------------------------------------------------------------
 
     @_handler
-    async def lookup(self, parent_inode, name, ctx):
+    def lookup(self, parent_inode, name, ctx):
         fs = self.fs
         parent = fs.node(parent_inode)
         text = os.fsdecode(name)
@@ -163,12 +194,12 @@ class UnionOperations(pyfuse3.Operations):
         return attrs.entry_attributes(fs, node, found.st)
 
     @_handler
-    async def forget(self, inode_list):
+    def forget(self, inode_list):
         for ino, count in inode_list:
             self.fs.table.forget(ino, count)
 
     @_handler
-    async def getattr(self, inode, ctx):
+    def getattr(self, inode, ctx):
         return attrs.getattr_(self.fs, self.fs.node(inode))
 
     @_handler
@@ -179,11 +210,11 @@ class UnionOperations(pyfuse3.Operations):
             return await attrs.setattr_(self.fs, self.fs.node(inode), attr, fields, fh, ctx)
 
     @_handler
-    async def readlink(self, inode, ctx):
+    def readlink(self, inode, ctx):
         return os.fsencode(os.readlink(self.fs.real_path(self.fs.node(inode))))
 
     @_handler
-    async def statfs(self, ctx):
+    def statfs(self, ctx):
         return attrs.statfs(self.fs)
 
     # --- namespace -----------------------------------------------------------------------------
@@ -355,7 +386,7 @@ class UnionOperations(pyfuse3.Operations):
         return written
 
     @_handler
-    async def release(self, fh):
+    def release(self, fh):
         if self.enable_no_open:  # (not sent for files opened without open)
             return
         handle = self.fs.handles.close_file(fh)
@@ -374,7 +405,7 @@ class UnionOperations(pyfuse3.Operations):
     # --- directories ---------------------------------------------------------------------------
 
     @_handler
-    async def opendir(self, inode, ctx):
+    def opendir(self, inode, ctx):
         if self._no_opendir:
             # The kernel then lists directories without opendir and releasedir requests, and
             # keeps their listings as with cache_readdir.
@@ -390,7 +421,7 @@ class UnionOperations(pyfuse3.Operations):
         return fh
 
     @_handler
-    async def readdir(self, fh, start_id, token):
+    def readdir(self, fh, start_id, token):
         fs = self.fs
         if self._no_opendir:  # fh is the inode
             handle = fs.handles.listing_of(fs.node(fh))
@@ -429,7 +460,7 @@ class UnionOperations(pyfuse3.Operations):
                 fs.handles.end_listing(directory)
 
     @_handler
-    async def releasedir(self, fh):
+    def releasedir(self, fh):
         if not self._no_opendir:  # (not sent without opendir)
             self.fs.handles.close_dir(fh)
 
@@ -449,11 +480,11 @@ class UnionOperations(pyfuse3.Operations):
     # --- extended attributes -------------------------------------------------------------------
 
     @_handler
-    async def getxattr(self, inode, name, ctx):
+    def getxattr(self, inode, name, ctx):
         return attrs.getxattr(self.fs, self.fs.node(inode), name)
 
     @_handler
-    async def listxattr(self, inode, ctx):
+    def listxattr(self, inode, ctx):
         return attrs.listxattr(self.fs, self.fs.node(inode))
 
     @_handler
