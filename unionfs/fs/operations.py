@@ -317,7 +317,12 @@ class UnionOperations(pyfuse3.Operations):
         fs = self.fs
         cached_opens = sum(not h.passthrough for h in fs.handles.of_node(node))
         lower = node.lowers[0] if not node.upper or node.metacopy else None
-        backing_id = fs.backings.attach(node.ino, fd, lower, cached_opens)
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY
+        try:
+            backing_id = fs.backings.attach(node.ino, fd, lower, writing, cached_opens)
+        except BaseException:
+            os.close(fd)
+            raise
         handle = fs.handles.open_file(node, fd, flags, caller)
         if not backing_id:
             return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True)

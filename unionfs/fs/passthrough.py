@@ -115,14 +115,18 @@ class Backings:
         if ino in self.by_node and self.by_node[ino].of_lower:
             raise pyfuse3.FUSEError(errno.ETXTBSY)
 
-    def attach(self, ino: int, fd: int, lower: tuple[int, str] | None,
+    def attach(self, ino: int, fd: int, lower: tuple[int, str] | None, writing: bool,
                cached_opens: int) -> int:
         """The backing id for a new open of ``ino`` whose real file ``fd`` is open (its
         data file is ``lower``, a (layer, path) pair, if not the upper file), or 0 for an
-        open in cached mode (passthrough off or refused, or cached opens exist)."""
+        open in cached mode (passthrough off or refused, or cached opens exist). A write open
+        never gets a lower file's backing (a reader may have opened the file while the
+        writer waited for the copy-up): ETXTBSY then."""
         if not self.enabled:
             return 0
         backing = self.by_node.get(ino)
+        if backing is not None and backing.of_lower and writing:
+            raise pyfuse3.FUSEError(errno.ETXTBSY)
         if backing is None:
             if cached_opens:
                 return 0
