@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,30 +74,48 @@ def test_requests_are_served_while_one_waits(tmp_path, pyunion, upper_and_work):
 FSYNC = """
 import os, sys
 fd = os.open(sys.argv[1], os.O_WRONLY)
+os.write(fd, b"data")
 print("syncing", flush=True)
 os.fsync(fd)
 print("synced", flush=True)
 """
+FSYNC_DELAY_US = 3_000_000
 
 
-def test_a_slow_fsync_does_not_stall_other_requests(tmp_path, pyunion, upper_and_work):
-    """fsync runs in a worker thread of the daemon: a large one (daemon-served writes left
-    256 MiB dirty in the upper's page cache) is still going when a few hundred other
-    requests have been answered."""
+def _delaying_fsyncs(pid: int) -> subprocess.Popen[str]:
+    """strace attached to the daemon (every thread, and those it starts), delaying each of its
+    fsync calls by FSYNC_DELAY_US: a slow disk, deterministically."""
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", "/dev/null", "-p", str(pid), "-e", "trace=fsync,fdatasync",
+         "-e", f"inject=fsync,fdatasync:delay_enter={FSYNC_DELAY_US}"],
+        stderr=subprocess.PIPE, text=True)
+    status = Path(f"/proc/{pid}/status")
+    for _ in range(500):  # attached once the daemon has a tracer
+        if "TracerPid:\t0\n" not in status.read_text():
+            return tracer
+        if tracer.poll() is not None:
+            raise AssertionError(f"strace failed: {tracer.stderr.read() if tracer.stderr else ''}")
+        time.sleep(0.01)
+    tracer.kill()
+    raise AssertionError("strace did not attach to the daemon")
+
+
+def test_a_slow_fsync_does_not_stall_other_requests(tmp_path, pyunion_daemon, upper_and_work):
+    """fsync runs in a worker thread of the daemon: while one is slow (each fsync system call
+    of the daemon delayed by strace), a few hundred other requests are answered."""
     upper, _ = upper_and_work("p")
-    mnt = pyunion([_lower(tmp_path)], upper, options=[mounts.NO_PASSTHROUGH])
-    chunk = os.urandom(1 << 20)
-    with open(mnt / "big", "wb") as f:
-        for _ in range(256):
-            f.write(chunk)
-    syncer = _started(FSYNC, str(mnt / "big"))
+    mnt, proc = pyunion_daemon([_lower(tmp_path)], upper, options=[mounts.NO_PASSTHROUGH])
+    (mnt / "synced").write_bytes(b"")
+    tracer = _delaying_fsyncs(proc.pid)
+    syncer = _started(FSYNC, str(mnt / "synced"))
     try:
         assert syncer.stdout.readline() == "syncing\n"
         _other_requests(mnt)
         assert syncer.poll() is None, "the fsync ended before the other requests were served"
-        out, err = syncer.communicate(timeout=120)
+        out, err = syncer.communicate(timeout=60)
     finally:
-        if syncer.poll() is None:
-            syncer.kill()
-            syncer.wait()
+        for started in (syncer, tracer):
+            if started.poll() is None:
+                started.kill()
+            started.wait()
     assert out == "synced\n", err

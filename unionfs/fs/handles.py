@@ -22,6 +22,9 @@ MAX_OPEN_LISTINGS = 256
 
 
 class FileHandle:
+    """An open file: ``fd`` is its real file's descriptor here, or -1 for a read-only open in
+    passthrough mode that needs none (the kernel reads the backing file itself)."""
+
     __slots__ = ("fh", "node", "fd", "flags", "caller", "next_read", "passthrough")
 
     def __init__(self, fh: int, node: Node, fd: int, flags: int, caller: Caller) -> None:
@@ -69,7 +72,8 @@ class HandleTable:
 
     def close_file(self, fh: int) -> FileHandle:
         handle = self.files.pop(fh)
-        os.close(handle.fd)
+        if handle.fd >= 0:
+            os.close(handle.fd)
         handles = self._by_node[handle.node.ino]
         handles.discard(handle)
         if not handles:
@@ -82,12 +86,15 @@ class HandleTable:
 
     def any_fd(self, node: Node) -> int | None:
         for handle in self._by_node.get(node.ino, ()):
-            return handle.fd
+            if handle.fd >= 0:
+                return handle.fd
         return None
 
     def repoint(self, node: Node, real_path: str) -> None:
         """After a copy-up: make every handle of ``node`` read the upper copy."""
         for handle in self.of_node(node):
+            if handle.fd < 0:
+                continue
             flags = handle.flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
             new_fd = os.open(real_path, flags | os.O_NOFOLLOW)
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 import pyfuse3
 
@@ -69,6 +70,9 @@ class NodeTable:
         self.root = Node(pyfuse3.ROOT_INODE, stat.S_IFDIR, None, "")
         self.root.lookups = 1
         self.nodes[self.root.ino] = self.root
+        # Told the number of each node that leaves the table (its number may come back for
+        # another object): what is kept for it elsewhere goes too (passthrough.Backings).
+        self.on_drop: Callable[[int], None] = lambda ino: None
 
     # --- identities --------------------------------------------------------------------------
 
@@ -149,6 +153,7 @@ class NodeTable:
         if node.lookups == 0 and node.open_count == 0 and node is not self.root:
             if self.nodes.get(node.ino) is node:
                 del self.nodes[node.ino]
+                self.on_drop(node.ino)
             if node.kept_fd >= 0:
                 os.close(node.kept_fd)
                 node.kept_fd = -1

@@ -298,17 +298,36 @@ class UnionOperations(pyfuse3.Operations):
         fs = self.fs
         node = fs.node(inode)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
+        caller = attrs.caller_of(ctx)
         if writing:
             fs.check_writable()
             await fs.backings.check_writable(node.ino)
             async with fs.changing():
                 await copy_up(fs, node, with_data=not flags & os.O_TRUNC)
+        elif info := self._passthrough_read(node, flags, caller):
+            return info
         # (If its name went between the caller's lookup and this open: what it named.)
         fd = fs.open_data(node, backing_flags(flags))
-        caller = attrs.caller_of(ctx)
         if flags & os.O_TRUNC:
             attrs.clear_setid(fd, caller)
         return self._file_info(node, fd, flags, caller)
+
+    def _passthrough_read(self, node: Node, flags: int,
+                          caller: attrs.Caller) -> pyfuse3.FileInfo | None:
+        """A read-only open in passthrough mode that needs no descriptor here: of a node
+        whose backing is registered already, or of a lower file (registered from its
+        layer's read-only view). None where that cannot be done."""
+        fs = self.fs
+        if not fs.backings.enabled:
+            return None
+        backing_id = fs.backings.reuse(node.ino)
+        if not backing_id and (not node.upper or node.metacopy) and not node.open_count:
+            backing_id = fs.backings.attach(node.ino, -1, node.lowers[0], False, 0)
+        if not backing_id:
+            return None
+        handle = fs.handles.open_file(node, -1, flags, caller)
+        handle.passthrough = True
+        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=False, backing_id=backing_id)
 
     def _file_info(self, node: Node, fd: int, flags: int,
                    caller: attrs.Caller) -> pyfuse3.FileInfo:
@@ -404,8 +423,11 @@ class UnionOperations(pyfuse3.Operations):
         if self.enable_no_open:  # fh is the inode
             await inode_io.fsync(self.fs, self.fs.node(fh), datasync)
             return
-        fd = self.fs.handles.files[fh].fd
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+        handle = self.fs.handles.files[fh]
+        if handle.fd >= 0:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
+        else:  # a read-only passthrough open holds no descriptor here
+            await inode_io.fsync(self.fs, handle.node, datasync)
 
     # --- directories ---------------------------------------------------------------------------
 

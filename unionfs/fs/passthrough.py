@@ -31,6 +31,7 @@ import ctypes
 import errno
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -91,53 +92,105 @@ class Backing:
     backing_id: int
     of_lower: bool  # registered on the lower (or metacopy data) file, not the upper one
     opens: int = 0
-    released: trio.Event = field(default_factory=trio.Event)
+    released: trio.Event = field(default_factory=trio.Event)  # set when opens drops to 0
 
 
 class Backings:
-    """The backing files of the nodes the kernel has open in passthrough mode."""
+    """The backing files of the nodes the kernel has open in passthrough mode, and of the
+    last IDLE_KEPT that it had open: a file opened again (a library, a header, a script)
+    then costs no registration, and a read-only open of it no file descriptor here."""
+
+    IDLE_KEPT = 1024
 
     def __init__(self, roots: list[str | None]) -> None:
         self.enabled = False  # set at init, once the kernel has granted passthrough
         self.roots = roots    # the layers' roots, upper first (see layers.LayerStack)
         self.by_node: dict[int, Backing] = {}
         self.refused = 0  # opens served through the daemon because registration failed
+        self._idle: OrderedDict[int, None] = OrderedDict()  # nodes with no open, oldest first
         self._views: dict[int, int] = {}  # layer -> fd of its read-only view (-1: none)
 
     async def check_writable(self, ino: int) -> None:
         """Refuses to change the data of a node whose readers read its lower file (their
-        backing cannot follow the copy-up), once they had a moment to be released."""
+        backing cannot follow the copy-up), once they had a moment to be released. A lower
+        backing with no open left is dropped."""
         backing = self.by_node.get(ino)
         if backing is None or not backing.of_lower:
             return
-        with trio.move_on_after(RELEASE_WAIT):
-            await backing.released.wait()
-        if ino in self.by_node and self.by_node[ino].of_lower:
-            raise pyfuse3.FUSEError(errno.ETXTBSY)
+        if backing.opens:
+            with trio.move_on_after(RELEASE_WAIT):
+                await backing.released.wait()
+        backing = self.by_node.get(ino)
+        if backing is not None and backing.of_lower:
+            if backing.opens:
+                raise pyfuse3.FUSEError(errno.ETXTBSY)
+            self.forget(ino)
+
+    def reuse(self, ino: int) -> int:
+        """The backing id of ``ino`` for a read-only open, if it has one (open or idle)."""
+        backing = self.by_node.get(ino) if self.enabled else None
+        if backing is None:
+            return 0
+        self._opened(ino, backing)
+        return backing.backing_id
 
     def attach(self, ino: int, fd: int, lower: tuple[int, str] | None, writing: bool,
                cached_opens: int) -> int:
-        """The backing id for a new open of ``ino`` whose real file ``fd`` is open (its
-        data file is ``lower``, a (layer, path) pair, if not the upper file), or 0 for an
-        open in cached mode (passthrough off or refused, or cached opens exist). A write open
-        never gets a lower file's backing (a reader may have opened the file while the
-        writer waited for the copy-up): ETXTBSY then."""
+        """The backing id for a new open of ``ino``: its data file is ``lower``, a (layer,
+        path) pair, if not the upper file, open here as ``fd`` (-1: not open here, so only a
+        lower file can be registered). 0 for an open in cached mode (passthrough off or
+        refused, cached opens exist, or no file to register). A write open never gets a
+        lower file's backing (a reader may have opened the file while the writer waited for
+        the copy-up): ETXTBSY then."""
         if not self.enabled:
             return 0
         backing = self.by_node.get(ino)
         if backing is not None and backing.of_lower and writing:
-            raise pyfuse3.FUSEError(errno.ETXTBSY)
+            if backing.opens:
+                raise pyfuse3.FUSEError(errno.ETXTBSY)
+            self.forget(ino)
+            backing = None
         if backing is None:
             if cached_opens:
                 return 0
             backing_id = self._register_lower(*lower) if lower else None
-            if backing_id is None:
+            if backing_id is None and fd >= 0:
                 backing_id = self._register(fd)
             if not backing_id:
                 return 0
             backing = self.by_node[ino] = Backing(backing_id, lower is not None)
-        backing.opens += 1
+        self._opened(ino, backing)
         return backing.backing_id
+
+    def _opened(self, ino: int, backing: Backing) -> None:
+        if backing.opens == 0:
+            self._idle.pop(ino, None)
+            backing.released = trio.Event()
+        backing.opens += 1
+
+    def detach(self, ino: int) -> None:
+        """A passthrough open of ``ino`` was released; the last one makes its backing idle
+        (the oldest idle backing beyond IDLE_KEPT is released)."""
+        backing = self.by_node[ino]
+        backing.opens -= 1
+        if backing.opens == 0:
+            backing.released.set()
+            self._idle[ino] = None
+            if len(self._idle) > self.IDLE_KEPT:
+                self.forget(next(iter(self._idle)))
+
+    def forget(self, ino: int) -> None:
+        """Releases the backing of ``ino`` if none of its opens is left (the node is gone,
+        or its lower file's backing may not serve it any more)."""
+        backing = self.by_node.get(ino)
+        if backing is None or backing.opens:
+            return
+        del self.by_node[ino]
+        self._idle.pop(ino, None)
+        try:
+            pyfuse3.passthrough_close(backing.backing_id)
+        except OSError as e:
+            log.warning("releasing backing file %d: %s", backing.backing_id, e.strerror)
 
     def _register_lower(self, layer: int, path: str) -> int | None:
         """Registers a lower file from the read-only view of its layer: its backing id, 0 if
@@ -167,18 +220,6 @@ class Backings:
                 fd = -1
             self._views[layer] = fd
         return fd
-
-    def detach(self, ino: int) -> None:
-        """A passthrough open of ``ino`` was released; the last one releases the backing."""
-        backing = self.by_node[ino]
-        backing.opens -= 1
-        if backing.opens == 0:
-            del self.by_node[ino]
-            backing.released.set()
-            try:
-                pyfuse3.passthrough_close(backing.backing_id)
-            except OSError as e:
-                log.warning("releasing backing file %d: %s", backing.backing_id, e.strerror)
 
     def _register(self, fd: int) -> int:
         try:

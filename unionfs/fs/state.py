@@ -44,6 +44,7 @@ class UnionFS:
         self.table = NodeTable([os.stat(r).st_dev for r in self.stack.roots if r is not None])
         self.handles = HandleTable()
         self.backings = Backings(self.stack.roots)  # FUSE passthrough (passthrough.py)
+        self.table.on_drop = self.backings.forget
         self.ns_lock = trio.Lock()
         self.stats: Counter[str] = Counter()
         # The kernel may keep directory listings and symlink targets (for as long as it likes:
