@@ -97,10 +97,11 @@ class Backing:
 
 class Backings:
     """The backing files of the nodes the kernel has open in passthrough mode, and of the
-    last IDLE_KEPT that it had open: a file opened again (a library, a header, a script)
-    then costs no registration, and a read-only open of it no file descriptor here."""
+    last IDLE_KEPT it had open (each an open file in the kernel): a file opened again (a
+    library, a header, a script) then costs no registration, and a read-only open of it no
+    file descriptor here."""
 
-    IDLE_KEPT = 1024
+    IDLE_KEPT = 16384
 
     def __init__(self, roots: list[str | None]) -> None:
         self.enabled = False  # set at init, once the kernel has granted passthrough
