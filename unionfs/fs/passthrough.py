@@ -31,7 +31,6 @@ import ctypes
 import errno
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -96,19 +95,16 @@ class Backing:
 
 
 class Backings:
-    """The backing files of the nodes the kernel has open in passthrough mode, and of the
-    last IDLE_KEPT it had open (each an open file in the kernel): a file opened again (a
-    library, a header, a script) then costs no registration, and a read-only open of it no
-    file descriptor here."""
-
-    IDLE_KEPT = 16384
+    """The backing files of the nodes opened in passthrough mode, kept while the kernel
+    knows the node (until it forgets it, as it does under memory pressure): a file opened
+    again (a library, a header, a script) then costs no registration, and a read-only open
+    of it no file descriptor here."""
 
     def __init__(self, roots: list[str | None]) -> None:
         self.enabled = False  # set at init, once the kernel has granted passthrough
         self.roots = roots    # the layers' roots, upper first (see layers.LayerStack)
         self.by_node: dict[int, Backing] = {}
         self.refused = 0  # opens served through the daemon because registration failed
-        self._idle: OrderedDict[int, None] = OrderedDict()  # nodes with no open, oldest first
         self._views: dict[int, int] = {}  # layer -> fd of its read-only view (-1: none)
 
     async def check_writable(self, ino: int) -> None:
@@ -165,20 +161,15 @@ class Backings:
 
     def _opened(self, ino: int, backing: Backing) -> None:
         if backing.opens == 0:
-            self._idle.pop(ino, None)
             backing.released = trio.Event()
         backing.opens += 1
 
     def detach(self, ino: int) -> None:
-        """A passthrough open of ``ino`` was released; the last one makes its backing idle
-        (the oldest idle backing beyond IDLE_KEPT is released)."""
+        """A passthrough open of ``ino`` was released (its backing stays, for the next)."""
         backing = self.by_node[ino]
         backing.opens -= 1
         if backing.opens == 0:
             backing.released.set()
-            self._idle[ino] = None
-            if len(self._idle) > self.IDLE_KEPT:
-                self.forget(next(iter(self._idle)))
 
     def forget(self, ino: int) -> None:
         """Releases the backing of ``ino`` if none of its opens is left (the node is gone,
@@ -187,7 +178,6 @@ class Backings:
         if backing is None or backing.opens:
             return
         del self.by_node[ino]
-        self._idle.pop(ino, None)
         try:
             pyfuse3.passthrough_close(backing.backing_id)
         except OSError as e:
