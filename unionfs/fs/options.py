@@ -12,7 +12,6 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 
-from unionfs.fs import passthrough
 from unionfs.fs.override import IdMapping
 
 # Mount flags handed to the kernel through libfuse (mount(8) semantics).
@@ -105,6 +104,7 @@ def split_lowers(text: str) -> list[str]:
     return parts
 
 
+PASSTHROUGH_MODES = ("auto", "on", "off")  # (see passthrough.py)
 _VALUE_OPTIONS = ("lowerdir", "upperdir", "workdir", "fsname", "subtype", "timeout",
                   "redirect_dir", "index", "xino", "metacopy", "uuid", "nfs_export", "stats",
                   "xattr_permissions", "uidmapping", "gidmapping", "passthrough")
@@ -155,9 +155,9 @@ def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) ->
         elif key == "stats":
             config.stats_file = value
         elif key == "passthrough":
-            if value not in passthrough.MODES:
+            if value not in PASSTHROUGH_MODES:
                 raise MountError(f"passthrough={value}: expected one of "
-                                 f"{', '.join(passthrough.MODES)}")
+                                 f"{', '.join(PASSTHROUGH_MODES)}")
             config.passthrough = value
         elif key in ("override_stat", "xattr_permissions", "uidmapping", "gidmapping"):
             _apply_override_option(config, key, value)
@@ -282,11 +282,14 @@ def validate(config: MountConfig) -> MountConfig:
         _writable_fs(upper, "upper directory")
         workdir = _check_workdir(config, upper, lowers, mountpoint)
     _check_fuse_device(config)
-    if config.passthrough not in passthrough.MODES:
+    if config.passthrough not in PASSTHROUGH_MODES:
         raise MountError(f"PYUNION_PASSTHROUGH={config.passthrough}: expected one of "
-                         f"{', '.join(passthrough.MODES)}")
-    if config.passthrough == "on" and passthrough.unavailable_because():
-        raise MountError(f"passthrough=on: {passthrough.unavailable_because()}")
+                         f"{', '.join(PASSTHROUGH_MODES)}")
+    if config.passthrough == "on":
+        from unionfs.fs import passthrough  # (pyfuse3 and trio: not for the other commands)
+
+        if passthrough.unavailable_because():
+            raise MountError(f"passthrough=on: {passthrough.unavailable_because()}")
     return _replace(config, lowers=lowers, upper=upper, mountpoint=mountpoint, workdir=workdir)
 
 

@@ -38,7 +38,6 @@ import trio
 
 log = logging.getLogger("pyunion")
 
-MODES = ("auto", "on", "off")
 MIN_KERNEL = (6, 9)
 # How long a write open waits for the readers of the lower file to be released.
 RELEASE_WAIT = 1.0

@@ -8,7 +8,6 @@ import shutil
 import stat
 import sys
 
-from unionfs.fs import passthrough
 from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.store import Store
 
@@ -31,6 +30,12 @@ def _fuse_access() -> str:
     return f"not usable by this user (mode {mode:04o}; fusermount3 opens it as you)"
 
 
+def _passthrough() -> str:
+    from unionfs.fs import passthrough  # (pyfuse3 and trio: only for this command)
+
+    return passthrough.describe()
+
+
 def describe(store: Store) -> dict:
     root = os.geteuid() == 0
     counts = {"images": 0, "layers": 0, "containers": 0}
@@ -47,7 +52,7 @@ def describe(store: Store) -> dict:
         "user": f"{os.geteuid()}:{os.getegid()}",
         "dev_fuse": _fuse_access(),
         "fusermount3": shutil.which("fusermount3") or "missing",
-        "passthrough": passthrough.describe(),
+        "passthrough": _passthrough(),
         "runtimes": {name: shutil.which(name) or "missing" for name in ("runc", "crun")},
         "python": sys.version.split()[0],
         **counts,
