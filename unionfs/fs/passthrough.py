@@ -181,6 +181,8 @@ class Backings:
             pyfuse3.passthrough_close(backing.backing_id)
         except OSError as e:
             log.warning("releasing backing file %d: %s", backing.backing_id, e.strerror)
+        except RuntimeError:  # the session is closed: the kernel has let go of it already
+            pass
 
     def _register_lower(self, layer: int, path: str) -> int | None:
         """Registers a lower file from the read-only view of its layer: its backing id, 0 if
