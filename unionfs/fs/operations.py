@@ -144,6 +144,9 @@ class UnionOperations(pyfuse3.Operations):
         # it: open and create then answer ENOSYS, and files are used without handles
         # (inode_io.py).
         self.enable_no_open = PYFUSE3_NO_OPEN and not self.enable_passthrough
+        # Directories are listed without opendir requests in either case (where listings
+        # may be cached, see _no_opendir); with passthrough files are still opened.
+        self.enable_no_opendir = self.enable_passthrough and fs.cache_listings
         # POSIX ACLs (as kernel overlayfs): the kernel enforces and caches them, and with the
         # extension leaves the umask to us (see _creation_mode). Not with override_stat: the
         # ids in an ACL are the layers' own, not mapped like the recorded owners.
@@ -162,10 +165,10 @@ class UnionOperations(pyfuse3.Operations):
 
     @property
     def _no_opendir(self) -> bool:
-        """Directories are listed without opendir requests: with no_open (pyfuse3 may have
-        turned it off at init), and only where the kernel may keep listings, which it then
-        always does."""
-        return self.enable_no_open and self.fs.cache_listings
+        """Directories are listed without opendir requests: with no_open, or no_opendir alone
+        (with passthrough; pyfuse3 may have turned either off at init), and only where the
+        kernel may keep listings, which it then always does."""
+        return (self.enable_no_open or self.enable_no_opendir) and self.fs.cache_listings
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """Attributes for a reply that gives the kernel a new reference to ``node``."""
