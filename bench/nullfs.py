@@ -27,6 +27,10 @@ from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FILE_INODE = 2
+NULLFS = "nullfs"
+NAMES = [NULLFS]
+REPO = Path(__file__).resolve().parent.parent
+PLAIN_VENV_PYTHON = REPO / ".venv-plain" / "bin" / "python"
 
 
 def serve(mountpoint: str) -> None:
@@ -116,10 +120,26 @@ def measure(requests: int, python: str = sys.executable) -> dict[str, Any]:
             "sys_us": (sys1 - sys0) / requests * 1e6}
 
 
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The row of ``make bench``: this pyfuse3 (the extended one), with async and with plain
+    handler methods, and PyPI's (``.venv-plain``, where ``make test-plain-pyfuse3`` made it)."""
+    requests = 20_000 if args.quick else 100_000
+    rows = {"extended, async methods": measure(requests)}
+    os.environ["NULLFS_PLAIN_METHODS"] = "1"
+    try:
+        rows["extended, plain methods"] = measure(requests)
+    finally:
+        del os.environ["NULLFS_PLAIN_METHODS"]
+    if PLAIN_VENV_PYTHON.exists():
+        rows["PyPI 3.5.0"] = measure(requests, str(PLAIN_VENV_PYTHON))
+    return rows
+
+
 def render(res: dict[str, Any]) -> list[str]:
     lines = ["", "Null file system: the per-request cost of pyfuse3 itself "
              "(getxattr answered ENODATA at once)",
-             f"{'pyfuse3':24s} {'requests':>9s} {'wall µs':>8s} {'user µs':>8s} {'sys µs':>7s}"]
+             f"{'pyfuse3':24s} {'requests':>9s} {'wall µs':>8s} {'user µs':>8s} {'sys µs':>7s}"
+             + "  (per request, of the daemon)"]
     for name, row in res.items():
         lines.append(f"{name:24s} {row['requests']:9d} {row['wall_us']:8.1f} "
                      f"{row['user_us']:8.1f} {row['sys_us']:7.1f}")
