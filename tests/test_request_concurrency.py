@@ -41,6 +41,21 @@ def _started(script: str, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _others_served_while_waiting(waiter: subprocess.Popen[str], first_line: str,
+                                 mnt: Path) -> tuple[str, str]:
+    """Once ``waiter`` has printed ``first_line`` (its request is on its way), other requests
+    are answered while it is still waiting; then its output once it ends."""
+    try:
+        assert waiter.stdout is not None and waiter.stdout.readline() == first_line
+        _other_requests(mnt)
+        assert waiter.poll() is None, "the waiting request ended before the others were served"
+        return waiter.communicate(timeout=60)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+        waiter.wait()
+
+
 WRITE_OPEN = """
 import sys
 print("opening", flush=True)
@@ -59,15 +74,7 @@ def test_requests_are_served_while_one_waits(tmp_path, pyunion, upper_and_work):
     mnt = pyunion([_lower(tmp_path)], upper)
     with open(mnt / "held", "rb"):
         writer = _started(WRITE_OPEN, str(mnt / "held"))
-        try:
-            assert writer.stdout.readline() == "opening\n"
-            _other_requests(mnt)
-            assert writer.poll() is None, "the waiting open ended before the others were served"
-            out, _ = writer.communicate(timeout=30)
-        finally:
-            if writer.poll() is None:
-                writer.kill()
-                writer.wait()
+        out, _ = _others_served_while_waiting(writer, "opening\n", mnt)
     assert out.strip() == "26", out  # ETXTBSY once the wait was over
 
 
@@ -107,15 +114,10 @@ def test_a_slow_fsync_does_not_stall_other_requests(tmp_path, pyunion_daemon, up
     mnt, proc = pyunion_daemon([_lower(tmp_path)], upper, options=[mounts.NO_PASSTHROUGH])
     (mnt / "synced").write_bytes(b"")
     tracer = _delaying_fsyncs(proc.pid)
-    syncer = _started(FSYNC, str(mnt / "synced"))
     try:
-        assert syncer.stdout.readline() == "syncing\n"
-        _other_requests(mnt)
-        assert syncer.poll() is None, "the fsync ended before the other requests were served"
-        out, err = syncer.communicate(timeout=60)
+        syncer = _started(FSYNC, str(mnt / "synced"))
+        out, err = _others_served_while_waiting(syncer, "syncing\n", mnt)
     finally:
-        for started in (syncer, tracer):
-            if started.poll() is None:
-                started.kill()
-            started.wait()
+        tracer.kill()
+        tracer.wait()
     assert out == "synced\n", err
