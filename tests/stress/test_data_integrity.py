@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import mounts
 from tests.stress.conftest import (
     LONG,
     daemon_mounted,
@@ -223,7 +224,10 @@ def test_fsx_random_io_with_copy_up(tmp_path, figures):
     initial = {f"f{i}": _make_lower_file(lower / f"f{i}", rng) for i in range(FILES)}
     lower_sums = {name: _sha(data) for name, data in initial.items()}
 
-    with daemon_mounted([lower], upper, mnt) as proc:
+    # Each file's early read-only fd, opened on its lower copy, must see the copy-up's data:
+    # the daemon-served mode's guarantee (with passthrough it keeps reading the lower file,
+    # and the writer waits for it: tests/test_passthrough.py).
+    with daemon_mounted([lower], upper, mnt, [mounts.NO_PASSTHROUGH]) as proc:
         figures["base_fds"] = figures.daemon(proc.pid)["fds"]
         files = [FsxFile(mnt, name, data, rng.randrange(0, OPS // 3))
                  for name, data in initial.items()]
