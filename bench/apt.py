@@ -328,7 +328,8 @@ def render(res: dict[str, Any]) -> list[str]:
         per_request = cpu / requests * 1e6 if cpu is not None and requests else None
         rows.append([name, _fmt(v["median_s"], ".1f"), _fmt(v["min_s"], ".1f"), str(v["n"]),
                      _fmt(ratio, ".2f"), f"{requests:,}" if requests is not None else "",
-                     _fmt(cpu, ".2f"), _fmt(per_request, ".1f")])
+                     _fmt(cpu, ".2f") if cpu is not None else "",
+                     _fmt(per_request, ".1f") if per_request is not None else ""])
     out.append(_table(["tree", "median", "min", "n", "/fuse-overlayfs", "requests",
                        "daemon user s", "user µs/request"], rows))
     out.append("  daemon user s: the FUSE daemon's user CPU over the install; per request: over "
