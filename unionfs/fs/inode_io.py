@@ -31,7 +31,7 @@ from unionfs.fs.state import UnionFS
 
 async def write(fs: UnionFS, node: Node, off: int, buf: bytes, big: int) -> int:
     """Copies ``node`` up on its first write, then writes ``buf`` at ``off``."""
-    if not node.upper or node.metacopy:
+    if node.data_in_lower:
         fs.check_writable()
         async with fs.changing():
             await copy_up(fs, node, with_data=True)

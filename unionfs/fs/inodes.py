@@ -47,6 +47,11 @@ class Node:
         return self.kind == stat.S_IFDIR
 
     @property
+    def data_in_lower(self) -> bool:
+        """Its data is its lower file's: not copied up, or copied up as metadata only."""
+        return not self.upper or self.metacopy
+
+    @property
     def merged(self) -> bool:
         """A directory with lower content below it (renaming it needs a redirect)."""
         return self.is_dir and bool(self.lowers)

@@ -324,13 +324,11 @@ class UnionOperations(pyfuse3.Operations):
         if not fs.backings.enabled:
             return None
         backing_id = fs.backings.reuse(node.ino)
-        if not backing_id and (not node.upper or node.metacopy) and not node.open_count:
+        if not backing_id and node.data_in_lower and not node.open_count:
             backing_id = fs.backings.attach(node.ino, -1, node.lowers[0], False, 0)
         if not backing_id:
             return None
-        handle = fs.handles.open_file(node, -1, flags, caller)
-        handle.passthrough = True
-        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=False, backing_id=backing_id)
+        return self._open_reply(node, -1, flags, caller, backing_id)
 
     def _file_info(self, node: Node, fd: int, flags: int,
                    caller: attrs.Caller) -> pyfuse3.FileInfo:
@@ -338,14 +336,20 @@ class UnionOperations(pyfuse3.Operations):
         mode where the kernel takes it, else served here (and kept in the page cache)."""
         fs = self.fs
         cached_opens = sum(not h.passthrough for h in fs.handles.of_node(node))
-        lower = node.lowers[0] if not node.upper or node.metacopy else None
+        lower = node.lowers[0] if node.data_in_lower else None
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY
         try:
             backing_id = fs.backings.attach(node.ino, fd, lower, writing, cached_opens)
         except BaseException:
             os.close(fd)
             raise
-        handle = fs.handles.open_file(node, fd, flags, caller)
+        return self._open_reply(node, fd, flags, caller, backing_id)
+
+    def _open_reply(self, node: Node, fd: int, flags: int, caller: attrs.Caller,
+                    backing_id: int) -> pyfuse3.FileInfo:
+        """A handle for a new open and the reply naming it: in passthrough mode with a
+        backing id (the kernel refuses keep_cache there), else kept in the page cache."""
+        handle = self.fs.handles.open_file(node, fd, flags, caller)
         if not backing_id:
             return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True)
         handle.passthrough = True

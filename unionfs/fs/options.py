@@ -288,8 +288,9 @@ def validate(config: MountConfig) -> MountConfig:
     if config.passthrough == "on":
         from unionfs.fs import passthrough  # (pyfuse3 and trio: not for the other commands)
 
-        if passthrough.unavailable_because():
-            raise MountError(f"passthrough=on: {passthrough.unavailable_because()}")
+        reason = passthrough.unavailable_because()
+        if reason:
+            raise MountError(f"passthrough=on: {reason}")
     return _replace(config, lowers=lowers, upper=upper, mountpoint=mountpoint, workdir=workdir)
 
 

@@ -103,7 +103,6 @@ class Backings:
         self.enabled = False  # set at init, once the kernel has granted passthrough
         self.roots = roots    # the layers' roots, upper first (see layers.LayerStack)
         self.by_node: dict[int, Backing] = {}
-        self.refused = 0  # opens served through the daemon because registration failed
         self._views: dict[int, int] = {}  # layer -> fd of its read-only view (-1: none)
 
     async def check_writable(self, ino: int) -> None:
@@ -116,6 +115,11 @@ class Backings:
         if backing.opens:
             with trio.move_on_after(RELEASE_WAIT):
                 await backing.released.wait()
+        self._drop_lower_for_writer(ino)
+
+    def _drop_lower_for_writer(self, ino: int) -> None:
+        """A writer is about to change ``ino``'s data: a lower file's backing may not serve it
+        any more. ETXTBSY while readers still have it open; released otherwise."""
         backing = self.by_node.get(ino)
         if backing is not None and backing.of_lower:
             if backing.opens:
@@ -140,12 +144,9 @@ class Backings:
         the copy-up): ETXTBSY then."""
         if not self.enabled:
             return 0
+        if writing:
+            self._drop_lower_for_writer(ino)
         backing = self.by_node.get(ino)
-        if backing is not None and backing.of_lower and writing:
-            if backing.opens:
-                raise pyfuse3.FUSEError(errno.ETXTBSY)
-            self.forget(ino)
-            backing = None
         if backing is None:
             if cached_opens:
                 return 0
@@ -223,7 +224,6 @@ class Backings:
             else:
                 log.debug("passthrough refused for one file (%s): served by the daemon",
                           e.strerror)
-            self.refused += 1
             return 0
 
 

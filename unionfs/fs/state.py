@@ -171,10 +171,10 @@ class UnionFS:
     def open_data(self, node: Node, flags: int) -> int:
         """A new fd of the object ``node`` reads its data from, or (copied up) is written to:
         its lower, or metacopy data, file, its upper file, or what its upper name named."""
-        if node.upper and not node.metacopy and self.table.path_of(node) is None:
+        if not node.data_in_lower and self.table.path_of(node) is None:
             return self.reopen_unnamed(node, flags)
         flags |= os.O_NOFOLLOW | os.O_CLOEXEC
-        if not node.upper or node.metacopy:
+        if node.data_in_lower:
             return open_lower(self.data_path(node), flags)
         return os.open(self.upper_path(node), flags)
 
