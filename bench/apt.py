@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from bench.implementations import (
     Pyunion,
     PyunionNoPassthrough,
     cleanup_cell,
+    cpu_seconds,
     mounts_below,
     read_stats,
     umount,
@@ -213,13 +213,8 @@ def _drop_caches() -> None:
 
 def _daemon_cpu(m: Mounted) -> float | None:
     """User CPU seconds of the mount's daemon so far (None: no daemon of ours)."""
-    if m.daemon is None:
-        return None
-    try:
-        fields = Path(f"/proc/{m.daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[11]) / os.sysconf("SC_CLK_TCK")
+    cpu = cpu_seconds(m.daemon.pid) if m.daemon is not None else None
+    return cpu[0] if cpu is not None else None
 
 
 def sample(impl: Implementation | None, rootfs: Path, cell: Path, timeout: float

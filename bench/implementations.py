@@ -135,6 +135,16 @@ def start_daemon(cmd: list[str], mnt: Path, log: Path) -> subprocess.Popen[bytes
     return proc
 
 
+def cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of ``pid`` so far; None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
 def peak_rss_kib(pid: int) -> int | None:
     """VmHWM of ``pid`` (the daemon's peak resident set), in KiB."""
     try:

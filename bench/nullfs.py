@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from bench.implementations import cpu_seconds
+
 FILE_INODE = 2
 NULLFS = "nullfs"
 NAMES = [NULLFS]
@@ -74,9 +75,10 @@ def serve(mountpoint: str) -> None:
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+    cpu = cpu_seconds(pid)
+    if cpu is None:
+        raise RuntimeError("the null file system's daemon is gone")
+    return cpu
 
 
 def _wait_mounted(mnt: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
