@@ -211,6 +211,18 @@ def remount_ro(path: os.PathLike | str) -> None:
 # --------------------------------------------------------------------------- directories
 
 
+def run_as_nobody_with_fuse(pub: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """Gives everything under ``pub`` to uid 65534 and runs the shell ``script`` there as that
+    user, in a mount namespace whose /dev/fuse is 0666; ``{helper}`` in it is mount.pyunion."""
+    for dirpath, dirnames, filenames in os.walk(pub):
+        for name in (".", *dirnames, *filenames):
+            os.chown(os.path.join(dirpath, name), NOBODY, NOBODY)
+    return subprocess.run(
+        [*DEV_FUSE_0666_AS_NOBODY, "sh", "-c", script.format(helper=" ".join(HELPER))],
+        cwd=pub, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
 @contextlib.contextmanager
 def public_dir(prefix: str = "pyunion-clitests-") -> Iterator[Path]:
     """A 0755 scratch dir in /tmp that uid 65534 can traverse (pytest's basetemp is 0700).

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 
-from tests.cli_helpers import DEV_FUSE_0666_AS_NOBODY, NOBODY, public_dir
+from tests.cli_helpers import public_dir, run_as_nobody_with_fuse
 
 SCRIPT = """
 set -e
@@ -32,14 +30,7 @@ def test_ordinary_user_mounts_privately_with_user_xattr_markers() -> None:
         (pub / "l/keep").write_text("kept\n")
         (pub / "l/gone").write_text("x\n")
         (pub / "l/dir/old").write_text("old\n")
-        for path in (pub, pub / "u", pub / "m", pub / "l", pub / "l/dir", pub / "l/keep",
-                     pub / "l/gone", pub / "l/dir/old"):
-            os.chown(path, NOBODY, NOBODY)
-        helper = f"{sys.executable} -m mount_helper"
-        result = subprocess.run(
-            [*DEV_FUSE_0666_AS_NOBODY, "sh", "-c", SCRIPT.format(helper=helper)],
-            cwd=pub, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "PYTHONPATH": os.getcwd()})
+        result = run_as_nobody_with_fuse(pub, SCRIPT)
         assert result.returncode == 0, result.stderr
         mountinfo = result.stdout.splitlines()[0]
         assert "fuse.pyunion" in mountinfo and "allow_other" not in mountinfo, mountinfo

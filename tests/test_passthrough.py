@@ -8,14 +8,13 @@ import json
 import mmap
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests import mounts
-from tests.cli_helpers import DEV_FUSE_0666_AS_NOBODY, NOBODY, public_dir
+from tests.cli_helpers import public_dir, run_as_nobody_with_fuse
 from unionfs.fs import passthrough
 
 pytestmark = pytest.mark.skipif(
@@ -195,13 +194,7 @@ def test_an_ordinary_user_mounts_without_passthrough() -> None:
         for d in ("l", "u", "m"):
             (pub / d).mkdir()
         (pub / "l/f").write_text("lower\n")
-        for path in (pub, pub / "l", pub / "u", pub / "m", pub / "l/f"):
-            os.chown(path, NOBODY, NOBODY)
-        helper = f"{sys.executable} -m mount_helper"
-        result = subprocess.run(
-            [*DEV_FUSE_0666_AS_NOBODY, "sh", "-c", script.format(helper=helper)],
-            cwd=pub, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "PYTHONPATH": os.getcwd()})
+        result = run_as_nobody_with_fuse(pub, script)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == ["lower", "refused 1"], result.stdout
         assert "passthrough=on: not root" in result.stderr, result.stderr
