@@ -46,6 +46,7 @@ from bench.implementations import (
     PyunionNoPassthrough,
     cleanup_cell,
     cpu_seconds,
+    drop_caches,
     mounts_below,
     read_stats,
     umount,
@@ -206,11 +207,6 @@ def _tree(impl: Implementation | None, rootfs: Path, cell: Path, timeout: float
         m.notes += umount(mnt, m.daemon)
 
 
-def _drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
 def _daemon_cpu(m: Mounted) -> float | None:
     """User CPU seconds of the mount's daemon so far (None: no daemon of ours)."""
     cpu = cpu_seconds(m.daemon.pid) if m.daemon is not None else None
@@ -224,7 +220,7 @@ def sample(impl: Implementation | None, rootfs: Path, cell: Path, timeout: float
     try:
         with _tree(impl, rootfs, cell, timeout) as m:
             with _chroot_mounts(m.path):
-                _drop_caches()
+                drop_caches()
                 cpu0 = _daemon_cpu(m)
                 t0 = time.perf_counter()
                 _run(["chroot", str(m.path), "apt-get", "install", "-y", "-q", "--no-download",

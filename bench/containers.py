@@ -96,7 +96,7 @@ from typing import Any
 
 from bench import images, standalone
 from bench.images import _error, _rmtree, _run, pyunion_cmd, pyunion_missing, timed
-from bench.implementations import REPO, cleanup_cell, fuse_abort, mounts_below
+from bench.implementations import REPO, cleanup_cell, drop_caches, fuse_abort, mounts_below
 from bench.report import _fmt, _table
 
 VERSION = 1
@@ -135,11 +135,6 @@ def pyunion_env(cache: Path) -> dict[str, str]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(_base(cache) / "pycache")
     return env
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3")
 
 
 def timed_sync() -> float:

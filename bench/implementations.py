@@ -135,6 +135,12 @@ def start_daemon(cmd: list[str], mnt: Path, log: Path) -> subprocess.Popen[bytes
     return proc
 
 
+def drop_caches() -> None:
+    """Writes back, then empties the page cache, dentries and inodes: a cold start."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
 def cpu_seconds(pid: int) -> tuple[float, float] | None:
     """(user, system) CPU seconds of ``pid`` so far; None if it is gone."""
     try:

@@ -71,6 +71,7 @@ from bench.implementations import (
     Pyunion,
     PyunionNoPassthrough,
     cleanup_cell,
+    drop_caches,
     read_stats,
     umount,
 )
@@ -235,11 +236,6 @@ def sample(impl: Implementation | None, lower: Path, cell: Path, n: int, measure
         problem = cleanup_cell(cell)
         rec["notes"] = notes + ([problem] if problem else [])
     return rec
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def meminfo_kib(key: str) -> int:

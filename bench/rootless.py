@@ -81,9 +81,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import images, standalone
-from bench.containers import _per_rep, _ratio, _row, _summary, drop_caches
+from bench.containers import _per_rep, _ratio, _row, _summary
 from bench.images import _error, _rmtree, pyunion_cmd
-from bench.implementations import mounts_below
+from bench.implementations import drop_caches, mounts_below
 from bench.report import _table
 
 VERSION = 1

@@ -21,6 +21,7 @@ from bench.implementations import (
     Mounted,
     MountFailed,
     cleanup_cell,
+    drop_caches,
     is_mounted,
     peak_rss_kib,
     read_stats,
@@ -37,11 +38,6 @@ class WorkerFailed(Exception):
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3")
 
 
 def run_worker(name: str, mnt: Path, ds: dataset.Dataset, passes: int, timeout: float
