@@ -196,17 +196,27 @@ def compress_gzip(level: int = 1):
 
 
 class HashingGzipFile:
-    """A write-only file: hashes the plain tar (diff_id) and writes it gzip-compressed."""
+    """A write-only file: hashes the plain tar (diff_id) and writes it gzip-compressed,
+    hashing and counting the compressed bytes too (the blob's digest and size)."""
 
     def __init__(self, out) -> None:
         self._out = out
         self._z = compress_gzip(1)
         self.plain = hashlib.sha256()
+        self.plain_size = 0
+        self.compressed = hashlib.sha256()
+        self.compressed_size = 0
 
     def write(self, data: bytes) -> int:
         self.plain.update(data)
-        self._out.write(self._z.compress(data))
+        self.plain_size += len(data)
+        self._emit(self._z.compress(data))
         return len(data)
 
     def finish(self) -> None:
-        self._out.write(self._z.flush())
+        self._emit(self._z.flush())
+
+    def _emit(self, data: bytes) -> None:
+        self.compressed.update(data)
+        self.compressed_size += len(data)
+        self._out.write(data)

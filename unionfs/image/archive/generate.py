@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Callable
 from tarfile import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, REGTYPE, SYMTYPE
+from typing import BinaryIO
 
 from unionfs.fs import override
 from unionfs.fs.ondisk import OCI_OPAQUE_MARKER as OPAQUE_MARKER
@@ -41,13 +42,14 @@ def _xattrs(path: str, names: list[str]) -> dict[bytes, bytes]:
 
 
 Skip = Callable[[str, os.stat_result], bool]
+Mirror = Callable[[Entry, "BinaryIO | None"], None]
 Replacement = Callable[[str, str], "str | None"]
 IdTranslation = Callable[[int, int], tuple[int, int]]
 
 
 def write_layer_tar(root: str, out: Sink, *, convert_whiteouts: bool = False,
                     skip: Skip | None = None, replace_dir: Replacement | None = None,
-                    real_owner: IdTranslation | None = None) -> int:
+                    real_owner: IdTranslation | None = None, mirror: Mirror | None = None) -> int:
     """Writes the tree under ``root`` as a layer tar to ``out``; returns the entry count.
 
     ``skip(rel, st)`` leaves an entry (and what is below it) out. ``replace_dir(rel, path)``
@@ -55,14 +57,31 @@ def write_layer_tar(root: str, out: Sink, *, convert_whiteouts: bool = False,
     directory, read through the merged view), written as an opaque directory.
     ``real_owner(uid, gid)`` gives the owner to write for an object that records none (an
     ordinary user's container: the user's own files are its root's).
+    ``mirror(entry, data)`` is handed every entry as it is written, with a regular file's
+    content rewound (``commit`` unpacks the layer from these instead of from the tar).
     """
     count = 0
     links: dict[tuple[int, int], bytes] = {}
-    with TarWriter(out) as tar:
+    with TarWriter(out) as writer:
+        tar = writer if mirror is None else _Mirrored(writer, mirror)
         for rel, path, st, opaque in _walk(root, skip, replace_dir):
             count += _add(tar, os.fsencode(rel), path, st, links, convert_whiteouts, opaque,
                           real_owner)
     return count
+
+
+class _Mirrored:
+    """A TarWriter whose entries also go to a mirror, each file's data read again from its
+    start (from the page cache: it was just read)."""
+
+    def __init__(self, writer: TarWriter, mirror: Mirror) -> None:
+        self._writer, self._mirror = writer, mirror
+
+    def add(self, entry: Entry, data: BinaryIO | None = None) -> None:
+        self._writer.add(entry, data)
+        if data is not None:
+            data.seek(0)
+        self._mirror(entry, data)
 
 
 def _walk(root: str, skip: Skip | None, replace_dir: Replacement | None):
@@ -89,7 +108,7 @@ def _walk(root: str, skip: Skip | None, replace_dir: Replacement | None):
             stack.append((path, rel, iter(sorted(os.listdir(path)))))
 
 
-def _add(tar: TarWriter, rel: bytes, path: str, st: os.stat_result,
+def _add(tar: TarWriter | _Mirrored, rel: bytes, path: str, st: os.stat_result,
          links: dict[tuple[int, int], bytes], convert_whiteouts: bool, opaque: bool,
          real_owner: IdTranslation | None) -> int:
     mode = st.st_mode

@@ -9,10 +9,11 @@ directly: an ``x`` header with the records, then the ustar header. Reading stays
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
-from tarfile import REGTYPE, XHDTYPE
+from tarfile import REGTYPE, XHDTYPE, TarInfo
 from typing import BinaryIO, Protocol
 
 BLOCK = 512
@@ -124,6 +125,24 @@ class TarWriter:
         if self._buffer:
             self._chunks.put(bytes(self._buffer))
             self._buffer.clear()
+
+
+def as_tarinfo(entry: Entry) -> TarInfo:
+    """The member Python's tarfile would read back for ``entry``'s headers (names and xattr
+    values decoded as tarfile decodes them), for applying a generated entry directly."""
+    member = TarInfo(os.fsdecode(entry.name))
+    member.type = entry.type
+    member.mode = entry.mode & 0o7777
+    member.uid, member.gid = entry.uid, entry.gid
+    member.size = entry.size if entry.type == REGTYPE else 0
+    member.mtime = entry.mtime_ns // 10**9
+    member.linkname = os.fsdecode(entry.linkname)
+    member.devmajor, member.devminor = entry.devmajor, entry.devminor
+    member.pax_headers = {"mtime": mtime_text(entry.mtime_ns).decode()}
+    for key, value in entry.xattrs.items():
+        member.pax_headers["SCHILY.xattr." + key.decode("utf-8", "surrogateescape")] = \
+            value.decode("utf-8", "surrogateescape")
+    return member
 
 
 @functools.lru_cache(maxsize=256)

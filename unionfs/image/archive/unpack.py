@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import shutil
@@ -65,6 +66,9 @@ class LayerDigests:
     tar_size: int
     compression: str
     entries: int = 0
+
+
+DataOpener = Callable[[], "BinaryIO | None"]
 
 
 @dataclass
@@ -200,15 +204,25 @@ class LayerWriter:
     # ---------------------------------------------------------------------- entries
 
     def apply(self, tar: tarfile.TarFile, counter: _Counter) -> None:
+        """Applies every entry of a streamed tar, then finishes the layer."""
         while (member := tar.next()) is not None:
             tar.members.clear()  # a streamed tar need not remember millions of members
             counter.add(1)
-            self._apply_member(tar, member)
+            self.add(member, functools.partial(tar.extractfile, member))
+        self.finish()
+
+    def finish(self) -> None:
+        """After the last entry: directories get their attributes (``before_finish`` first)."""
         if self.before_finish is not None:
             self.before_finish()
         self._finish_dirs()
 
-    def _apply_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def add(self, member: tarfile.TarInfo, open_data: DataOpener) -> None:
+        """Applies one entry; ``open_data()`` gives a regular file's content (read at once).
+
+        The tar stream's entries come through here, and so do the entries ``commit`` generates
+        from an upper (``archive.generate.write_layer_tar``'s mirror), so that a committed layer
+        is unpacked exactly as its tar would be, without parsing the tar back."""
         path = normalize_name(member.name)
         if path == "":
             if member.isdir():
@@ -223,7 +237,7 @@ class LayerWriter:
             return
         parent_fd = self._dir_fd(parent, create=True, entry=member.name)
         self._clear_for(member, parent_fd, path, name)
-        self._create(tar, member, parent_fd, path, name)
+        self._create(member, open_data, parent_fd, path, name)
         self._made.add(path)
 
     def _under_own_file(self, path: str) -> bool:
@@ -304,10 +318,10 @@ class LayerWriter:
         self._files.discard(path)
         self._whiteouts.discard(path)
 
-    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int,
+    def _create(self, member: tarfile.TarInfo, open_data: DataOpener, parent_fd: int,
                 path: str, name: str) -> None:
         if member.isreg():
-            self._create_file(tar, member, parent_fd, name)
+            self._create_file(member, open_data, parent_fd, name)
             self._files.add(path)
         elif member.isdir():
             if not _exists(parent_fd, name):
@@ -340,12 +354,12 @@ class LayerWriter:
         else:
             raise LayerError(f"entry {member.name!r} has an unsupported type {member.type!r}")
 
-    def _create_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent_fd: int,
+    def _create_file(self, member: tarfile.TarInfo, open_data: DataOpener, parent_fd: int,
                      name: str) -> None:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=parent_fd)
         try:
-            source = tar.extractfile(member)
+            source = open_data()
             if source is not None and member.size:
                 _copy_to_fd(source, fd, member.size)
             self._set_fd_attrs(member, fd)

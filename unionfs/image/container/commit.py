@@ -2,9 +2,10 @@
 
 The upper is written as an OCI layer (kernel whiteouts become ``.wh.NAME``, opaque directories
 ``.wh..wh..opq``, a redirected directory its whole merged contents, overlay-private xattrs
-dropped), gzip-compressed into a blob, and added to the store like any loaded layer, on top of
-the image's own layers; the new config is the old one with the layer, a history entry and the
-``--change`` instructions.
+dropped), gzip-compressed into a blob; the same entries, as they are written, are applied by the
+unpacker every loaded layer goes through, so the layer is in the store without reading the blob
+back (one pass over the upper's data). The new config is the old one with the layer, a history
+entry and the ``--change`` instructions.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+from typing import BinaryIO
 
 from unionfs.fs.ondisk import read_redirect
 from unionfs.image import mediatypes as mt
@@ -20,18 +22,23 @@ from unionfs.image.archive.compression import HashingGzipFile
 from unionfs.image.archive.formats import ImageSpec, LayerSpec
 from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.sources import DirectorySource
+from unionfs.image.archive.tarwriter import Entry, as_tarinfo
+from unionfs.image.archive.unpack import LayerDigests, LayerWriter
 from unionfs.image.config_changes import apply_changes
 from unionfs.image.container import rootfs, runtime
 from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
-from unionfs.image.store import Store, Workspace, syncfs
-from unionfs.image.store.adding import ImageAdder
+from unionfs.image.store import Store, syncfs
+from unionfs.image.store.adding import ImageAdder, chain_ids_above
 
 
-def _write_upper_layer(store: Store, container: Container, space: Workspace,
-                       merged: str | None) -> tuple[str, str]:
+def _write_upper_layer(store: Store, container: Container, adder: ImageAdder,
+                       merged: str | None, chain_below: list[str]) -> LayerSpec:
+    """Writes the upper as a gzip layer blob and, from the same entries as they are written,
+    its unpacked layer (one pass over the upper: no reading the blob back), installed in the
+    store under ``chain_below`` + its own chain id."""
     upper = rootfs.upper_dir(store, container)
 
     def replace_dir(rel: str, path: str) -> str | None:
@@ -41,14 +48,34 @@ def _write_upper_layer(store: Store, container: Container, space: Workspace,
             raise ImageError("internal: a redirected directory needs the merged view")
         return os.path.join(merged, rel)
 
-    blob = space.new_path("commit.tar.gz")
-    with open(blob, "wb") as out:
-        sink = HashingGzipFile(out)
-        real_owner = rootless_id_map().container_ids if store.records_owners else None
-        write_layer_tar(upper, sink, convert_whiteouts=True,  # type: ignore[arg-type]
-                        replace_dir=replace_dir, real_owner=real_owner)
-        sink.finish()
-    return blob, "sha256:" + sink.plain.hexdigest()
+    blob = adder.space.new_path("commit.tar.gz")
+    layer_dir = adder.space.new_path("commit-layer")
+    os.mkdir(layer_dir, 0o755)
+    unpacker = LayerWriter(layer_dir, store.whiteout_format, store.limits,
+                           [store.layer_path(c) for c in reversed(chain_below)])
+
+    def unpack(entry: Entry, data: BinaryIO | None) -> None:
+        unpacker.add(as_tarinfo(entry), lambda: data)
+
+    try:
+        with open(blob, "wb") as out:
+            sink = HashingGzipFile(out)
+            real_owner = rootless_id_map().container_ids if store.records_owners else None
+            entries = write_layer_tar(upper, sink, convert_whiteouts=True,  # type: ignore[arg-type]
+                                      replace_dir=replace_dir, real_owner=real_owner,
+                                      mirror=unpack)
+            sink.finish()
+        unpacker.finish()
+    finally:
+        unpacker.close()
+    digests = LayerDigests(
+        blob_digest="sha256:" + sink.compressed.hexdigest(), blob_size=sink.compressed_size,
+        diff_id="sha256:" + sink.plain.hexdigest(), tar_size=sink.plain_size,
+        compression="gzip", entries=entries)
+    chain = chain_ids_above(chain_below, digests.diff_id)
+    adder.add_unpacked_layer(chain, layer_dir, blob, digests, mt.OCI_LAYER_GZIP)
+    return LayerSpec(os.path.basename(blob), mt.OCI_LAYER_GZIP, digests.blob_digest,
+                     digests.blob_size, digests.diff_id)
 
 
 def _needs_merged_view(upper: str) -> bool:
@@ -90,7 +117,13 @@ def _commit(store: Store, container: Container, names: list[str], message: str, 
         mounted_here = True
     try:
         with store.adding() as space:
-            blob, diff_id = _write_upper_layer(store, container, space, merged)
+            rows = store.db.execute(
+                "SELECT chain_id, diff_id, blob_digest, media_type FROM image_layers "
+                "WHERE image_id = ? ORDER BY position", (container.image_id,)).fetchall()
+            adder = ImageAdder(store, space, progress)
+            layer = _write_upper_layer(store, container, adder, merged,
+                                       [r["chain_id"] for r in rows])
+            diff_id = layer.diff_id
             with open(store.blob_path(container.image_id), "rb") as f:
                 config = json.load(f)
             now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -111,14 +144,10 @@ def _commit(store: Store, container: Container, names: list[str], message: str, 
             config["history"] = history + [entry]
             config_bytes = json.dumps(config, separators=(",", ":")).encode()
             layers = [LayerSpec("", r["media_type"], r["blob_digest"], None, r["diff_id"])
-                      for r in store.db.execute(
-                          "SELECT diff_id, blob_digest, media_type FROM image_layers "
-                          "WHERE image_id = ? ORDER BY position", (container.image_id,))]
-            layers.append(LayerSpec(os.path.basename(blob), mt.OCI_LAYER_GZIP, None, None,
-                                    diff_id))
+                      for r in rows] + [layer]
             spec = ImageSpec(config_bytes, config, layers, names)
-            return ImageAdder(store, space, progress).add_image(
-                spec, DirectorySource(space.path), f"commit of {container.name}")
+            return adder.add_image(spec, DirectorySource(space.path),
+                                   f"commit of {container.name}")
     finally:
         if mounted_here:
             rootfs.unmount(store, container)

@@ -40,9 +40,16 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     """ChainID(L1) = DiffID(L1); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))."""
     chain: list[str] = []
     for diff_id in diff_ids:
-        chain.append(diff_id if not chain else
-                     "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest())
+        chain = chain_ids_above(chain, diff_id)
     return chain
+
+
+def chain_ids_above(chain_below: list[str], diff_id: str) -> list[str]:
+    """The chain ids of a stack (base first) with one more layer on top."""
+    if not chain_below:
+        return [diff_id]
+    top = "sha256:" + hashlib.sha256(f"{chain_below[-1]} {diff_id}".encode()).hexdigest()
+    return [*chain_below, top]
 
 
 @dataclass
@@ -76,6 +83,7 @@ class ImageAdder:
         self.store = store
         self.space = workspace
         self.progress = progress or Progress()
+        self._prepared: dict[str, AddedLayer] = {}  # chain id -> a layer the caller unpacked
 
     # ------------------------------------------------------------------ blobs
 
@@ -104,6 +112,9 @@ class ImageAdder:
         store, unpacked once, and keeps its blob."""
         short = layer.diff_id[7:19]
         chain_id = chain[-1]
+        if chain_id in self._prepared:
+            self.progress.layer_done(layer.diff_id, "Written")
+            return self._prepared[chain_id]
         with self.store.layer_lock(chain_id):
             if self.store.layer_recorded(chain_id):
                 blob = self._keep_blob_only(source, layer, chain_id, what)
@@ -129,6 +140,23 @@ class ImageAdder:
             self.progress.layer_done(layer.diff_id, "Loaded")
             return AddedLayer(chain_id, layer.diff_id, digests.blob_digest,
                               _layer_media_type(layer, digests.compression), digests.blob_size)
+
+    def add_unpacked_layer(self, chain: list[str], layer_dir: str, blob_temp: str,
+                           digests: LayerDigests, media_type: str) -> AddedLayer:
+        """Installs a layer the caller unpacked itself (``commit`` applies the entries as it
+        writes them, instead of reading its own tar back) and keeps its blob; a later
+        ``add_image`` takes it as added. The same chain already in the store wins."""
+        with self.store.layer_lock(chain[-1]):
+            if self.store.layer_recorded(chain[-1]):
+                self.store._remove_tree(layer_dir)
+            else:
+                syncfs(layer_dir)
+                self._install_layer(chain, digests.diff_id, layer_dir, digests)
+            self._place_blob(blob_temp, digests.blob_digest)
+        added = AddedLayer(chain[-1], digests.diff_id, digests.blob_digest, media_type,
+                           digests.blob_size)
+        self._prepared[chain[-1]] = added
+        return added
 
     def _keep_blob_only(self, source: Source, layer: LayerSpec, chain_id: str,
                         what: str) -> AddedLayer:
