@@ -13,6 +13,7 @@ reaches a helper, so ``-f`` here means foreground, as for FUSE programs).
 
 from __future__ import annotations
 
+import os
 import sys
 
 from unionfs.fs.options import (
@@ -112,11 +113,37 @@ def default_fsname(lowers: str) -> str:
     return label if len(label.encode()) <= MAX_DEFAULT_FSNAME else "pyunion"
 
 
+ARGS_FROM_FD = "--args-from-fd="
+
+
+def _args_from_fd(flag: str) -> list[str] | None:
+    """The command line ``unionfs.api.prestart_daemon`` sends once it knows the mount
+    (NUL-separated, up to end of file); None if it sent nothing (no mount was needed)."""
+    with open(_fd_number(flag.removeprefix(ARGS_FROM_FD)), "rb") as pipe:
+        data = pipe.read()
+    return [os.fsdecode(arg) for arg in data.split(b"\0")] if data else None
+
+
+def _show_command_line(argv: list[str]) -> None:
+    """ps and /proc/PID/cmdline show the mount's command line, as if the daemon had been
+    started with it (as far as the kernel's argument area allows: it is not enlarged)."""
+    import setproctitle
+
+    setproctitle.setproctitle(" ".join([sys.executable, "-m", "mount_helper", *argv]))
+
+
 def main(argv: list[str] | None = None) -> int:
     from unionfs.fs.daemon import mount  # imports pyfuse3: keep --help and parse errors fast
 
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        config, ready_fd = parse_args(sys.argv[1:] if argv is None else argv)
+        if len(argv) == 1 and argv[0].startswith(ARGS_FROM_FD):  # started ahead of its mount
+            sent = _args_from_fd(argv[0])
+            if sent is None:
+                return 0
+            argv = sent
+            _show_command_line(argv)
+        config, ready_fd = parse_args(argv)
         return mount(config, ready_fd)
     except MountError as e:
         print(f"mount.pyunion: {e}", file=sys.stderr)

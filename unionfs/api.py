@@ -26,7 +26,67 @@ from typing import IO
 
 from unionfs.fs.options import MountError
 
-__all__ = ["Mount", "MountError", "mount", "mount_async"]
+__all__ = ["Mount", "MountError", "mount", "mount_async", "prestart_daemon"]
+
+
+class _WarmDaemon:
+    """A ``mount.pyunion`` started ahead of its mount: it imports pyfuse3 and trio (most of a
+    daemon's start-up) while this process works out what to mount, then reads its command
+    line from ``args_fd``; at end of file with nothing written it exits."""
+
+    def __init__(self) -> None:
+        self.stderr = tempfile.TemporaryFile()
+        args_read, self.args_fd = os.pipe()
+        self.ready_fd, self.child_ready_fd = os.pipe()
+        try:
+            with _interrupts_held():
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "mount_helper", f"--args-from-fd={args_read}"],
+                    pass_fds=[args_read, self.child_ready_fd], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=self.stderr, start_new_session=True)
+        except BaseException:
+            self.discard()
+            raise
+        finally:
+            os.close(args_read)
+            os.close(self.child_ready_fd)
+
+    def hand_over(self, args: list[str]) -> bool:
+        """Gives the daemon its command line; False if it is gone (start one the usual way)."""
+        try:
+            os.write(self.args_fd, b"\0".join(os.fsencode(a) for a in args))
+        except BrokenPipeError:
+            return False
+        finally:
+            os.close(self.args_fd)
+            self.args_fd = -1
+        return True
+
+    def discard(self) -> None:
+        """Lets an unused daemon go (end of file on its pipe) and closes what is ours."""
+        for fd in (self.args_fd, self.ready_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.args_fd = self.ready_fd = -1
+        self.stderr.close()
+
+
+_warm: _WarmDaemon | None = None
+
+
+def prestart_daemon() -> None:
+    """Starts the next mount's daemon now, so that its start-up overlaps the caller's work
+    (``pyunion run`` resolving the image and writing the bundle); the next ``Mount.start()``
+    of this process hands it its command line. Unused, it exits when this process does."""
+    global _warm
+    if _warm is None:
+        _warm = _WarmDaemon()
+
+
+def _take_warm_daemon() -> _WarmDaemon | None:
+    global _warm
+    warm, _warm = _warm, None
+    return warm
 
 EXIT_TIMEOUT = 20.0
 
@@ -92,21 +152,12 @@ class Mount:
         if self._proc is not None:
             raise MountError(f"{self.path} is already mounted by this object")
         self._prepare_dirs(temporary_upper=self.upper is None and not self.readonly)
-        # The daemon's stderr goes to a file: a pipe nobody reads would block a daemon that
-        # logs (-o debug) and hang the filesystem.
-        self._stderr = tempfile.TemporaryFile()
         proc: subprocess.Popen | None = None
         try:
-            read_end, write_end = os.pipe()
-            with open(read_end, "rb") as pipe:
-                try:
-                    with _interrupts_held():  # a Ctrl-C now is raised once we know the pid
-                        proc = subprocess.Popen(
-                            self.command(write_end), pass_fds=[write_end],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=self._stderr, start_new_session=True)
-                finally:
-                    os.close(write_end)
+            with _interrupts_held():  # a Ctrl-C now is raised once we know the pid
+                proc, read_end = self._start_daemon()
+                pipe = open(read_end, "rb")  # noqa: SIM115 (closed just below)
+            with pipe:
                 answer = pipe.read().decode(errors="replace")
         except BaseException:  # interrupted (SIGINT) or failed: undo what is there
             if proc is not None:
@@ -122,6 +173,31 @@ class Mount:
         self._proc = proc
         assert self.path is not None
         return self.path
+
+    def _start_daemon(self) -> tuple[subprocess.Popen, int]:
+        """The daemon, told what to mount, and the pipe on which it will say ``ok`` (or why
+        not). A daemon started ahead (``prestart_daemon``) is used if there is one. Called
+        with interrupts held, so that the caller always learns the daemon's pid."""
+        warm = _take_warm_daemon()
+        if warm is not None:
+            if warm.hand_over(self.command(warm.child_ready_fd)[3:]):
+                self._stderr = warm.stderr
+                return warm.proc, warm.ready_fd
+            warm.discard()
+        # The daemon's stderr goes to a file: a pipe nobody reads would block a daemon that
+        # logs (-o debug) and hang the filesystem.
+        self._stderr = tempfile.TemporaryFile()
+        read_end, write_end = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                self.command(write_end), pass_fds=[write_end], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=self._stderr, start_new_session=True)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        return proc, read_end
 
     def _daemon_stderr(self) -> str:
         if self._stderr is None:

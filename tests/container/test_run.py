@@ -4,8 +4,9 @@ namespaces, under real runc on a real pyunion mount of the image."""
 from __future__ import annotations
 
 import os
+import uuid
 
-from tests.container.conftest import IMAGE, mounts_under, wait_for
+from tests.container.conftest import IMAGE, mounts_under, pids_with_cmdline, wait_for
 
 
 def host_interfaces() -> set[str]:
@@ -148,3 +149,35 @@ def test_detached_rm_leaves_nothing(px):
     wait_for(lambda: px("ps", "-aq").stdout == "", timeout=30, what="the container to go")
     wait_for(lambda: mounts_under(px.tmp) == [], timeout=10, what="the rootfs to be unmounted")
     assert px.runc_containers() == []
+
+
+def _processes_with_env(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_daemon_started_ahead_serves_the_mount_or_exits(px):
+    """run starts its mount daemon before it knows the mount (unionfs.api.prestart_daemon):
+    used, it shows the mount's command line; not needed, it exits with the command."""
+    marker = "PYUNION_TEST_MARK=" + uuid.uuid4().hex
+    env = {marker.partition("=")[0]: marker.partition("=")[2]}
+    result = px("run", "--rm", "--pull", "never", "no/such:image", "true", check=False, env=env)
+    assert result.returncode == 125, result
+    wait_for(lambda: not _processes_with_env(marker), timeout=10,
+             what="the daemon started ahead and not needed exits")
+
+    px("create", "--name", "ahead", IMAGE, "sleep", "30")
+    point = px("mount", "ahead").stdout.strip()
+    daemons = pids_with_cmdline("mount_helper", point)
+    assert len(daemons) == 1, daemons
+    px("umount", "ahead")
+    wait_for(lambda: not pids_with_cmdline("mount_helper", point), timeout=10,
+             what="the daemon exits")

@@ -15,7 +15,6 @@ import sqlite3
 import sys
 
 from unionfs.image.errors import ImageError
-from unionfs.image.store import Store, default_root
 
 DESCRIPTION = """A docker-style image manager whose images are stacks of read-only layers that
 pyunion mounts. Layers are stored once, by content, and unpacked in the kernel overlay form."""
@@ -45,6 +44,9 @@ COMMANDS = {
     "pull": "pull", "push": "push", "search": "search", "login": "login", "logout": "login",
     "info": "info",
 }
+# Commands that mount a union: its daemon is started first (unionfs.api.prestart_daemon), so
+# that the daemon's interpreter start-up and imports run beside this command's own.
+MOUNTING_COMMANDS = {"run", "start", "mount", "mount-image"}
 # The exit status of a command's failures (usage errors included) where it is not 1.
 FAILURE_STATUS = {"run": 125}
 
@@ -87,7 +89,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    failure = FAILURE_STATUS.get(_chosen_command(argv) or "", 1)
+    chosen = _chosen_command(argv) or ""
+    if chosen in MOUNTING_COMMANDS and "--help" not in argv and "-h" not in argv:
+        from unionfs.api import prestart_daemon
+        prestart_daemon()
+    from unionfs.image.store import Store, default_root  # after the daemon's start: see above
+
+    failure = FAILURE_STATUS.get(chosen, 1)
     try:
         args = build_parser(argv).parse_args(argv)
     except SystemExit as e:
