@@ -8,6 +8,7 @@ store keeps the image's layers while the mount lives and forgets it once it is g
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import time
 
@@ -53,10 +54,21 @@ def process_alive(pid: int | None, *markers: bytes) -> bool:
 
 
 def wait_exit(pid: int | None, timeout: float = 10.0) -> None:
-    """Waits (bounded) until ``pid`` has exited or is a zombie."""
-    deadline = time.monotonic() + timeout
-    while pid and _running(pid) and time.monotonic() < deadline:
-        time.sleep(0.025)
+    """Waits (bounded) until ``pid`` has exited or is a zombie: on a pidfd, which is readable
+    from the moment it exits, so that ``run --rm`` and ``umount`` lose no polling interval."""
+    if not pid:
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gone already, or a kernel without pidfds: poll
+        deadline = time.monotonic() + timeout
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.025)
+        return
+    try:
+        select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
 
 
 def mount_is_live(mountpoint: str, pid: int | None) -> bool:
