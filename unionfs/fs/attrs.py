@@ -7,12 +7,12 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pyfuse3
 
 from unionfs.fs import ondisk, override
 from unionfs.fs.copyup import copy_up
+from unionfs.fs.handles import ROOT, Caller
 from unionfs.fs.inodes import Node
 from unionfs.fs.state import UnionFS
 
@@ -154,17 +154,6 @@ def _set_times(target: str | int, attr: pyfuse3.EntryAttributes,
         os.utime(target, ns=(atime, mtime))
     else:
         os.utime(target, ns=(atime, mtime), follow_symlinks=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who asked for a change: what clearing set-id bits on a write depends on."""
-
-    uid: int
-    groups: frozenset[int]
-
-
-ROOT = Caller(0, frozenset({0}))
 
 
 def caller_of(ctx: pyfuse3.RequestContext) -> Caller:

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from itertools import count
-from typing import TYPE_CHECKING
 
 from unionfs.fs.inodes import Node
 
-if TYPE_CHECKING:
-    from unionfs.fs.attrs import Caller
-
-
 MAX_OPEN_LISTINGS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who opened a file or asked for a change: what clearing set-id bits on a write depends
+    on (``attrs.caller_of`` makes one from a request)."""
+
+    uid: int
+    groups: frozenset[int]
+
+
+ROOT = Caller(0, frozenset({0}))
 
 
 class FileHandle:

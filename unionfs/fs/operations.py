@@ -22,7 +22,7 @@ import trio
 
 from unionfs.fs import attrs, dirops, inode_io, longpaths, ondisk, override, passthrough
 from unionfs.fs.copyup import copy_up
-from unionfs.fs.handles import FileHandle
+from unionfs.fs.handles import Caller, FileHandle
 from unionfs.fs.inodes import Node
 from unionfs.fs.readdir import merged_listing
 from unionfs.fs.state import UnionFS
@@ -316,7 +316,7 @@ class UnionOperations(pyfuse3.Operations):
         return self._file_info(node, fd, flags, caller)
 
     def _passthrough_read(self, node: Node, flags: int,
-                          caller: attrs.Caller) -> pyfuse3.FileInfo | None:
+                          caller: Caller) -> pyfuse3.FileInfo | None:
         """A read-only open in passthrough mode that needs no descriptor here: of a node
         whose backing is registered already, or of a lower file (registered from its
         layer's read-only view). None where that cannot be done."""
@@ -331,7 +331,7 @@ class UnionOperations(pyfuse3.Operations):
         return self._open_reply(node, -1, flags, caller, backing_id)
 
     def _file_info(self, node: Node, fd: int, flags: int,
-                   caller: attrs.Caller) -> pyfuse3.FileInfo:
+                   caller: Caller) -> pyfuse3.FileInfo:
         """The reply to an open of ``node`` whose real file is open as ``fd``: in passthrough
         mode where the kernel takes it, else served here (and kept in the page cache)."""
         fs = self.fs
@@ -345,7 +345,7 @@ class UnionOperations(pyfuse3.Operations):
             raise
         return self._open_reply(node, fd, flags, caller, backing_id)
 
-    def _open_reply(self, node: Node, fd: int, flags: int, caller: attrs.Caller,
+    def _open_reply(self, node: Node, fd: int, flags: int, caller: Caller,
                     backing_id: int) -> pyfuse3.FileInfo:
         """A handle for a new open and the reply naming it: in passthrough mode with a
         backing id (the kernel refuses keep_cache there), else kept in the page cache."""

@@ -8,12 +8,11 @@ store keeps the image's layers while the mount lives and forgets it once it is g
 from __future__ import annotations
 
 import os
-import select
-import subprocess
 import time
 
 from unionfs.api import Mount
 from unionfs.fs.options import MountError
+from unionfs.image.daemons import mounted_points, unmount_daemon
 from unionfs.image.errors import Conflict, ImageError
 from unionfs.image.store import Store
 
@@ -24,64 +23,6 @@ def layer_dirs(store: Store, image_id: str) -> list[str]:
         "SELECT chain_id FROM image_layers WHERE image_id = ? ORDER BY position",
         (image_id,)).fetchall()
     return [store.layer_path(r["chain_id"]) for r in rows]
-
-
-def mounted_points() -> set[str]:
-    with open("/proc/self/mountinfo") as f:
-        return {line.split()[4].replace("\\040", " ") for line in f}
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` exists and has not exited (a zombie has)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def process_alive(pid: int | None, *markers: bytes) -> bool:
-    """Whether ``pid`` runs (not a zombie) a command line holding one of ``markers``: a pid
-    recorded earlier may since belong to another program."""
-    if not pid or not _running(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return False
-    return any(marker in cmdline for marker in markers)
-
-
-def wait_exit(pid: int | None, timeout: float = 10.0) -> None:
-    """Waits (bounded) until ``pid`` has exited or is a zombie: on a pidfd, which is readable
-    from the moment it exits, so that ``run --rm`` and ``umount`` lose no polling interval."""
-    if not pid:
-        return
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:  # gone already, or a kernel without pidfds: poll
-        deadline = time.monotonic() + timeout
-        while _running(pid) and time.monotonic() < deadline:
-            time.sleep(0.025)
-        return
-    try:
-        select.select([pidfd], [], [], timeout)
-    finally:
-        os.close(pidfd)
-
-
-def mount_is_live(mountpoint: str, pid: int | None) -> bool:
-    return process_alive(pid, b"mount_helper") and mountpoint in mounted_points()
-
-
-def unmount_daemon(point: str, pid: int | None, what: str) -> None:
-    """``umount`` of a pyunion mount, then a wait for its daemon to exit."""
-    result = subprocess.run(["umount", point], capture_output=True, text=True)
-    if result.returncode != 0 and point in mounted_points():
-        lines = result.stderr.strip().splitlines()
-        raise ImageError(f"cannot unmount {what}: {lines[-1] if lines else 'busy'}")
-    wait_exit(pid)
 
 
 def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -> str:

@@ -67,7 +67,7 @@ def image_names(store: Store, image_id: str) -> list[str]:
 def image_users(store: Store, image_id: str) -> list[str]:
     """What keeps an image in use: containers (of any state) and live mount-image mounts."""
     from unionfs.image.container.records import users_of_image
-    from unionfs.image.mounts import mount_is_live
+    from unionfs.image.daemons import mount_is_live
 
     users = users_of_image(store, image_id)
     for row in store.db.execute("SELECT mountpoint, pid FROM mounts WHERE image_id = ?",

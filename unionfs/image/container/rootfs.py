@@ -16,8 +16,9 @@ from unionfs.fs.options import MountError
 from unionfs.image.container import records
 from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.container.records import Container
+from unionfs.image.daemons import mount_is_live, mounted_points, unmount_daemon
 from unionfs.image.errors import ImageError
-from unionfs.image.mounts import layer_dirs, mount_is_live, mounted_points, unmount_daemon
+from unionfs.image.mounts import layer_dirs
 from unionfs.image.store import Store, syncfs
 
 

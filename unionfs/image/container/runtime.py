@@ -25,8 +25,8 @@ from unionfs.image.container import records, rootfs
 from unionfs.image.container.bundle import image_config, write_bundle
 from unionfs.image.container.records import Container
 from unionfs.image.container.runtime_output import StderrRelay, start_failure
+from unionfs.image.daemons import process_alive
 from unionfs.image.errors import ImageError, StartFailed
-from unionfs.image.mounts import process_alive
 from unionfs.image.store import Store
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from unionfs.image.daemons import mount_is_live
 from unionfs.image.errors import ImageError
 from unionfs.image.limits import Limits
 from unionfs.image.store import database
@@ -317,8 +318,6 @@ class Store:
             shutil.rmtree(trash, ignore_errors=True)
 
     def _forget_dead_mounts(self) -> None:
-        from unionfs.image.mounts import mount_is_live
-
         rows = self.db.execute("SELECT mountpoint, pid FROM mounts").fetchall()
         dead = [(r["mountpoint"],) for r in rows if not mount_is_live(r["mountpoint"], r["pid"])]
         if dead:
