@@ -213,25 +213,47 @@ def _daemon_cpu(m: Mounted) -> float | None:
     return cpu[0] if cpu is not None else None
 
 
-def sample(impl: Implementation | None, rootfs: Path, cell: Path, timeout: float
-           ) -> dict[str, Any]:
-    """One timed install on a fresh tree; ``ok`` False with ``error`` if anything failed."""
+@dataclass
+class TreeWorkload:
+    """What one row does on a fresh tree: ``prepared(tree)`` (a context, untimed), ``run(tree,
+    timeout)`` (timed, the daemon's CPU measured around it), ``verify(tree, timeout)``
+    (untimed; raises RuntimeError if the result is wrong)."""
+
+    prepared: Callable[[Path], contextlib.AbstractContextManager]
+    run: Callable[[Path, float], None]
+    verify: Callable[[Path, float], None]
+
+
+def _install(tree: Path, timeout: float) -> None:
+    _run(["chroot", str(tree), "apt-get", "install", "-y", "-q", "--no-download",
+          "--no-install-recommends", "-o", "Dpkg::Use-Pty=0", *PACKAGES], timeout)
+
+
+def _verify_install(tree: Path, timeout: float) -> None:
+    bad = _run(["chroot", str(tree), "dpkg", "--verify", *PACKAGES], timeout)
+    if bad.stdout.strip():
+        raise RuntimeError(f"dpkg --verify: {bad.stdout.strip().splitlines()[0]}")
+
+
+APT_INSTALL = TreeWorkload(_chroot_mounts, _install, _verify_install)
+
+
+def sample(impl: Implementation | None, rootfs: Path, cell: Path, timeout: float,
+           workload: TreeWorkload = APT_INSTALL) -> dict[str, Any]:
+    """One timed run on a fresh tree; ``ok`` False with ``error`` if anything failed."""
     rec: dict[str, Any] = {"impl": impl.name if impl else "plain"}
     try:
         with _tree(impl, rootfs, cell, timeout) as m:
-            with _chroot_mounts(m.path):
+            with workload.prepared(m.path):
                 drop_caches()
                 cpu0 = _daemon_cpu(m)
                 t0 = time.perf_counter()
-                _run(["chroot", str(m.path), "apt-get", "install", "-y", "-q", "--no-download",
-                      "--no-install-recommends", "-o", "Dpkg::Use-Pty=0", *PACKAGES], timeout)
+                workload.run(m.path, timeout)
                 rec["s"] = time.perf_counter() - t0
                 cpu1 = _daemon_cpu(m)
                 if cpu0 is not None and cpu1 is not None:
                     rec["daemon_user_s"] = cpu1 - cpu0
-                bad = _run(["chroot", str(m.path), "dpkg", "--verify", *PACKAGES], timeout)
-                if bad.stdout.strip():
-                    raise RuntimeError(f"dpkg --verify: {bad.stdout.strip().splitlines()[0]}")
+                workload.verify(m.path, timeout)
         rec["notes"] = m.notes
         stats = read_stats(m)
         if stats is not None:
@@ -248,13 +270,9 @@ def sample(impl: Implementation | None, rootfs: Path, cell: Path, timeout: float
     return rec
 
 
-def run(args: argparse.Namespace, names: list[str], run_dir: Path, log: Log) -> dict[str, Any]:
-    """The apt row; ``args``: reps, timeout, cache_dir."""
-    rootfs, meta = ensure_rootfs(args.cache_dir, log)
-    out: dict[str, Any] = {"meta": meta, "reps": args.reps}
-    if rootfs is None:
-        out[APT] = {"ok": False, "error": meta["error"]}
-        return out
+def available_implementations() -> tuple[list[Implementation | None], dict[str, str]]:
+    """``None`` (plain: a copy of the tree) and the implementations that can run here, and
+    why the others cannot."""
     impls: list[Implementation | None] = [None]
     unavailable: dict[str, str] = {}
     for impl in IMPLEMENTATIONS:
@@ -263,15 +281,34 @@ def run(args: argparse.Namespace, names: list[str], run_dir: Path, log: Log) -> 
             unavailable[impl.name] = why
         else:
             impls.append(impl)
+    return impls, unavailable
+
+
+def rotated_samples(impls: list[Implementation | None], rootfs: Path, cell_name: str,
+                    args: argparse.Namespace, run_dir: Path, log: Log,
+                    workload: TreeWorkload = APT_INSTALL) -> list[dict[str, Any]]:
+    """``args.reps`` repetitions of every implementation, the order rotated each time."""
     samples: list[dict[str, Any]] = []
     for rep in range(args.reps):
         shift = rep % len(impls)
         for impl in impls[shift:] + impls[:shift]:
-            rec = sample(impl, rootfs, run_dir / f"apt-r{rep}", args.timeout)
+            rec = sample(impl, rootfs, run_dir / f"{cell_name}-r{rep}", args.timeout, workload)
             rec["rep"] = rep
             samples.append(rec)
             took = f"{rec['s']:.1f} s" if rec["ok"] else f"FAILED: {rec['error']}"
-            log(f"apt rep {rep + 1}/{args.reps} {rec['impl']:22s} {took}")
+            log(f"{cell_name} rep {rep + 1}/{args.reps} {rec['impl']:22s} {took}")
+    return samples
+
+
+def run(args: argparse.Namespace, names: list[str], run_dir: Path, log: Log) -> dict[str, Any]:
+    """The apt row; ``args``: reps, timeout, cache_dir."""
+    rootfs, meta = ensure_rootfs(args.cache_dir, log)
+    out: dict[str, Any] = {"meta": meta, "reps": args.reps}
+    if rootfs is None:
+        out[APT] = {"ok": False, "error": meta["error"]}
+        return out
+    impls, unavailable = available_implementations()
+    samples = rotated_samples(impls, rootfs, "apt", args, run_dir, log)
     out[APT] = {"ok": True, "samples": samples, "unavailable": unavailable,
                 "summary": summarize(samples)}
     return out
@@ -309,6 +346,14 @@ def render(res: dict[str, Any]) -> list[str]:
     meta = res["meta"]
     out.append(f"  {meta['debs']} cached .debs ({meta['deb_bytes'] / 2**20:.0f} MiB), "
                f"{res['reps']} repetitions, order rotated; dpkg --verify clean after each")
+    out += render_summary(row, "fuse-overlayfs sends about 120,000, counted with -d")
+    return out
+
+
+def render_summary(row: dict[str, Any], about_requests: str) -> list[str]:
+    """The table of a tree row's summary: times, ratio, requests, the daemon's CPU per
+    request; then what could not run, failures and the most frequent requests."""
+    out = []
     summary = row["summary"]
     ref = (summary.get("fuse-overlayfs") or {}).get("median_s")
     rows = []
@@ -323,8 +368,8 @@ def render(res: dict[str, Any]) -> list[str]:
                      _fmt(per_request, ".1f") if per_request is not None else ""])
     out.append(_table(["tree", "median", "min", "n", "/fuse-overlayfs", "requests",
                        "daemon user s", "user µs/request"], rows))
-    out.append("  daemon user s: the FUSE daemon's user CPU over the install; per request: over "
-               "pyunion's request count (fuse-overlayfs sends about 120,000, counted with -d)")
+    out.append("  daemon user s: the FUSE daemon's user CPU over the timed part; per request: "
+               f"over pyunion's request count ({about_requests})")
     for name, why in row["unavailable"].items():
         out.append(f"  {name}: not run: {why}")
     for name, v in summary.items():

@@ -71,22 +71,26 @@ def _handler(fn: Callable) -> Callable:
         @functools.wraps(fn)
         async def wrapper(self: UnionOperations, *args):
             self.fs.stats[name] += 1
+            scope = longpaths.begin_request()
             try:
-                with longpaths.request_scope():
-                    return await fn(self, *args)
+                return await fn(self, *args)
             except Exception as e:
                 raise _fuse_error(e, name, args) from None
+            finally:
+                longpaths.end_request(scope)
 
         return wrapper
 
     @functools.wraps(fn)
     def plain(self: UnionOperations, *args):
         self.fs.stats[name] += 1
+        scope = longpaths.begin_request()
         try:
-            with longpaths.request_scope():
-                return fn(self, *args)
+            return fn(self, *args)
         except Exception as e:
             raise _fuse_error(e, name, args) from None
+        finally:
+            longpaths.end_request(scope)
 
     if PYFUSE3_PLAIN_METHODS:
         return plain
