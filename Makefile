@@ -31,7 +31,7 @@ TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc dock
 STRESS_PACKAGES := fio strace stress-ng
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap debootstrap
 
-.PHONY: setup pyfuse3-extended system-packages test test-plain-pyfuse3 test-no-passthrough stress demo \
+.PHONY: setup pyfuse3-extended system-packages protos test test-plain-pyfuse3 test-no-passthrough stress demo \
         bench bench-quick install lint clean
 
 setup: $(STAMP)
@@ -109,6 +109,13 @@ test-no-passthrough: setup
 stress: setup
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(STRESS_PACKAGES)"
 	PYUNION_STRESS=long $(VENV)/bin/pytest tests/stress -p no:cacheprovider $(PYTEST_ARGS)
+
+# The snapshotter's gRPC modules from its .proto files (checked in; run after editing those).
+protos: setup
+	$(PY) -m pip install --quiet 'grpcio-tools==1.85.4'
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+	  unionfs/image/snapshotter/api/mount.proto unionfs/image/snapshotter/api/snapshots.proto
+	rm -f unionfs/image/snapshotter/api/mount_pb2_grpc.py
 
 lint: setup
 	$(VENV)/bin/ruff check unionfs mount_helper tests bench

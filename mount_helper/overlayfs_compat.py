@@ -9,8 +9,11 @@ containers/storage (podman, buildah, CRI-O) mounts a layer stack through its ove
 where the lower paths may be relative to that directory, the option string may hold empty
 options (``,,``) and may be followed by ``uidmapping=``/``gidmapping=`` (rootless),
 ``xattr_permissions=2`` (a forced mask) and the ``mountopt`` of ``storage.conf``; it unmounts
-with ``fusermount3 -u MERGED``. This module turns that command line into ``mount.pyunion``'s
-overlayfs form (``SOURCE MERGED -o ...``) and mounts through the same parser and daemon.
+with ``fusermount3 -u MERGED``. For containerd's mount type ``fuse3.pyunion-overlayfs`` (the
+pyunion snapshotter's), mount.fuse3 runs it as ``PROGRAM SOURCE MERGED -o OPTIONS``.
+
+This module turns that command line into ``mount.pyunion``'s overlayfs form (``SOURCE MERGED
+-o ...``) and mounts through the same parser and daemon.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ TUNING_OPTIONS = {"threaded", "fast_ino", "writeback", "max_idle_threads", "stat
 REFUSED_OPTIONS = {"squash_to_root", "squash_to_uid", "squash_to_gid", "noxattrs"}
 
 USAGE = f"""usage: {PROGRAM} [-f] [-d] -o lowerdir=L1[:L2...][,upperdir=U,workdir=W][,OPTS] MERGED
+       {PROGRAM} SOURCE MERGED -o OPTS     (as mount.fuse3 runs it for type fuse3.{PROGRAM})
 
 fuse-overlayfs's command line, served by pyunion (mount.pyunion's overlayfs form). For
 containers/storage (podman, buildah, CRI-O): in storage.conf
@@ -73,11 +77,12 @@ def translate(argv: list[str]) -> list[str]:
             raise MountError(f"unknown flag '{arg}' (see --help)")
         else:
             positional.append(arg)
-    if len(positional) != 1:
-        raise MountError("expected one mountpoint after the options (see --help)")
+    if len(positional) not in (1, 2):
+        raise MountError("expected [SOURCE] MERGED besides the options (see --help)")
     if not any(opt.startswith("lowerdir=") for opt in options):
         raise MountError("lowerdir= is required")
-    return [SOURCE, positional[0], *flags, "-o", ",".join(options)]
+    source = positional[0] if len(positional) == 2 else SOURCE
+    return [source, positional[-1], *flags, "-o", ",".join(options)]
 
 
 def _options(text: str) -> list[str]:

@@ -44,12 +44,15 @@ def test_translate_repeated_options_and_fuse_overlayfs_options():
                                "xattr_permissions=2"]
     assert translate(["-o", "lowerdir=a,fsync=1,,", "m"])[-1] == "lowerdir=a"
     assert translate(["-o", r"lowerdir=a\,b", "m"])[-1] == r"lowerdir=a\,b"
+    # as mount.fuse3 runs it
+    assert translate(["src", "m", "-o", "rw,lowerdir=a,dev,suid"]) == [
+        "src", "m", "-o", "rw,lowerdir=a,dev,suid"]
 
 
 @pytest.mark.parametrize("argv, message", [
     (["-o", "upperdir=u", "m"], "lowerdir= is required"),
-    (["-o", "lowerdir=a"], "expected one mountpoint"),
-    (["-o", "lowerdir=a", "m", "n"], "expected one mountpoint"),
+    (["-o", "lowerdir=a"], r"expected \[SOURCE\] MERGED"),
+    (["-o", "lowerdir=a", "s", "m", "n"], r"expected \[SOURCE\] MERGED"),
     (["-o", "lowerdir=a,squash_to_root", "m"], "squash_to_root"),
     (["-o", "lowerdir=a,fsync=2", "m"], "fsync=2"),
     (["-x", "-o", "lowerdir=a", "m"], "unknown flag '-x'"),
