@@ -4,6 +4,8 @@ pyunion mounts. See unionfs/image/snapshotter/."""
 
 from __future__ import annotations
 
+import os
+
 from unionfs.image.store import Store
 
 HELP = "Serve containerd's Snapshots API (a proxy snapshotter) over the store"
@@ -20,10 +22,15 @@ example:
   pyunion --root /var/lib/pyunion snapshotter --address /run/pyunion/snapshotter.sock"""
 
 
+def default_address() -> str:
+    if os.geteuid() == 0:
+        return "/run/pyunion/snapshotter.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
+    return os.path.join(runtime, "pyunion", "snapshotter.sock")
+
+
 def register(commands) -> None:
     from argparse import RawDescriptionHelpFormatter
-
-    from unionfs.image.snapshotter.service import default_address
 
     p = commands.add_parser("snapshotter", help=HELP, description=HELP, epilog=EPILOG,
                             formatter_class=RawDescriptionHelpFormatter)

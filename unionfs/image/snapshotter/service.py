@@ -111,13 +111,6 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
         return empty_pb2.Empty()
 
 
-def default_address() -> str:
-    if os.geteuid() == 0:
-        return "/run/pyunion/snapshotter.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"
-    return os.path.join(runtime, "pyunion", "snapshotter.sock")
-
-
 def _claim_socket(path: str) -> None:
     """Removes a socket left by a killed snapshotter; refuses one that still answers."""
     os.makedirs(os.path.dirname(path) or ".", mode=0o711, exist_ok=True)
