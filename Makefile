@@ -29,7 +29,7 @@ TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc dock
 # The stress suite (tests/stress): fio's verify workloads, strace (kills at chosen syscalls),
 # stress-ng (long mode only).
 STRESS_PACKAGES := fio strace stress-ng
-BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap debootstrap
+BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap debootstrap containerd
 
 .PHONY: setup pyfuse3-extended system-packages protos test test-plain-pyfuse3 test-no-passthrough stress demo \
         bench bench-quick install lint clean

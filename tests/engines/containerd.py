@@ -85,7 +85,7 @@ class Containerd:
     def start_snapshotter(self) -> None:
         self.snapshotter = self._start(
             [*PYUNION, "--root", str(self.store), "snapshotter",
-             "--address", str(self.snapshotter_address)],
+             "--address", str(self.snapshotter_address), "--debug"],
             self.base / "snapshotter.log", self.snapshotter_address)
 
     def start_containerd(self) -> None:

@@ -36,6 +36,8 @@ def register(commands) -> None:
                             formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("--address", metavar="SOCKET", default=default_address(),
                    help="the unix socket to serve on (default: %(default)s)")
+    p.add_argument("--debug", action="store_true",
+                   help="log every call, its key and its duration on stderr")
     p.set_defaults(run=run)
 
 
@@ -45,4 +47,4 @@ def run(args, store: Store) -> int:
 
     snapshots = Snapshots(store)
     snapshots.cleanup()
-    return serve(snapshots, args.address)
+    return serve(snapshots, args.address, args.debug)

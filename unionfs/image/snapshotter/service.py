@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -41,22 +42,34 @@ def _mounts(mounts: list[snap.Mount]) -> list[mount_pb2.Mount]:
 
 
 def _served(method):
-    """One call at a time (the store's connection is shared), refusals as gRPC statuses."""
+    """One call at a time (the store's connection is shared), refusals as gRPC statuses;
+    with ``debug``, each call, its key and its duration on stderr."""
     def call(self, request, context):
+        started = time.perf_counter()
+        outcome = "ok"
         try:
             with self.snapshots.lock:
                 return method(self, request, context)
         except snap.SnapshotError as e:
+            outcome = e.code
             context.abort(getattr(grpc.StatusCode, e.code), str(e))
         except (ImageError, OSError) as e:
+            outcome = f"INTERNAL {e}"
             context.abort(grpc.StatusCode.INTERNAL, str(e))
+        finally:
+            if self.debug:
+                key = getattr(request, "key", "") or getattr(request, "name", "")
+                print(f"{method.__name__} {key} {outcome} "
+                      f"{(time.perf_counter() - started) * 1000:.1f} ms",
+                      file=sys.stderr, flush=True)
     call.__name__ = method.__name__
     return call
 
 
 class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
-    def __init__(self, snapshots: snap.Snapshots) -> None:
+    def __init__(self, snapshots: snap.Snapshots, debug: bool = False) -> None:
         self.snapshots = snapshots
+        self.debug = debug
 
     @_served
     def Prepare(self, request, context):
@@ -127,11 +140,11 @@ def _claim_socket(path: str) -> None:
         probe.close()
 
 
-def serve(snapshots: snap.Snapshots, address: str, ready: threading.Event | None = None) -> int:
+def serve(snapshots: snap.Snapshots, address: str, debug: bool = False) -> int:
     """Serves until SIGTERM or SIGINT; the socket is removed at the end."""
     _claim_socket(address)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(snapshots), server)
+    snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsService(snapshots, debug), server)
     if not server.add_insecure_port(f"unix://{os.path.abspath(address)}"):
         raise ImageError(f"cannot listen on {address}")
     stop = threading.Event()
@@ -141,8 +154,6 @@ def serve(snapshots: snap.Snapshots, address: str, ready: threading.Event | None
     try:
         print(f"pyunion snapshotter: serving {snapshots.store.root} on {address}",
               file=sys.stderr, flush=True)
-        if ready is not None:
-            ready.set()
         stop.wait()
     finally:
         server.stop(grace=5).wait()
