@@ -132,10 +132,13 @@ bench: setup
 bench-quick:
 	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick
 
-# Puts the mount helper where mount(8) looks for it: `mount -t pyunion` and `mount -t fuse.pyunion`.
+# Puts the mount helper where mount(8) looks for it: `mount -t pyunion` and `mount -t fuse.pyunion`;
+# pyunion-overlayfs where containerd (mount.fuse3, for the snapshotter's fuse3.pyunion-overlayfs
+# mounts) and containers/storage's mount_program find it.
 install: setup
 	install -m 0755 $(VENV)/bin/mount.pyunion /sbin/mount.pyunion
 	ln -sf /sbin/mount.pyunion /sbin/mount.fuse.pyunion
+	install -m 0755 $(VENV)/bin/pyunion-overlayfs /usr/local/bin/pyunion-overlayfs
 
 clean:
 	rm -rf $(VENV) $(PLAIN_VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
