@@ -51,8 +51,8 @@ def _layer_deleting(layout: Path, work: Path, source: str, tag: str) -> None:
 
 @pytest.fixture(scope="module")
 def registry(images, tmp_path_factory):
-    """A registry with ``base:1.0`` (one layer) and ``del:1.0`` (three), pushed by skopeo
-    from an OCI layout."""
+    """A registry with ``base:1.0`` (one layer), ``del:1.0`` (three) and ``big:1.0`` (two, the
+    second 50 MiB), pushed by skopeo from an OCI layout."""
     work = tmp_path_factory.mktemp("containerd-images")
     layout = work / "layout"
     shutil.copytree(images.layout, layout, symlinks=True)
@@ -61,7 +61,7 @@ def registry(images, tmp_path_factory):
     _layer_deleting(layout, work, "app1", "del")
     server = Registry(work / "registry").start()
     try:
-        for tag, name in ((base_tag, "base:1.0"), ("del", "del:1.0")):
+        for tag, name in ((base_tag, "base:1.0"), ("del", "del:1.0"), ("big", "big:1.0")):
             run_command(["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false",
                          f"oci:{layout}:{tag}", f"docker://{server.ref(name)}"])
         yield server
@@ -254,3 +254,34 @@ def engine_cmd(engine: Containerd) -> list[str]:
     from tests.engines.containerd import PYUNION
 
     return [*PYUNION, "--root", str(engine.store), "snapshotter"]
+
+
+def test_snapshotter_killed_during_a_pull(engine, registry):
+    """SIGKILL of the snapshotter while containerd unpacks ``big:1.0`` (a 50 MiB second
+    layer): the pull fails; after a restart it succeeds, the image runs, and once it is removed
+    (a garbage collection, whose Cleanup deletes what the killed calls left) nothing is left."""
+    log = engine.base / "snapshotter.log"
+    mark = log.stat().st_size
+    pull = subprocess.Popen(
+        ["ctr", "--address", str(engine.address), "--namespace", NAMESPACE, "images", "pull",
+         "--plain-http", "--snapshotter", "pyunion", registry.ref("big:1.0")],
+        env=engine.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: "Prepare" in log.read_text()[mark:], "the first Prepare", timeout=60)
+        engine.stop_snapshotter(signal.SIGKILL)
+        assert pull.wait(timeout=60) != 0
+    finally:
+        if pull.poll() is None:
+            pull.kill()
+            pull.wait()
+    engine.start_snapshotter()
+    # containerd's connection to the plugin reconnects after a back-off (gRPC's: seconds)
+    _wait(lambda: engine.ctr("images", "pull", "--plain-http", "--snapshotter", "pyunion",
+                             registry.ref("big:1.0"), check=False).returncode == 0,
+          "a pull through the restarted snapshotter", timeout=90)
+    listing = engine.ctr("run", "--rm", "--snapshotter", "pyunion", registry.ref("big:1.0"),
+                         "big", "ls", "-l", "/opt/big.bin").stdout
+    assert " 52428800 " in listing
+    engine.ctr("images", "rm", "--sync", registry.ref("big:1.0"))
+    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    assert not engine.mounts()

@@ -59,7 +59,8 @@ def _served(method):
         finally:
             if self.debug:
                 key = getattr(request, "key", "") or getattr(request, "name", "")
-                print(f"{method.__name__} {key} {outcome} "
+                labels = dict(getattr(request, "labels", {}))
+                print(f"{method.__name__} {key} {labels or ''} {outcome} "
                       f"{(time.perf_counter() - started) * 1000:.1f} ms",
                       file=sys.stderr, flush=True)
     call.__name__ = method.__name__
