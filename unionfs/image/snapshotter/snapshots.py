@@ -4,10 +4,11 @@ snapshotter, with pyunion mounting the stacks.
 On disk, ``STORE/snapshots/DIR/fs`` is a snapshot's content (the upper directory while it is
 active, a layer once committed) and ``STORE/snapshots/DIR/work`` its workdir; ``DIR`` is a
 random name recorded in the ``snapshotter_snapshots`` table of the store's database. A
-directory is made before its row is written and a removed snapshot's row is deleted before its
-directory, so a call killed half way leaves at most a directory without a row, which
-``cleanup`` deletes; nothing a row names is ever missing. Keys are containerd's (its metadata
-store already puts the namespace into them).
+directory is made (and synced) before its row is written, a snapshot's content is synced before
+its commit is, and a removed snapshot's row is deleted before its directory, so a call killed
+half way leaves at most a directory without a row, which ``cleanup`` deletes; nothing a row
+names is ever missing. Keys are containerd's (its metadata store already puts the namespace
+into them).
 
 Mounts, as containerd's overlayfs snapshotter gives them:
 
@@ -34,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 
 from unionfs.image.errors import ImageError
-from unionfs.image.store import Store
+from unionfs.image.store import Store, fsync_dir, syncfs
 from unionfs.image.store.database import transaction
 
 MOUNT_TYPE = "fuse3.pyunion-overlayfs"
@@ -192,6 +193,8 @@ class Snapshots:
             os.mkdir(os.path.join(base, "fs"), 0o755)
             if kind == ACTIVE:
                 os.mkdir(os.path.join(base, "work"), 0o700)
+            fsync_dir(base)
+            fsync_dir(self.dir)  # the directory is on disk before a row names it
             now = time.time()
             try:
                 with transaction(self.db):
@@ -210,6 +213,7 @@ class Snapshots:
             if row["kind"] != ACTIVE:
                 raise FailedPrecondition(f"snapshot {key} is not active")
             size, inodes = disk_usage(self._fs(row))
+            syncfs(self._fs(row))  # the layer's content is on disk before it is committed
             merged = {**json.loads(row["labels"]), **labels}
             try:
                 with transaction(self.db):
