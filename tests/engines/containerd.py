@@ -82,9 +82,10 @@ class Containerd:
         _wait_for_socket(address, proc, log)
         return proc
 
-    def start_snapshotter(self) -> None:
+    def start_snapshotter(self, wrapper: tuple[str, ...] = ()) -> None:
+        """``wrapper``: a command line the snapshotter runs under (strace, say)."""
         self.snapshotter = self._start(
-            [*PYUNION, "--root", str(self.store), "snapshotter",
+            [*wrapper, *PYUNION, "--root", str(self.store), "snapshotter",
              "--address", str(self.snapshotter_address), "--debug"],
             self.base / "snapshotter.log", self.snapshotter_address)
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -254,6 +255,43 @@ def engine_cmd(engine: Containerd) -> list[str]:
     from tests.engines.containerd import PYUNION
 
     return [*PYUNION, "--root", str(engine.store), "snapshotter"]
+
+
+def _rows(engine: Containerd) -> list[str]:
+    db = sqlite3.connect(engine.store / "db.sqlite")
+    try:
+        return sorted(r[0] for r in db.execute("SELECT dir FROM snapshotter_snapshots"))
+    finally:
+        db.close()
+
+
+def test_snapshotter_killed_in_prepare(engine, registry):
+    """SIGKILL inside Prepare, after the new snapshot's directories are made and before its row
+    is written (strace kills it at its first fsync of the snapshots directory): the directory
+    without a row is deleted when the snapshotter starts again, and containers run."""
+    ref = registry.ref("base:1.0")
+    engine.ctr("images", "pull", "--plain-http", "--snapshotter", "pyunion", ref)
+    engine.stop_snapshotter()
+    snapshots_dir = engine.store / "snapshots"
+    engine.start_snapshotter(("strace", "-f", "-o", "/dev/null", "-P", str(snapshots_dir),
+                              "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL"))
+    before = engine.snapshot_dirs()
+    failed = engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "killed", "true",
+                        check=False)
+    assert failed.returncode != 0
+    engine.snapshotter.wait(timeout=30)
+    orphans = sorted(set(engine.snapshot_dirs()) - set(before))
+    assert len(orphans) == 1 and orphans[0] not in _rows(engine)
+    assert sorted(os.listdir(snapshots_dir / orphans[0])) == ["fs", "work"]
+
+    engine.start_snapshotter()
+    assert engine.snapshot_dirs() == before == _rows(engine)
+    engine.ctr("containers", "rm", "killed", check=False)
+    _wait(lambda: engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "after-kill",
+                             "cat", "/etc/secret", check=False).stdout == "s3cret\n",
+          "a run through the restarted snapshotter", timeout=90)
+    engine.ctr("images", "rm", "--sync", ref)
+    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
 
 
 def test_snapshotter_killed_during_a_pull(engine, registry):

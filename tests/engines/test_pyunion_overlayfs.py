@@ -10,9 +10,11 @@ may stay mounted.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,29 @@ def test_read_only_view_with_relative_lowers(tmp_path):
             (tmp_path / "merged/d/x").write_text("x")
     finally:
         subprocess.run(["fusermount3", "-u", str(tmp_path / "merged")], timeout=30)
+        left = mounts_below([tmp_path])
+        undo_mounts(left)
+    assert not left
+
+
+def test_waits_for_the_previous_daemon_of_its_upper(tmp_path):
+    """A mount of an upper whose lock another process still holds (the daemon of the previous
+    mount, exiting after its unmount, as containerd remounts at once) waits for it."""
+    for name in ("l", "u", "w", "m"):
+        (tmp_path / name).mkdir()
+    fd = os.open(tmp_path / "u", os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        helper = subprocess.Popen([PYUNION_OVERLAYFS, "-o", "lowerdir=l,upperdir=u,workdir=w",
+                                   "m"], cwd=tmp_path)
+        time.sleep(0.5)
+        assert helper.poll() is None and mount_info(tmp_path / "m") is None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        assert helper.wait(timeout=30) == 0
+        assert mount_info(tmp_path / "m").fstype == "fuse.pyunion"
+    finally:
+        os.close(fd)
+        subprocess.run(["fusermount3", "-u", str(tmp_path / "m")], timeout=30)
         left = mounts_below([tmp_path])
         undo_mounts(left)
     assert not left
