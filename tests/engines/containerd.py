@@ -82,11 +82,12 @@ class Containerd:
         _wait_for_socket(address, proc, log)
         return proc
 
-    def start_snapshotter(self, wrapper: tuple[str, ...] = ()) -> None:
+    def start_snapshotter(self, wrapper: tuple[str, ...] = (), options: tuple[str, ...] = ()
+                          ) -> None:
         """``wrapper``: a command line the snapshotter runs under (strace, say)."""
         self.snapshotter = self._start(
             [*wrapper, *PYUNION, "--root", str(self.store), "snapshotter",
-             "--address", str(self.snapshotter_address), "--debug"],
+             "--address", str(self.snapshotter_address), "--debug", *options],
             self.base / "snapshotter.log", self.snapshotter_address)
 
     def start_containerd(self) -> None:

@@ -236,6 +236,44 @@ def test_removal_leaves_no_mount_and_no_directory(engine, registry):
                 and b"pyunion-overlayfs" in _cmdline(p)]
 
 
+def test_layers_shared_with_pyunions_store(engine, registry):
+    """``--share-layers``: ``pyunion pull`` into the snapshotter's store, then ``ctr images
+    pull``: each committed snapshot's files are hard links of the store's layer (one copy on
+    disk), and the rootfs is the overlayfs snapshotter's but for those files' link counts."""
+    ref = registry.ref("del:1.0")
+    run_command([*engine_cmd(engine)[:-1], "pull", "-q", "--insecure", ref])
+    engine.stop_snapshotter()
+    engine.start_snapshotter(options=("--share-layers",))
+    _wait(lambda: engine.ctr("images", "pull", "--plain-http", "--snapshotter", "pyunion", ref,
+                             check=False).returncode == 0,
+          "a pull through the restarted snapshotter", timeout=90)
+    engine.ctr("images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref)
+    try:
+        db = sqlite3.connect(engine.store / "db.sqlite")
+        rows = db.execute("SELECT dir, chain_id FROM snapshotter_snapshots "
+                          "WHERE kind = 'committed'").fetchall()
+        db.close()
+        assert len(rows) == 3 and all(chain for _, chain in rows)
+        for directory, chain in rows:
+            fs = engine.store / "snapshots" / directory / "fs"
+            layer = engine.store / "layers" / chain.removeprefix("sha256:")
+            files = [p for p in fs.rglob("*") if p.is_file() and not p.is_symlink()]
+            assert files, directory
+            for path in files:
+                assert path.stat().st_ino == (layer / path.relative_to(fs)).stat().st_ino
+        ours = _rootfs_tree(engine, ref, "pyunion")
+        theirs = _rootfs_tree(engine, ref, "overlayfs")
+        for entry in theirs["entries"].values():
+            if "nlink" in entry:
+                entry["nlink"] = 2  # each file is linked once more, from pyunion's store
+        assert not differences(ours, theirs)
+    finally:
+        engine.ctr("images", "rm", "--sync", ref)
+    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    engine.stop_snapshotter()
+    engine.start_snapshotter()
+
+
 def _cmdline(pid: str) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -36,6 +36,9 @@ def register(commands) -> None:
                             formatter_class=RawDescriptionHelpFormatter)
     p.add_argument("--address", metavar="SOCKET", default=default_address(),
                    help="the unix socket to serve on (default: %(default)s)")
+    p.add_argument("--share-layers", action="store_true",
+                   help="make a layer that the store already has (pyunion pull) hard links to "
+                   "it instead of a second copy; its files then show a link count of 2 or more")
     p.add_argument("--debug", action="store_true",
                    help="log every call, its key and its duration on stderr")
     p.set_defaults(run=run)
@@ -45,6 +48,6 @@ def run(args, store: Store) -> int:
     from unionfs.image.snapshotter.service import serve
     from unionfs.image.snapshotter.snapshots import Snapshots
 
-    snapshots = Snapshots(store)
+    snapshots = Snapshots(store, share_layers=args.share_layers)
     snapshots.cleanup()
     return serve(snapshots, args.address, args.debug)

@@ -25,11 +25,13 @@ Mounts, as containerd's overlayfs snapshotter gives them:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
 import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,7 +55,8 @@ CREATE TABLE IF NOT EXISTS snapshotter_snapshots (
     created     REAL NOT NULL,
     updated     REAL NOT NULL,
     size        INTEGER,
-    inodes      INTEGER
+    inodes      INTEGER,
+    chain_id    TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshotter_snapshots_parent ON snapshotter_snapshots(parent);
 """
@@ -102,8 +105,9 @@ class Snapshots:
     """The snapshots of one store. Calls changing the table hold ``lock`` (callers in other
     threads hold it around reads too: the store's sqlite connection is shared)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, share_layers: bool = False) -> None:
         self.store = store
+        self.share_layers = share_layers
         self.dir = os.path.join(store.root, "snapshots")
         self.lock = threading.RLock()
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -212,19 +216,54 @@ class Snapshots:
             row = self._row(key)
             if row["kind"] != ACTIVE:
                 raise FailedPrecondition(f"snapshot {key} is not active")
+            if self.db.execute("SELECT 1 FROM snapshotter_snapshots WHERE key = ?",
+                               (name,)).fetchone():
+                raise AlreadyExists(f"snapshot {name}: already exists")
             size, inodes = disk_usage(self._fs(row))
+            chain_id = unpacked_chain_id(key)
+            if chain_id and self.share_layers:
+                self._share_with_store(row, chain_id)
             syncfs(self._fs(row))  # the layer's content is on disk before it is committed
             merged = {**json.loads(row["labels"]), **labels}
             try:
                 with transaction(self.db):
                     self.db.execute(
                         "UPDATE snapshotter_snapshots SET key = ?, kind = ?, labels = ?, "
-                        "updated = ?, size = ?, inodes = ? WHERE key = ?",
-                        (name, COMMITTED, json.dumps(merged), time.time(), size, inodes, key))
+                        "updated = ?, size = ?, inodes = ?, chain_id = ? WHERE key = ?",
+                        (name, COMMITTED, json.dumps(merged), time.time(), size, inodes,
+                         chain_id, key))
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"snapshot {name}: already exists") from None
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(os.path.join(self.dir, row["dir"], "work"))
+
+    def _share_with_store(self, row: sqlite3.Row, chain_id: str) -> None:
+        """Where pyunion's image store has this layer (same chain id, on the same parent
+        chain, unpacked in the same form), the snapshot's content becomes hard links to the
+        store's files, so that an image pulled by ``ctr`` and by ``pyunion pull`` is stored
+        once. Links, not the store's directory itself: ``pyunion rmi`` of the image then
+        frees nothing that a snapshot still uses. The swap is atomic (RENAME_EXCHANGE)."""
+        layer = self.db.execute("SELECT parent, whiteout_format FROM layers WHERE chain_id = ?",
+                                (chain_id,)).fetchone()
+        if layer is None or layer["whiteout_format"] != "overlay" or \
+                self.store.records_owners or not self.store.layer_recorded(chain_id):
+            return
+        parent_chain = None
+        if row["parent"]:
+            parent_chain = self._row(row["parent"])["chain_id"]
+            if parent_chain is None:
+                return
+        if layer["parent"] != parent_chain:
+            return
+        base = os.path.join(self.dir, row["dir"])
+        linked = os.path.join(base, "linked")
+        try:
+            subprocess.run(["cp", "-a", "--link", f"{self.store.layer_path(chain_id)}/.",
+                            linked], check=True, capture_output=True)
+            _exchange(linked, os.path.join(base, "fs"))
+        except (OSError, subprocess.CalledProcessError):
+            pass  # the snapshot keeps its own copy
+        shutil.rmtree(linked, ignore_errors=True)
 
     def update(self, key: str, labels: dict[str, str], paths: list[str]) -> Info:
         """``paths``: containerd's field mask (``labels``, ``labels.KEY``); none: all labels."""
@@ -268,6 +307,29 @@ class Snapshots:
             for name in removed:
                 self.store._remove_tree(os.path.join(self.dir, name))
             return removed
+
+
+def unpacked_chain_id(key: str) -> str | None:
+    """The chain id in the key of a snapshot that containerd unpacks a layer into
+    (``[NAMESPACE/ID/]extract-UNIQUE sha256:CHAINID``, containerd's UnpackKeyFormat)."""
+    name = key.rsplit("/", 1)[-1]
+    prefix, _, chain_id = name.partition(" ")
+    if prefix.startswith("extract-") and chain_id.startswith("sha256:") and \
+            len(chain_id) == len("sha256:") + 64:
+        return chain_id
+    return None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> None:
+    """Swaps two paths atomically (renameat2 with RENAME_EXCHANGE)."""
+    if _libc.renameat2(AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), a)
 
 
 def disk_usage(path: str) -> tuple[int, int]:
