@@ -206,8 +206,11 @@ def test_snapshots_api_semantics(engine):
         updated = api.Update(snapshots_pb2.UpdateSnapshotRequest(info=info, update_mask=mask))
         assert dict(updated.info.labels) == {"b": "3"}
         assert updated.info.kind == snapshots_pb2.VIEW
+        empty = api.View(snapshots_pb2.ViewSnapshotRequest(key="api-empty-view"))
+        assert [(m.type, list(m.options)) for m in empty.mounts] == [("bind", ["rbind", "ro"])]
     finally:
-        api.Remove(snapshots_pb2.RemoveSnapshotRequest(key="api-view"))
+        for key in ("api-view", "api-empty-view"):
+            api.Remove(snapshots_pb2.RemoveSnapshotRequest(key=key))
 
 
 def _ancestors(infos, info) -> list:

@@ -12,7 +12,7 @@ into them).
 
 Mounts, as containerd's overlayfs snapshotter gives them:
 
-* an active snapshot without parent: a read-write bind mount of its ``fs``;
+* a snapshot without parent: a bind mount of its ``fs`` (read-only for a view);
 * a view of one committed layer: a read-only bind mount of that layer;
 * otherwise the type ``fuse3.pyunion-overlayfs`` with ``lowerdir=`` (top-most first) and, for
   an active snapshot, ``upperdir=``/``workdir=``. containerd runs ``mount.fuse3 SOURCE TARGET
@@ -160,8 +160,8 @@ class Snapshots:
             raise FailedPrecondition(f"snapshot {key} is committed: it has no mounts")
         lowers = [self._fs(r) for r in self._chain(row["parent"] or "")]
         fs = self._fs(row)
-        if row["kind"] == ACTIVE and not lowers:
-            return [Mount("bind", fs, ["rbind", "rw"])]
+        if not lowers:  # (a view without parent: of an empty directory, as containerd's)
+            return [Mount("bind", fs, ["rbind", "rw" if row["kind"] == ACTIVE else "ro"])]
         if row["kind"] == VIEW and len(lowers) == 1:
             return [Mount("bind", lowers[0], ["rbind", "ro"])]
         if row["kind"] == VIEW:
