@@ -30,13 +30,13 @@ PLAIN_VENV := .venv-plain
 # Debian packages: FUSE itself and what pyfuse3 builds against; the reference
 # implementations the differential tests and the benchmark compare against.
 BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev patch gcc meson ninja-build
-TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap
+TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap podman containerd
 # The stress suite (tests/stress): fio's verify workloads, strace (kills at chosen syscalls),
 # stress-ng (long mode only).
 STRESS_PACKAGES := fio strace stress-ng
-BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap debootstrap
+BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap debootstrap containerd
 
-.PHONY: setup pyfuse3-extended system-packages test test-plain-pyfuse3 test-no-passthrough stress demo \
+.PHONY: setup pyfuse3-extended system-packages protos test test-plain-pyfuse3 test-no-passthrough stress demo \
         bench bench-quick install lint clean
 
 setup: $(STAMP)
@@ -115,6 +115,13 @@ stress: setup
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(STRESS_PACKAGES)"
 	PYUNION_STRESS=long $(VENV)/bin/pytest tests/stress -p no:cacheprovider $(PYTEST_ARGS)
 
+# The snapshotter's gRPC modules from its .proto files (checked in; run after editing those).
+protos: setup
+	$(PY) -m pip install --quiet 'grpcio-tools==1.85.4'
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
+	  unionfs/image/snapshotter/api/mount.proto unionfs/image/snapshotter/api/snapshots.proto
+	rm -f unionfs/image/snapshotter/api/mount_pb2_grpc.py
+
 lint: setup
 	$(VENV)/bin/ruff check unionfs mount_helper tests bench
 
@@ -130,10 +137,13 @@ bench: setup
 bench-quick:
 	@$(MAKE) --no-print-directory bench BENCH_ARGS=--quick
 
-# Puts the mount helper where mount(8) looks for it: `mount -t pyunion` and `mount -t fuse.pyunion`.
+# Puts the mount helper where mount(8) looks for it: `mount -t pyunion` and `mount -t fuse.pyunion`;
+# pyunion-overlayfs where containerd (mount.fuse3, for the snapshotter's fuse3.pyunion-overlayfs
+# mounts) and containers/storage's mount_program find it.
 install: setup
 	install -m 0755 $(VENV)/bin/mount.pyunion /sbin/mount.pyunion
 	ln -sf /sbin/mount.pyunion /sbin/mount.fuse.pyunion
+	install -m 0755 $(VENV)/bin/pyunion-overlayfs /usr/local/bin/pyunion-overlayfs
 
 clean:
 	rm -rf $(VENV) $(PLAIN_VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

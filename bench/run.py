@@ -13,7 +13,18 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bench import apt, containers, dataset, images, mix, nullfs, pagecache, report, rootless
+from bench import (
+    apt,
+    containers,
+    dataset,
+    engines,
+    images,
+    mix,
+    nullfs,
+    pagecache,
+    report,
+    rootless,
+)
 from bench.implementations import (
     ALL,
     REPO,
@@ -199,7 +210,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workloads", help="comma-separated: "
                     + ",".join([w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
                                + containers.NAMES + rootless.NAMES + pagecache.NAMES
-                               + apt.NAMES + mix.NAMES + nullfs.NAMES))
+                               + apt.NAMES + mix.NAMES + nullfs.NAMES
+                               + engines.NAMES))
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds per workload process (default 300)")
     ap.add_argument("--latency-reps", type=int, default=10)
@@ -271,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     impl_names = select(args.only, list(ALL), "implementations")
     wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
                       + containers.NAMES + rootless.NAMES + pagecache.NAMES + apt.NAMES
-                      + mix.NAMES + nullfs.NAMES, "workloads")
+                      + mix.NAMES + nullfs.NAMES + engines.NAMES, "workloads")
     workloads = [BY_NAME[n] for n in wl_names if n in BY_NAME]
     started = time.strftime("%Y%m%d-%H%M%S")
     t_start = time.monotonic()
@@ -321,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         mix_rows = mix.run(args, mix.NAMES, run_dir, log) \
             if mix.MIX in wl_names and "pyunion" in impl_names else {}
         nullfs_rows = nullfs.run(args) if nullfs.NULLFS in wl_names else {}
+        engine_names = [n for n in wl_names if n in engines.NAMES]
+        engine_rows = engines.run(args, engine_names, run_dir, log) \
+            if engine_names and "pyunion" in impl_names else {}
     finally:
         cleanup_cell(run_dir)
 
@@ -348,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     data["apt"] = apt_rows
     data["mix"] = mix_rows
     data["nullfs"] = nullfs_rows
+    data["engines"] = engine_rows
     print(report.render(data))
     if image_rows:
         print("\n".join(images.render(image_rows)))
@@ -363,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(mix.render(mix_rows)))
     if nullfs_rows:
         print("\n".join(nullfs.render(nullfs_rows)))
+    if engine_rows:
+        print("\n".join(engines.render(engine_rows)))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.results_dir / f"{started}.json"
     json_path.write_text(json.dumps(data, indent=1))

@@ -42,7 +42,7 @@ COMMANDS = {
     "umount": "container_mount", "ps": "ps", "diff": "diff", "commit": "commit",
     "export": "export", "rm": "rm", "stop": "stop", "wait": "stop", "logs": "stop",
     "pull": "pull", "push": "push", "search": "search", "login": "login", "logout": "login",
-    "info": "info",
+    "info": "info", "snapshotter": "snapshotter",
 }
 # Commands that mount a union: its daemon is started first (unionfs.api.prestart_daemon), so
 # that the daemon's interpreter start-up and imports run beside this command's own.

@@ -1,0 +1,366 @@
+"""``pyunion snapshotter`` under a real containerd (Debian's 1.6): pull from a local registry,
+``ctr run``, a container writing into its rootfs, restarts of the snapshotter and of
+containerd, and the rootfs against containerd's own overlayfs snapshotter's.
+
+One containerd and one registry serve the whole module (the tests run in order and share the
+pulled images). The image ``del:1.0`` has three layers: the registry tests' busybox base, a
+layer adding ``/etc/app.conf`` and ``/opt/app``, and one deleting a file and a directory and
+replacing ``/etc/app.conf`` (whiteouts, as umoci writes them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.cli_helpers import mount_info
+from tests.container.conftest import differences, snapshot
+from tests.engines.containerd import NAMESPACE, Containerd
+from tests.registry.conftest import Registry, run_command
+from unionfs.image.snapshotter.api import snapshots_pb2, snapshots_pb2_grpc
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT_LINE = "grep -E '^[0-9]+ [0-9]+ [0-9:]+ [^ ]+ / ' /proc/self/mountinfo"
+
+
+# --------------------------------------------------------------------------- images, daemons
+
+
+def _layer_deleting(layout: Path, work: Path, source: str, tag: str) -> None:
+    """``tag`` = ``source`` + a layer that deletes and replaces (umoci repack's whiteouts)."""
+    bundle = work / f"bundle-{tag}"
+    run_command(["umoci", "unpack", "--image", f"{layout}:{source}", str(bundle)])
+    rootfs = bundle / "rootfs"
+    (rootfs / "etc/secret").unlink()
+    shutil.rmtree(rootfs / "var")
+    (rootfs / "etc/app.conf").write_text("version=3\n")
+    (rootfs / "opt/app/data").mkdir(parents=True)
+    (rootfs / "opt/app/data/three.txt").write_text("three\n")
+    run_command(["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)])
+    shutil.rmtree(bundle)
+
+
+@pytest.fixture(scope="module")
+def registry(images, tmp_path_factory):
+    """A registry with ``base:1.0`` (one layer), ``del:1.0`` (three) and ``big:1.0`` (two, the
+    second 50 MiB), pushed by skopeo from an OCI layout."""
+    work = tmp_path_factory.mktemp("containerd-images")
+    layout = work / "layout"
+    shutil.copytree(images.layout, layout, symlinks=True)
+    index = json.loads((layout / "index.json").read_text())
+    base_tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    _layer_deleting(layout, work, "app1", "del")
+    server = Registry(work / "registry").start()
+    try:
+        for tag, name in ((base_tag, "base:1.0"), ("del", "del:1.0"), ("big", "big:1.0")):
+            run_command(["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false",
+                         f"oci:{layout}:{tag}", f"docker://{server.ref(name)}"])
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(registry):
+    daemons = Containerd().start()
+    try:
+        for name in ("base:1.0", "del:1.0"):
+            for snapshotter in ("pyunion", "overlayfs"):
+                daemons.ctr("images", "pull", "--plain-http", "--snapshotter", snapshotter,
+                            registry.ref(name))
+        yield daemons
+    finally:
+        left = daemons.close()
+    assert not left, f"left mounted: {left}"
+
+
+def _wait(predicate, what: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+    return value
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def test_run_prints_a_file_and_its_exit_status(engine, registry):
+    result = engine.ctr("run", "--rm", "--snapshotter", "pyunion", registry.ref("del:1.0"),
+                        "print", "sh", "-c",
+                        f"cat /etc/app.conf /opt/app/data/three.txt; ls /var; {ROOT_LINE}; "
+                        "exit 3", check=False)
+    assert result.returncode == 3, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["version=3", "three"]
+    fstype, source = lines[-1].split(" - ")[1].split()[:2]
+    assert (fstype, source) == ("fuse.pyunion", "pyunion")
+    assert "No such file" in result.stderr  # /var was deleted by the top layer
+    one_layer = engine.ctr("run", "--rm", "--snapshotter", "pyunion", registry.ref("base:1.0"),
+                           "print-base", "cat", "/etc/secret")
+    assert one_layer.stdout == "s3cret\n"
+
+
+def _rootfs_tree(engine: Containerd, ref: str, snapshotter: str) -> dict:
+    """The rootfs of a running container, as containerd mounted it (``ctr images mount`` of
+    containerd 1.6 mounts the default snapshotter's, whatever ``--snapshotter`` says)."""
+    name = f"tree-{snapshotter}"
+    engine.ctr("run", "-d", "--snapshotter", snapshotter, ref, name, "sh", "-c",
+               "while :; do :; done")
+    try:
+        rootfs = engine.base / "state/io.containerd.runtime.v2.task" / NAMESPACE / name / "rootfs"
+        expected = "fuse.pyunion" if snapshotter == "pyunion" else "overlay"
+        assert mount_info(rootfs).fstype == expected
+        return snapshot(rootfs)
+    finally:
+        engine.ctr("tasks", "kill", "-s", "KILL", name)
+        _wait(lambda: "STOPPED" in engine.ctr("tasks", "ls").stdout, "the task's end")
+        engine.ctr("tasks", "rm", name)
+        engine.ctr("containers", "rm", name)
+
+
+def test_rootfs_identical_to_overlayfs_snapshotters(engine, registry):
+    """Paths, types, modes, owners, xattrs, contents and hard links of a container's rootfs."""
+    for name in ("base:1.0", "del:1.0"):
+        ours = _rootfs_tree(engine, registry.ref(name), "pyunion")
+        theirs = _rootfs_tree(engine, registry.ref(name), "overlayfs")
+        assert ("etc/secret" in theirs["entries"]) == (name == "base:1.0")
+        assert not differences(ours, theirs), name
+    assert not engine.mounts()
+
+
+def _usage(engine: Containerd, key: str) -> int:
+    out = engine.ctr("snapshots", "--snapshotter", "pyunion", "usage", "-b", key).stdout
+    line = next(line for line in out.splitlines() if line.startswith(key))
+    return int(line.split()[1])
+
+
+def test_container_writes_survive_restarts(engine, registry):
+    """A container writes 1 MiB into its rootfs; its snapshot's usage shows it; the snapshotter
+    (SIGKILL) and containerd are restarted and the container's next start sees its file."""
+    script = ("cat /written.txt 2>/dev/null; echo round >> /written.txt; "
+              "busybox dd if=/dev/zero of=/big.bin bs=4096 count=256 2>/dev/null")
+    engine.ctr("run", "--snapshotter", "pyunion", registry.ref("del:1.0"), "writer",
+               "sh", "-c", script)
+    assert 1048576 <= _usage(engine, "writer") < 1048576 + 65536  # the upper only
+    info = json.loads(engine.ctr("snapshots", "--snapshotter", "pyunion", "info",
+                                 "writer").stdout)
+    assert info["Kind"] == "Active" and info["Parent"]
+
+    engine.stop_snapshotter(signal.SIGKILL)
+    engine.start_snapshotter()
+    engine.stop_containerd()
+    engine.start_containerd()
+    assert _usage(engine, "writer") >= 1048576
+    again = engine.ctr("tasks", "start", "writer")
+    assert again.stdout == "round\n"
+    engine.ctr("tasks", "rm", "writer", check=False)  # (ctr deletes a task it waited for)
+    engine.ctr("containers", "rm", "writer")
+
+
+def _client(engine: Containerd) -> snapshots_pb2_grpc.SnapshotsStub:
+    channel = grpc.insecure_channel(f"unix://{engine.snapshotter_address}")
+    return snapshots_pb2_grpc.SnapshotsStub(channel)
+
+
+def test_snapshots_api_semantics(engine):
+    """What containerd's metadata store relies on, asked of the socket directly: existing keys
+    refused with ALREADY_EXISTS, a parent with children kept (FAILED_PRECONDITION), labels
+    updated by field mask, a view of several layers read-only through pyunion."""
+    api = _client(engine)
+    committed = [i for response in api.List(snapshots_pb2.ListSnapshotsRequest())
+                 for i in response.info if i.kind == snapshots_pb2.COMMITTED]
+    top = max(committed, key=lambda i: len(_ancestors(committed, i)))
+    assert len(_ancestors(committed, top)) == 3
+
+    with pytest.raises(grpc.RpcError) as refused:
+        api.Prepare(snapshots_pb2.PrepareSnapshotRequest(key=top.name, parent=top.parent))
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.RpcError) as refused:
+        api.Remove(snapshots_pb2.RemoveSnapshotRequest(key=top.parent))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as refused:
+        api.Stat(snapshots_pb2.StatSnapshotRequest(key="no-such-key"))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+    view = api.View(snapshots_pb2.ViewSnapshotRequest(key="api-view", parent=top.name,
+                                                      labels={"a": "1", "b": "2"}))
+    try:
+        (mount,) = view.mounts
+        assert mount.type == "fuse3.pyunion-overlayfs"
+        assert [o for o in mount.options if o.startswith("upperdir=")] == []
+        assert mount.options[0].count(":") == 2  # three lowers
+        info = snapshots_pb2.Info(name="api-view", labels={"b": "3", "c": "4"})
+        mask = {"paths": ["labels.b", "labels.a"]}
+        updated = api.Update(snapshots_pb2.UpdateSnapshotRequest(info=info, update_mask=mask))
+        assert dict(updated.info.labels) == {"b": "3"}
+        assert updated.info.kind == snapshots_pb2.VIEW
+        empty = api.View(snapshots_pb2.ViewSnapshotRequest(key="api-empty-view"))
+        assert [(m.type, list(m.options)) for m in empty.mounts] == [("bind", ["rbind", "ro"])]
+    finally:
+        for key in ("api-view", "api-empty-view"):
+            api.Remove(snapshots_pb2.RemoveSnapshotRequest(key=key))
+
+
+def _ancestors(infos, info) -> list:
+    by_name = {i.name: i for i in infos}
+    chain = [info]
+    while chain[-1].parent:
+        chain.append(by_name[chain[-1].parent])
+    return chain
+
+
+def test_removal_leaves_no_mount_and_no_directory(engine, registry):
+    """Removing the images removes every snapshot (containerd's garbage collection), and its
+    Cleanup also deletes a directory without a row, as a Prepare killed between its mkdir and
+    its insert leaves one."""
+    assert engine.ctr("containers", "ls", "-q").stdout.split() == []
+    orphan = engine.store / "snapshots" / "killed-in-prepare"
+    (orphan / "fs").mkdir(parents=True)
+    for name in ("base:1.0", "del:1.0"):
+        engine.ctr("images", "rm", "--sync", registry.ref(name))
+    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    listed = engine.ctr("snapshots", "--snapshotter", "pyunion", "ls").stdout.splitlines()
+    assert listed[1:] == []
+    assert not engine.mounts()
+    assert not [p for p in os.listdir("/proc")
+                if p.isdigit() and str(engine.base).encode() in _cmdline(p)
+                and b"pyunion-overlayfs" in _cmdline(p)]
+
+
+def test_layers_shared_with_pyunions_store(engine, registry):
+    """``--share-layers``: ``pyunion pull`` into the snapshotter's store, then ``ctr images
+    pull``: each committed snapshot's files are hard links of the store's layer (one copy on
+    disk), and the rootfs is the overlayfs snapshotter's but for those files' link counts."""
+    ref = registry.ref("del:1.0")
+    run_command([*engine_cmd(engine)[:-1], "pull", "-q", "--insecure", ref])
+    engine.stop_snapshotter()
+    engine.start_snapshotter(options=("--share-layers",))
+    _wait(lambda: engine.ctr("images", "pull", "--plain-http", "--snapshotter", "pyunion", ref,
+                             check=False).returncode == 0,
+          "a pull through the restarted snapshotter", timeout=90)
+    engine.ctr("images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref)
+    try:
+        db = sqlite3.connect(engine.store / "db.sqlite")
+        rows = db.execute("SELECT dir, chain_id FROM snapshotter_snapshots "
+                          "WHERE kind = 'committed'").fetchall()
+        db.close()
+        assert len(rows) == 3 and all(chain for _, chain in rows)
+        for directory, chain in rows:
+            fs = engine.store / "snapshots" / directory / "fs"
+            layer = engine.store / "layers" / chain.removeprefix("sha256:")
+            files = [p for p in fs.rglob("*") if p.is_file() and not p.is_symlink()]
+            assert files, directory
+            for path in files:
+                assert path.stat().st_ino == (layer / path.relative_to(fs)).stat().st_ino
+        ours = _rootfs_tree(engine, ref, "pyunion")
+        theirs = _rootfs_tree(engine, ref, "overlayfs")
+        for entry in theirs["entries"].values():
+            if "nlink" in entry:
+                entry["nlink"] = 2  # each file is linked once more, from pyunion's store
+        assert not differences(ours, theirs)
+    finally:
+        engine.ctr("images", "rm", "--sync", ref)
+    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    engine.stop_snapshotter()
+    engine.start_snapshotter()
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def test_snapshotter_refuses_a_socket_in_use(engine):
+    result = subprocess.run([*engine_cmd(engine), "--address", str(engine.snapshotter_address)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.startswith("pyunion: error: ") and "another snapshotter" in result.stderr
+
+
+def engine_cmd(engine: Containerd) -> list[str]:
+    from tests.engines.containerd import PYUNION
+
+    return [*PYUNION, "--root", str(engine.store), "snapshotter"]
+
+
+def _rows(engine: Containerd) -> list[str]:
+    db = sqlite3.connect(engine.store / "db.sqlite")
+    try:
+        return sorted(r[0] for r in db.execute("SELECT dir FROM snapshotter_snapshots"))
+    finally:
+        db.close()
+
+
+def test_snapshotter_killed_in_prepare(engine, registry):
+    """SIGKILL inside Prepare, after the new snapshot's directories are made and before its row
+    is written (strace kills it at its first fsync of the snapshots directory): the directory
+    without a row is deleted when the snapshotter starts again, and containers run."""
+    ref = registry.ref("base:1.0")
+    engine.ctr("images", "pull", "--plain-http", "--snapshotter", "pyunion", ref)
+    engine.stop_snapshotter()
+    snapshots_dir = engine.store / "snapshots"
+    engine.start_snapshotter(("strace", "-f", "-o", "/dev/null", "-P", str(snapshots_dir),
+                              "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL"))
+    before = engine.snapshot_dirs()
+    failed = engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "killed", "true",
+                        check=False)
+    assert failed.returncode != 0
+    engine.snapshotter.wait(timeout=30)
+    orphans = sorted(set(engine.snapshot_dirs()) - set(before))
+    assert len(orphans) == 1 and orphans[0] not in _rows(engine)
+    assert sorted(os.listdir(snapshots_dir / orphans[0])) == ["fs", "work"]
+
+    engine.start_snapshotter()
+    assert engine.snapshot_dirs() == before == _rows(engine)
+    engine.ctr("containers", "rm", "killed", check=False)
+    _wait(lambda: engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "after-kill",
+                             "cat", "/etc/secret", check=False).stdout == "s3cret\n",
+          "a run through the restarted snapshotter", timeout=90)
+    engine.ctr("images", "rm", "--sync", ref)
+    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+
+
+def test_snapshotter_killed_during_a_pull(engine, registry):
+    """SIGKILL of the snapshotter while containerd unpacks ``big:1.0`` (a 50 MiB second
+    layer): the pull fails; after a restart it succeeds, the image runs, and once it is removed
+    (a garbage collection, whose Cleanup deletes what the killed calls left) nothing is left."""
+    log = engine.base / "snapshotter.log"
+    mark = log.stat().st_size
+    pull = subprocess.Popen(
+        ["ctr", "--address", str(engine.address), "--namespace", NAMESPACE, "images", "pull",
+         "--plain-http", "--snapshotter", "pyunion", registry.ref("big:1.0")],
+        env=engine.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: "Prepare" in log.read_text()[mark:], "the first Prepare", timeout=60)
+        engine.stop_snapshotter(signal.SIGKILL)
+        assert pull.wait(timeout=60) != 0
+    finally:
+        if pull.poll() is None:
+            pull.kill()
+            pull.wait()
+    engine.start_snapshotter()
+    # containerd's connection to the plugin reconnects after a back-off (gRPC's: seconds)
+    _wait(lambda: engine.ctr("images", "pull", "--plain-http", "--snapshotter", "pyunion",
+                             registry.ref("big:1.0"), check=False).returncode == 0,
+          "a pull through the restarted snapshotter", timeout=90)
+    listing = engine.ctr("run", "--rm", "--snapshotter", "pyunion", registry.ref("big:1.0"),
+                         "big", "ls", "-l", "/opt/big.bin").stdout
+    assert " 52428800 " in listing
+    engine.ctr("images", "rm", "--sync", registry.ref("big:1.0"))
+    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    assert not engine.mounts()
