@@ -18,17 +18,12 @@ This module turns that command line into ``mount.pyunion``'s overlayfs form (``S
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sys
-import time
 
 from mount_helper.__main__ import parse_args
-from unionfs.fs.options import MountConfig, MountError
+from unionfs.fs.options import MountError
 
 PROGRAM = "pyunion-overlayfs"
-# How long a mount waits for the daemon of the previous mount of the same upper to exit.
-PREVIOUS_DAEMON_WAIT = 5.0
 SOURCE = "pyunion-overlayfs"
 
 # fuse-overlayfs options that only tune fuse-overlayfs's own implementation: pyunion's result
@@ -126,36 +121,6 @@ def _split(text: str) -> list[str]:
     return parts
 
 
-def wait_for_previous_daemon(config: MountConfig, timeout: float = PREVIOUS_DAEMON_WAIT) -> None:
-    """Waits (a while) until no process holds the upper's and workdir's locks.
-
-    A pyunion daemon holds them until it exits, which is shortly after its unmount, not at it.
-    containerd unmounts a rootfs and mounts it again at once (``ctr run`` reads the image's
-    /etc/passwd through a mount of its own before the shim mounts it), so the second mount
-    would find the first one's daemon still exiting. A real second user of the upper is still
-    refused, by the mount itself, once the wait is over."""
-    if config.upper is None or config.readonly:
-        return
-    deadline = time.monotonic() + timeout
-    for path in (config.upper, config.workdir):
-        if path is None or not os.path.isdir(path):
-            continue
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.02)
-                else:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                    break
-        finally:
-            os.close(fd)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
@@ -169,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config, _ = parse_args(translate(argv))
-        wait_for_previous_daemon(config)
         return mount(config)
     except MountError as e:
         print(f"{PROGRAM}: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 
 import pyfuse3
 import trio
@@ -65,11 +66,19 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+# How long a mount waits for the exiting daemon of the previous mount of its upper.
+PREVIOUS_DAEMON_WAIT = 5.0
+
+
 def lock_layers(config: MountConfig) -> None:
     """Locks the upper and the workdir for this process and its daemon child.
 
     MountError if another mount holds either. The locks live on fds deliberately left open
-    (and inherited by the daemon): they are released only when the serving process exits.
+    (and inherited by the daemon): they are released only when the serving process exits,
+    which is shortly after its unmount, not at it. So a lock held is waited for a while
+    (``PREVIOUS_DAEMON_WAIT``) before the mount is refused: containerd, for one, unmounts a
+    rootfs and mounts it again at once (``ctr run`` reads the image's /etc/passwd through a
+    mount of its own before the shim mounts it).
     """
     if config.upper is None or config.readonly:
         return
@@ -80,11 +89,16 @@ def lock_layers(config: MountConfig) -> None:
 
 def _lock_dir(path: str, what: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise MountError(f"{what} {path} is in use by another mount") from None
+    deadline = time.monotonic() + PREVIOUS_DAEMON_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise MountError(f"{what} {path} is in use by another mount") from None
+            time.sleep(0.02)
 
 
 def start(config: MountConfig) -> UnionFS:
