@@ -30,9 +30,11 @@ def _ago(when: float | None) -> str:
     return human_duration(max(dt.datetime.now().timestamp() - when, 0)) + " ago"
 
 
-def status_text(c: Container) -> str:
+def status_text(c: Container, store: Store | None = None) -> str:
     if c.state == "running":
         up = "Up " + human_duration(max(dt.datetime.now().timestamp() - (c.started or 0), 0))
+        if store is not None and runtime.is_paused(store, c):
+            up += " (Paused)"
         return up if rootfs.is_mounted(c) else up + " (its rootfs mount is gone)"
     if c.state == "exited":
         return f"Exited ({c.exit_code if c.exit_code is not None else -1}) {_ago(c.finished)}"
@@ -60,7 +62,7 @@ def run(args, store: Store) -> int:
         return 0
     rows = [{"ID": c.id if args.no_trunc else c.short_id, "Image": c.image_name,
              "Command": command_text(store, c, args.no_trunc),
-             "CreatedAt": _ago(c.created), "Status": status_text(c), "Names": c.name,
+             "CreatedAt": _ago(c.created), "Status": status_text(c, store), "Names": c.name,
              "State": c.state, "ExitCode": c.exit_code,
              "Mounts": c.mountpoint if rootfs.is_mounted(c) else ""}
             for c in containers]

@@ -34,6 +34,7 @@ def remove(store: Store, container: Container, *, force: bool) -> None:
             raise Conflict(f"cannot remove container {container.name}: it is running "
                            "(stop it first, or use rm -f)")
         runtime.send_signal(store, container, 9)
+        runtime.thaw(store, container)
         runtime.wait(store, container)
         container = records.get(store, container.id)
     rootfs.unmount(store, container)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,13 +75,44 @@ def delete_runtime_state(store: Store, container: Container) -> None:
                        + ["delete", "--force", container.id], capture_output=True, timeout=30)
 
 
+PAUSED_MARK = "paused"  # in the container's directory while its processes are frozen
+
+
 def pause(store: Store, container: Container, paused: bool) -> None:
     verb = "pause" if paused else "resume"
     result = subprocess.run(runtime_command(store, container) + [verb, container.id],
                             capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         raise ImageError(f"cannot {verb} {container.name}: "
-                         f"{result.stderr.strip() or 'the runtime refused'}")
+                         f"{_runtime_message(result.stderr) or 'the runtime refused'}")
+    mark = os.path.join(records.container_dir(store, container.id), PAUSED_MARK)
+    if paused:
+        open(mark, "w").close()
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mark)
+
+
+def is_paused(store: Store, container: Container) -> bool:
+    """Frozen by ``pause`` (a mark the next run of the container clears)."""
+    return container.state == "running" and os.path.exists(
+        os.path.join(records.container_dir(store, container.id), PAUSED_MARK))
+
+
+def thaw(store: Store, container: Container) -> None:
+    """Resumes a paused container (so that a signal just sent reaches its processes)."""
+    if is_paused(store, container):
+        with contextlib.suppress(ImageError):
+            pause(store, container, False)
+
+
+def _runtime_message(stderr: str) -> str:
+    """The ``msg`` of runc's last ``level=error`` line, or its last line as it is."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    match = re.search(r'msg="((?:[^"\\]|\\.)*)"', lines[-1])
+    return match.group(1).replace('\\"', '"') if match else lines[-1]
 
 
 def refresh(store: Store, container: Container) -> Container:
@@ -113,6 +145,8 @@ def execute(store: Store, container: Container, *, log_path: str | None = None) 
     command = runtime_command(store, container) + [
         "--log", _fresh(directory, RUNTIME_LOG), "--log-format", "json",
         "run", "--pid-file", _fresh(directory, PID_FILE), "-b", bundle, container.id]
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, PAUSED_MARK))
     records.update(store, container.id, state="running", started=time.time(), finished=None,
                    exit_code=None, monitor_pid=os.getpid())
     code, failure = _run_runtime(store, container, command, log_path)
@@ -163,7 +197,7 @@ def _run_relayed(store: Store, container: Container, command: list[str],
     relay = StderrRelay(read_end, 2 if output is None else output,
                         os.path.join(records.container_dir(store, container.id), RUNTIME_LOG))
     records.update(store, container.id, pid=proc.pid)
-    code = _wait_forwarding_signals(proc)
+    code = wait_forwarding_signals(proc)
     error = relay.finish()
     if error is None:
         return code, None
@@ -171,7 +205,7 @@ def _run_relayed(store: Store, container: Container, command: list[str],
     return failure.exit_status or 125, failure
 
 
-def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
+def wait_forwarding_signals(proc: subprocess.Popen) -> int:
     """Waits for the runtime; signals sent to us reach it (and it passes them on)."""
     def forward(signum, _frame) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -245,6 +279,7 @@ def stop(store: Store, container: Container, timeout: float) -> None:
     if container.state != "running":
         return
     send_signal(store, container, signal.SIGTERM)
+    thaw(store, container)
     if not _wait_exited(store, container, timeout):
         send_signal(store, container, signal.SIGKILL)
         _wait_exited(store, container, 30)
