@@ -7,7 +7,7 @@ import signal
 import sys
 
 from unionfs.image.cli.run import start_detached
-from unionfs.image.container import records, runtime
+from unionfs.image.container import records, restart, runtime
 from unionfs.image.errors import Conflict, ImageError
 from unionfs.image.store import Store
 
@@ -86,6 +86,8 @@ def run_kill(args, store: Store) -> int:
         container = _running(store, text)
         if runtime.is_paused(store, container):
             raise Conflict(f"container {container.name} is paused: unpause it first")
+        if number in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+            restart.mark_stopped(store, container)
         if not runtime.send_signal(store, container, number):
             raise ImageError(f"cannot signal {container.name}: the runtime refused")
 

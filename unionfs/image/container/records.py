@@ -41,6 +41,15 @@ class RunSpec:
     interactive: bool = False
     runtime: str = "runc"
     auto_remove: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    extra_hosts: list[str] = field(default_factory=list)
+    init: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    privileged: bool = False
+    restart: str = "no"
+    memory: int | None = None       # bytes
+    cpus: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)

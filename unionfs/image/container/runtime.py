@@ -21,8 +21,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
-from unionfs.image.container import records, rootfs
+from unionfs.image.container import logs, records, restart, rootfs
 from unionfs.image.container.bundle import image_config, write_bundle
 from unionfs.image.container.records import Container
 from unionfs.image.container.runtime_output import StderrRelay, start_failure
@@ -172,33 +173,48 @@ def _fresh(directory: str, name: str) -> str:
 def _run_runtime(store: Store, container: Container, command: list[str],
                  log_path: str | None) -> tuple[int, StartFailed | None]:
     """Runs the runtime to its end: the exit status, and the failure if it could not start the
-    process. The container's output goes to ``log_path`` if given, else to ours."""
-    output = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    process. The container's output goes to its log (logs.py): ``log_path`` given (a detached
+    monitor), only there; else to ours as well, except with a terminal (``run -it``), whose
+    output is the runtime's to relay and is not logged."""
+    directory = records.container_dir(store, container.id)
+    if log_path is None and container.spec.tty:
+        return _run_relayed(store, container, command, None, None, 2)
+    writer = logs.LogWriter(log_path or logs.log_path(directory))
+    tee = log_path is None
     try:
-        return _run_relayed(store, container, command, output.fileno() if output else None)
+        return _run_relayed(store, container, command, subprocess.DEVNULL if not tee else None,
+                            logs.sink(writer, "stdout", 1 if tee else None),
+                            logs.sink(writer, "stderr", 2 if tee else None))
     finally:
-        if output is not None:
-            output.close()
+        writer.close()
 
 
-def _run_relayed(store: Store, container: Container, command: list[str],
-                 output: int | None) -> tuple[int, StartFailed | None]:
-    """``_run_runtime`` with the runtime's stderr through a relay that keeps its own error
-    apart (to ``output``, or to our stderr, fd 2, which it inherited before)."""
+def _run_relayed(store: Store, container: Container, command: list[str], stdin: int | None,
+                 stdout: Callable[[bytes], None] | None,
+                 stderr: int | Callable[[bytes], None]) -> tuple[int, StartFailed | None]:
+    """``_run_runtime`` with the runtime's stdout through ``stdout`` (None: inherited) and its
+    stderr through a relay that keeps its own error apart."""
     read_end, write_end = os.pipe()
+    out_read, out_write = os.pipe() if stdout is not None else (None, None)
     try:
-        proc = subprocess.Popen(command, stdin=None if output is None else subprocess.DEVNULL,
-                                stdout=output, stderr=write_end)
+        proc = subprocess.Popen(command, stdin=stdin, stdout=out_write, stderr=write_end)
     except OSError as e:
-        os.close(read_end)
+        for fd in (read_end, out_read):
+            if fd is not None:
+                os.close(fd)
         return 127, StartFailed(f"cannot start the runtime: {e.strerror}")
     finally:
-        os.close(write_end)
-    relay = StderrRelay(read_end, 2 if output is None else output,
+        for fd in (write_end, out_write):
+            if fd is not None:
+                os.close(fd)
+    out_relay = logs.relay(out_read, stdout) if out_read is not None and stdout else None
+    relay = StderrRelay(read_end, stderr,
                         os.path.join(records.container_dir(store, container.id), RUNTIME_LOG))
     records.update(store, container.id, pid=proc.pid)
     code = wait_forwarding_signals(proc)
     error = relay.finish()
+    if out_relay is not None:
+        out_relay.join(30)
     if error is None:
         return code, None
     failure = start_failure(container.spec.runtime, error)
@@ -226,12 +242,14 @@ def wait_forwarding_signals(proc: subprocess.Popen) -> int:
             signal.signal(signum, handler)
 
 
-def start_detached(store: Store, container: Container) -> None:
+def start_detached(store: Store, container: Container, *, clear: bool = True) -> None:
     """Starts the container under a detached monitor; returns once its process runs (or ran).
     StartFailed (the monitor's message and status) if it could not be started."""
     directory = records.container_dir(store, container.id)
-    log = os.path.join(directory, "container.log")
+    log = logs.log_path(directory)
     started = _fresh(directory, PID_FILE)
+    if clear:
+        restart.clear(store, container)
     # the previous run's "exited" must not be taken for this one's
     records.update(store, container.id, state="created", exit_code=None, finished=None)
     monitor_log = open(os.path.join(directory, "monitor.log"), "ab")  # noqa: SIM115
@@ -276,6 +294,7 @@ def _tail(path: str) -> str:
 
 def stop(store: Store, container: Container, timeout: float) -> None:
     """SIGTERM (or the image's StopSignal), then SIGKILL after ``timeout`` seconds."""
+    restart.mark_stopped(store, container)  # also between the runs of a restarting one
     if container.state != "running":
         return
     send_signal(store, container, signal.SIGTERM)
