@@ -108,16 +108,15 @@ class _Renaming:
     """Stands for a group's subparsers while a command module registers: the parser of the
     command wanted is made under the group's word; the module's other commands go nowhere."""
 
-    def __init__(self, subparsers, command: str, word: str, defaults: dict) -> None:
-        self.subparsers, self.command, self.word, self.defaults = (subparsers, command, word,
-                                                                   defaults)
+    def __init__(self, subparsers, command: str, word: str) -> None:
+        self.subparsers, self.command, self.word = subparsers, command, word
+        self.parser: argparse.ArgumentParser | None = None
 
     def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
         if name != self.command:
             return argparse.ArgumentParser(add_help=False)
-        parser = self.subparsers.add_parser(self.word, **kwargs)
-        parser.set_defaults(**self.defaults)
-        return parser
+        self.parser = self.subparsers.add_parser(self.word, **kwargs)
+        return self.parser
 
 
 def _module_of(command: str) -> str:
@@ -133,7 +132,10 @@ def _register_group(commands, group: str, wanted_word: str | None) -> None:
     for word, (command, defaults) in GROUPS[group].items():
         if wanted_word in (None, word):
             module = importlib.import_module(f"unionfs.image.cli.{_module_of(command)}")
-            module.register(_Renaming(sub, command, word, defaults))
+            renaming = _Renaming(sub, command, word)
+            module.register(renaming)
+            assert renaming.parser is not None
+            renaming.parser.set_defaults(**defaults)  # over the module's own
         else:
             sub.add_parser(word)
 

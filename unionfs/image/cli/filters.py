@@ -3,7 +3,7 @@ match), filters of different keys must all match."""
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from collections.abc import Callable
 
 from unionfs.image.errors import ImageError
@@ -34,14 +34,27 @@ def label_matches(labels: dict[str, str] | None, wanted: str) -> bool:
     return key in labels and (not sep or labels[key] == value)
 
 
+def _path_match(pattern: str, text: str) -> bool:
+    """Go's path.Match: ``*`` and ``?`` do not cross ``/``."""
+    regex = ""
+    for part in re.split(r"(\*|\?|\[[^\]]*\])", pattern):
+        if part == "*":
+            regex += "[^/]*"
+        elif part == "?":
+            regex += "[^/]"
+        elif part.startswith("[") and part.endswith("]") and len(part) > 2:
+            regex += "[" + part[1:-1].replace("!", "^", 1) if part[1] == "!" else part
+            if part[1] == "!":
+                regex += "]"
+        else:
+            regex += re.escape(part)
+    return re.fullmatch(regex, text) is not None
+
+
 def reference_matches(name: str, pattern: str) -> bool:
-    """docker's ``reference=`` glob, against the short name, with ``:latest`` added to a
-    pattern without a tag, and against the repository alone."""
-    repository, _, tag = name.rpartition(":")
-    return (fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(repository, pattern)
-            or ("/" not in pattern and fnmatch.fnmatchcase(repository.rsplit("/", 1)[-1],
-                                                           pattern.partition(":")[0])
-                and (":" not in pattern or fnmatch.fnmatchcase(tag, pattern.partition(":")[2]))))
+    """docker's ``reference=``: the pattern against the short name (``app:2``), then against
+    the repository alone (``app``)."""
+    return _path_match(pattern, name) or _path_match(pattern, name.rpartition(":")[0])
 
 
 def truth(value: str) -> bool:

@@ -107,9 +107,8 @@ def _filtered(store: Store, rows: list[dict], items: list[str]) -> list[dict]:
     for r in rows:
         name = f"{r['repository']}:{r['tag']}"
         tests = {
-            "reference": lambda v, r=r, name=name: r["tag"] != "<none>" and (
-                reference_matches(name, v)
-                or reference_matches(f"{r['full_repository']}:{r['tag']}", v)),
+            "reference": lambda v, r=r, name=name: r["tag"] != "<none>"
+            and reference_matches(name, v),
             "dangling": lambda v, r=r: (r["tag"] == "<none>") == truth(v),
             "label": lambda v, r=r: label_matches(labels_of(r["id"]), v),
             "before": lambda v, r=r: _timestamp(r["created"]) < created_of(v),

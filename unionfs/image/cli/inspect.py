@@ -124,7 +124,7 @@ def describe_container(store: Store, container) -> dict:
         "State": {
             "Status": "paused" if paused else container.state,
             "Running": running, "Paused": paused, "Restarting": False, "OOMKilled": False,
-            "Dead": False, "Pid": (container.pid or 0) if running else 0,
+            "Dead": False, "Pid": _process_pid(store, container) if running else 0,
             "ExitCode": container.exit_code or 0, "Error": "",
             "StartedAt": _time(container.started), "FinishedAt": _time(container.finished),
         },
@@ -164,6 +164,14 @@ def describe_container(store: Store, container) -> dict:
             "Labels": {**(config.get("Labels") or {}), **spec.labels},
         },
     }
+
+
+def _process_pid(store: Store, container) -> int:
+    """The pid of the container's process (pid 1 of its namespace) on the host."""
+    from unionfs.image.container.runtime import runtime_state
+
+    state = runtime_state(store, container) or {}
+    return int(state.get("pid") or 0)
 
 
 def records_dir(store: Store, container_id: str) -> str:
