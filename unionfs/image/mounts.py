@@ -72,7 +72,8 @@ def unmount_daemon(point: str, pid: int | None, what: str) -> None:
     wait_exit(pid)
 
 
-def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -> str:
+def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str,
+                nonempty: bool = False) -> str:
     target = os.path.realpath(mountpoint)
     if not os.path.isdir(target):
         raise ImageError(f"mount point {mountpoint} is not a directory")
@@ -82,7 +83,8 @@ def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -
     if not lowers:
         raise ImageError(f"image {short_name} has no layers to mount")
     fsname = "pyunion-image:" + short_name.replace(",", "_")
-    options = [f"fsname={fsname}"] + (["override_stat"] if store.records_owners else [])
+    options = [f"fsname={fsname}"] + (["override_stat"] if store.records_owners else []) + (
+        ["nonempty"] if nonempty else [])
     mount = Mount(lowers, None, target, readonly=True, options=options)
     try:
         mount.start()

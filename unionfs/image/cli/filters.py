@@ -53,8 +53,14 @@ def _path_match(pattern: str, text: str) -> bool:
 
 def reference_matches(name: str, pattern: str) -> bool:
     """docker's ``reference=``: the pattern against the short name (``app:2``), then against
-    the repository alone (``app``)."""
-    return _path_match(pattern, name) or _path_match(pattern, name.rpartition(":")[0])
+    the repository alone (``app``); a pattern without ``/`` also against the last component
+    (``busybox:1.35`` of ``host:5000/library/busybox:1.35``), as podman has it."""
+    repository = name.rpartition(":")[0]
+    if _path_match(pattern, name) or _path_match(pattern, repository):
+        return True
+    # a pattern without a slash also matches the last component (podman's reading)
+    return "/" not in pattern and "/" in repository and reference_matches(
+        name.rsplit("/", 1)[1], pattern)
 
 
 def truth(value: str) -> bool:
