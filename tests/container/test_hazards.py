@@ -1,6 +1,6 @@
 """Hazards a newcomer meets: a non-empty mountpoint (refused by ``mount-image`` and
 ``mount.pyunion`` unless ``-o nonempty``), a repository name in capitals, and ``rmi`` of one of
-an image's two names."""
+an image's two names (lock files left behind: test_pull_on_demand_and_exit_codes.py)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,4 @@ def test_rmi_of_one_of_two_names(px):
     px("rmi", "second:1")
     assert "<none>" not in px("images").stdout
     assert px("images", "--format", "{{.Repository}}:{{.Tag}}").stdout == "busybox:test\n"
+

@@ -172,7 +172,7 @@ class Puller:
         os.makedirs(self.downloads, mode=0o700, exist_ok=True)
         name = digest_hex(layer.digest)
         final = os.path.join(self.downloads, name)
-        lock = FileLock(final + ".lock")
+        lock = FileLock(final + ".lock", remove_when_free=True)
         await trio.to_thread.run_sync(lambda: lock.acquire(exclusive=True))
         try:
             if os.path.exists(final):
