@@ -29,9 +29,7 @@ from tests.container.conftest import IMAGE, REPO_ROOT, Pyunion, _teardown, mount
 from tests.container.test_pull_on_demand_and_exit_codes import push
 from tests.registry.conftest import Registry, isolated_env
 
-pytestmark = [pytest.mark.timeout(400),
-              pytest.mark.skipif(shutil.which("podman") is None,
-                                 reason="podman is not installed (make test installs it)")]
+pytestmark = pytest.mark.timeout(400)  # podman is in the Makefile's TEST_PACKAGES
 
 NETWORK_RUN_DIRS = (Path("/run/containers/networks"), Path("/run/containers"))
 
