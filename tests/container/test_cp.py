@@ -30,12 +30,20 @@ def reference(tmp_path):
     return root
 
 
-@pytest.mark.parametrize("running", [True, False], ids=["running", "stopped"])
-def test_copy_out_and_back(px, tmp_path, reference, running):
-    if running:
-        px("run", "-d", "--name", "box", IMAGE, "sleep", "300")
-    else:
-        px("create", "--name", "box", IMAGE)
+def test_a_stopped_container(px, tmp_path):
+    """Its rootfs is mounted for the copy, and unmounted after."""
+    px("create", "--name", "box", IMAGE)
+    (tmp_path / "in").write_text("in\n")
+    px("cp", tmp_path / "in", "box:/work/in")
+    px("cp", "box:/work/in", tmp_path / "back")
+    assert (tmp_path / "back").read_text() == "in\n"
+    assert px.container("box")["Mounts"] == ""
+    px("commit", "-q", "box", "copied:1")
+    assert px("run", "--rm", "copied:1", "cat", "/work/in").stdout == "in\n"
+
+
+def test_copy_out_and_back(px, tmp_path, reference):
+    px("run", "-d", "--name", "box", IMAGE, "sleep", "300")
     out = tmp_path / "out"
     out.mkdir()
     # a tree: DEST exists, so it lands as out/srv, modes and links kept, owners root's (-a)
@@ -64,8 +72,7 @@ def test_copy_out_and_back(px, tmp_path, reference, running):
     expected = snapshot(host)
     expected["entries"]["renamed"] = dict(expected["entries"]["d/f"])
     assert_same_tree(snapshot(back), _owned_by(expected, 0, 0), "files copied in")
-    if running:  # the running container sees them
-        assert px("exec", "box", "cat", "/work/renamed").stdout == "from the host\n"
+    assert px("exec", "box", "cat", "/work/renamed").stdout == "from the host\n"
     # errors: one line, status 1, nothing made
     for args in (["box:/nope", out], ["box:/srv/lower/a.txt", f"{out}/missing-dir/"],
                  ["box:/srv", out / "contents" / "a.txt"], [out, out / "x"], ["nobox:/x", out]):
