@@ -102,6 +102,11 @@ def test_groups_are_aliases(px):
     px("container", "rename", "c", "d")
     px("container", "rm", "d")
     assert px("container", "ls", "-aq").stdout == ""
+    px("run", "--name", "stopped", IMAGE, "true")
+    px("run", "-d", "--name", "running", IMAGE, "sleep", "300")
+    pruned = px("container", "prune", "-f").stdout.split()
+    assert len(pruned) == 3 and pruned[:2] == ["Deleted", "Containers:"], pruned
+    assert px("container", "ls", "-a", "--format", "{{.Names}}").stdout == "running\n"
     assert px("image", "prune", "-f").returncode == 0
     help_text = px("image", "--help").stdout
     assert "ls" in help_text and "prune" in help_text

@@ -63,6 +63,7 @@ GROUPS: dict[str, dict[str, tuple[str, dict]]] = {
     },
     "container": {
         "ls": ("ps", {}), "list": ("ps", {}), "ps": ("ps", {}),
+        "prune": ("container-prune", {}),
         "inspect": ("inspect", {"kind": "container"}),
         **{word: (word, {}) for word in (
             "create", "run", "start", "stop", "wait", "logs", "rm", "exec", "cp", "kill",
@@ -72,10 +73,10 @@ GROUPS: dict[str, dict[str, tuple[str, dict]]] = {
 }
 GROUP_HELP = {"image": "Manage images (ls, rm, inspect, history, pull, push, tag, save, load, "
                        "import, prune)",
-              "container": "Manage containers (ls, rm, inspect, logs, exec, cp, …: the "
-                           "container commands)"}
+              "container": "Manage containers (ls, rm, inspect, logs, exec, cp, prune, …: "
+                           "the container commands)"}
 # the module of a command that is only in a group
-GROUP_ONLY = {"prune": "prune"}
+GROUP_ONLY = {"prune": "prune", "container-prune": "container_prune"}
 
 
 def _command_words(argv: list[str]) -> list[str]:
