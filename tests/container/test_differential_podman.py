@@ -132,7 +132,8 @@ def test_session_against_podman(tools, tmp_path):
              status: int | None = None, compare=None) -> dict[str, Outcome]:
         """Runs one command in both; compares status (and stdout, or ``compare``'s view)."""
         def fill(tool: str) -> list[str]:
-            return [a.replace("{OUT}", str(work[tool])) for a in args]
+            return [a.replace("{OUT}", str(work[tool])).replace("{TOOL}", tool)
+                    for a in args]
 
         got = {"pyunion": _run(px.command(*fill("pyunion")), {**pyunion_env}, input),
                "podman": _run(podman.command(*fill("podman")), podman.env, input)}
@@ -153,9 +154,19 @@ def test_session_against_podman(tools, tmp_path):
         return got
 
     both("pull", "-q", image, stdout=False, status=0)
-    both("images", "--format", "{{.Repository}}:{{.Tag}}", status=0)
+    both("images", "--format", "{{.Repository}}:{{.Tag}}", status=0,
+         compare=lambda o: sorted(o.stdout.split()))
     both("images", compare=lambda o: _columns(o.stdout.splitlines()[0]))
     both("images", "--filter", "reference=*busybox*", "--format", "{{.Tag}}")
+    # podman's spellings: --tls-verify=false, push SOURCE DESTINATION
+    host = image.split("/")[0]
+    both("push", "-q", "--tls-verify=false", image, f"{host}/copy-{{TOOL}}:1", stdout=False,
+         status=0)
+    both("pull", "-q", "--tls-verify=false", f"{host}/copy-pyunion:1", stdout=False, status=0)
+    both("pull", "-q", "--tls-verify=false", f"{host}/copy-podman:1", stdout=False, status=0)
+    both("images", "--format", "{{.Repository}}:{{.Tag}}",
+         compare=lambda o: sorted(o.stdout.split()))
+    both("run", "--rm", f"{host}/copy-podman:1", "cat", "/srv/tree/y/z", status=0)
     # run: output, the process's status, docker's 125/126/127
     both("run", "--rm", image, "echo", "hello", status=0)
     both("run", "--rm", "-e", "X=from-e", "-w", "/srv", image, "sh", "-c", "echo $X; pwd")
