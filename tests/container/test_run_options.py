@@ -50,6 +50,11 @@ def test_env_file_label_add_host_init(px, tmp_path):
     assert "10.1.2.3\tdb.local\n" in hosts and "::1\tv6\n" in hosts, hosts
     assert px("run", "--rm", "--add-host", "x:not-an-ip", IMAGE, "true",
               check=False).returncode == 125
+    # -p with the host's network: discarded with docker's warning; refused with none
+    published = px("run", "--rm", "-p", "8080:80", IMAGE, "true")
+    assert "published ports are discarded" in published.stderr
+    assert px("run", "--rm", "-p", "8080:80", "--network", "none", IMAGE, "true",
+              check=False).returncode == 125
     # --init: catatonit is pid 1, the command its child; without it the command is pid 1
     probe = ("sh", "-c", "cat /proc/1/comm; grep PPid /proc/$$/status")
     assert px("run", "--rm", "--init", IMAGE, *probe).stdout.split() == [

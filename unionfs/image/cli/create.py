@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from unionfs.image import reference
 from unionfs.image.cli.common import ID_PREFIX, Resolved, resolve, short_id, short_name
@@ -50,6 +51,9 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
                    help="pull the image: if it is missing (the default), always, never, or "
                         "if the registry has a newer one")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the pull output")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR",
+                   help="accepted and discarded, as docker does with --network host: the "
+                        "container's ports are the host's (pyunion sets up no bridge yet)")
     p.add_argument("--env-file", action="append", default=[], metavar="FILE",
                    help="read KEY=VALUE lines (and KEY: the caller's value) from a file")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE",
@@ -161,6 +165,12 @@ def find_image(store: Store, text: str, policy: str, quiet: bool = False) -> Res
 
 def create_from_args(args, store: Store) -> Container:
     spec_from_args(args)  # bad options are refused before anything is pulled
+    if args.publish and args.network == "host":
+        print("pyunion: warning: published ports are discarded when using host network mode "
+              "(the container's ports are the host's)", file=sys.stderr)
+    elif args.publish:
+        raise ImageError("-p/--publish needs a bridge network, which pyunion does not set up "
+                         "yet: use --network host, where the ports are the host's")
     found = find_image(store, args.image, args.pull, args.quiet)
     label = short_name(found.name) if found.name else short_id(found.image_id)
     return lifecycle.create(store, found.image_id, label, args.name, spec_from_args(args))
