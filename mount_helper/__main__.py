@@ -32,7 +32,8 @@ USAGE = """usage: mount.pyunion LOWER[:LOWER...] [UPPER] MOUNTPOINT [-f] [-d] [-
 Lowers are listed top-most first, as overlayfs's lowerdir. Without an upper the merged view is
 read-only. Options: workdir= ro allow_other fsname= dev nodev suid nosuid exec noexec noatime
 redirect_dir=on|off|follow|nofollow|copy index=on|off userxattr volatile timeout=SECONDS
-stats=FILE debug. -f stays in the foreground, -d logs every request.
+stats=FILE debug nonempty. -f stays in the foreground, -d logs every request. A mountpoint
+with entries is refused (the mount would hide them) unless -o nonempty.
 """
 
 

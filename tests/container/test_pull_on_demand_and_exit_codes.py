@@ -291,3 +291,18 @@ def test_runtime_failure_is_one_line(px):
     message = one_error(result, 125, "runc: ")
     assert "/etc/passwd" in message and "not a directory" in message, message
     assert_clean(px)
+
+
+def lock_files(root) -> list[str]:
+    found = []
+    for where in ("locks", "downloads", "tmp"):
+        directory = root / where
+        if directory.is_dir():
+            found += [f"{where}/{n}" for n in os.listdir(directory) if n.endswith(".lock")]
+    return sorted(found)
+
+
+def test_lock_files_are_removed_when_free(fresh, registry, env, base_tar):
+    fresh("load", "-q", "-i", base_tar)  # unpacks under a layer lock
+    fresh("pull", "-q", registry.ref("library/busybox:1.35"), env=env)  # downloads too
+    assert lock_files(fresh.root) == ["locks/database.lock", "locks/store.lock"]

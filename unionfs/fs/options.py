@@ -57,6 +57,9 @@ class MountConfig:
     fsync: bool = True
     metacopy: bool = False
     stats_file: str | None = None
+    # A mountpoint with entries is refused (the mount would hide them) unless -o nonempty,
+    # libfuse 2's word for it.
+    nonempty: bool = False
     # FUSE passthrough: auto (where granted), on (or fail), off; $PYUNION_PASSTHROUGH sets
     # the default for every mount of a process tree (a test run without it, say).
     passthrough: str = field(
@@ -154,6 +157,9 @@ def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) ->
             continue  # inode numbers are always made unique; no fsid is stored
         elif key == "stats":
             config.stats_file = value
+        elif key == "nonempty":
+            _no_value(key, value)
+            config.nonempty = True
         elif key == "passthrough":
             if value not in PASSTHROUGH_MODES:
                 raise MountError(f"passthrough={value}: expected one of "
@@ -272,6 +278,9 @@ def validate(config: MountConfig) -> MountConfig:
     mountpoint = _existing_dir(config.mountpoint, "mountpoint")
     if mountpoint in mounted_points():
         raise MountError(f"mountpoint {mountpoint} is already a mount point")
+    if not config.nonempty and _has_entries(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is not empty: the mount would hide what is "
+                         "in it (-o nonempty mounts over it anyway)")
     layers = [("lower directory", p) for p in lowers]
     if upper:
         layers.append(("upper directory", upper))
@@ -292,6 +301,14 @@ def validate(config: MountConfig) -> MountConfig:
         if reason:
             raise MountError(f"passthrough=on: {reason}")
     return _replace(config, lowers=lowers, upper=upper, mountpoint=mountpoint, workdir=workdir)
+
+
+def _has_entries(path: str) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False  # unreadable: left to the mount to report
 
 
 def _check_distinct(layers: list[tuple[str, str]]) -> None:

@@ -25,7 +25,8 @@ def layer_dirs(store: Store, image_id: str) -> list[str]:
     return [store.layer_path(r["chain_id"]) for r in rows]
 
 
-def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -> str:
+def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str,
+                nonempty: bool = False) -> str:
     target = os.path.realpath(mountpoint)
     if not os.path.isdir(target):
         raise ImageError(f"mount point {mountpoint} is not a directory")
@@ -35,7 +36,8 @@ def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -
     if not lowers:
         raise ImageError(f"image {short_name} has no layers to mount")
     fsname = "pyunion-image:" + short_name.replace(",", "_")
-    options = [f"fsname={fsname}"] + (["override_stat"] if store.records_owners else [])
+    options = [f"fsname={fsname}"] + (["override_stat"] if store.records_owners else []) + (
+        ["nonempty"] if nonempty else [])
     mount = Mount(lowers, None, target, readonly=True, options=options)
     try:
         mount.start()

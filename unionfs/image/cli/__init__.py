@@ -42,35 +42,134 @@ COMMANDS = {
     "umount": "container_mount", "ps": "ps", "diff": "diff", "commit": "commit",
     "export": "export", "rm": "rm", "stop": "stop", "wait": "stop", "logs": "stop",
     "pull": "pull", "push": "push", "search": "search", "login": "login", "logout": "login",
-    "info": "info", "snapshotter": "snapshotter",
+    "info": "info", "exec": "exec", "cp": "cp", "kill": "control", "restart": "control",
+    "pause": "control", "unpause": "control", "rename": "control", "top": "top", "port": "top",
+    "version": "version", "snapshotter": "snapshotter",
 }
 # Commands that mount a union: its daemon is started first (unionfs.api.prestart_daemon), so
 # that the daemon's interpreter start-up and imports run beside this command's own.
 MOUNTING_COMMANDS = {"run", "start", "mount", "mount-image"}
-# The exit status of a command's failures (usage errors included) where it is not 1.
-FAILURE_STATUS = {"run": 125}
+# The exit status of a command's failures (usage errors included) where it is not 1:
+# run's (docker's), exec's (podman's; 126 and 127 stay the command's own).
+FAILURE_STATUS = {"run": 125, "exec": 125}
+
+# ``pyunion image …`` and ``pyunion container …``: docker's management groups, each word an
+# alias of a top-level command: word -> (the command, defaults its parser gets in the group).
+GROUPS: dict[str, dict[str, tuple[str, dict]]] = {
+    "image": {
+        "ls": ("images", {}), "list": ("images", {}), "rm": ("rmi", {}),
+        "remove": ("rmi", {}), "inspect": ("inspect", {"kind": "image"}),
+        "history": ("history", {}), "pull": ("pull", {}), "push": ("push", {}),
+        "tag": ("tag", {}), "save": ("save", {}), "load": ("load", {}),
+        "import": ("import", {}), "prune": ("prune", {}),
+    },
+    "container": {
+        "ls": ("ps", {}), "list": ("ps", {}), "ps": ("ps", {}),
+        "prune": ("container-prune", {}),
+        "inspect": ("inspect", {"kind": "container"}),
+        **{word: (word, {}) for word in (
+            "create", "run", "start", "stop", "wait", "logs", "rm", "exec", "cp", "kill",
+            "restart", "pause", "unpause", "rename", "top", "port", "diff", "commit", "export",
+            "mount", "umount")},
+    },
+}
+GROUP_HELP = {"image": "Manage images (ls, rm, inspect, history, pull, push, tag, save, load, "
+                       "import, prune)",
+              "container": "Manage containers (ls, rm, inspect, logs, exec, cp, prune, …: "
+                           "the container commands)"}
+# the module of a command that is only in a group
+GROUP_ONLY = {"prune": "prune", "container-prune": "container_prune"}
 
 
-def _chosen_command(argv: list[str]) -> str | None:
-    """The command named on the command line (the first word that is not a global option)."""
+def _command_words(argv: list[str]) -> list[str]:
+    """The words naming the command: ``["images"]``, ``["image", "ls"]`` (the first word that
+    is not a global option, and the next one if the first names a group)."""
     words = iter(argv)
     for word in words:
         if word == "--root":
             next(words, None)
+        elif word.startswith("--root="):
+            continue
         elif not word.startswith("-"):
-            return word
-    return None
+            if word in GROUPS:
+                sub = next((w for w in words if not w.startswith("-")), None)
+                return [word] + ([sub] if sub else [])
+            return [word]
+    return []
+
+
+def _chosen_command(argv: list[str]) -> str | None:
+    """The top-level command the command line runs (a group's word resolved: ``image ls`` is
+    ``images``)."""
+    words = _command_words(argv)
+    if len(words) == 2 and words[1] in GROUPS[words[0]]:
+        return GROUPS[words[0]][words[1]][0]
+    return words[0] if words else None
+
+
+class _Renaming:
+    """Stands for a group's subparsers while a command module registers: the parser of the
+    command wanted is made under the group's word; the module's other commands go nowhere."""
+
+    def __init__(self, subparsers, command: str, word: str) -> None:
+        self.subparsers, self.command, self.word = subparsers, command, word
+        self.parser: argparse.ArgumentParser | None = None
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        if name != self.command:
+            return argparse.ArgumentParser(add_help=False)
+        self.parser = self.subparsers.add_parser(self.word, **kwargs)
+        return self.parser
+
+
+def _module_of(command: str) -> str:
+    return COMMANDS.get(command) or GROUP_ONLY[command]
+
+
+def _register_group(commands, group: str, wanted_word: str | None) -> None:
+    """``pyunion image …`` / ``container …``; only the wanted word's module is imported (all
+    of them when none is named, for the group's help)."""
+    parser = commands.add_parser(group, help=GROUP_HELP[group], description=GROUP_HELP[group])
+    sub = parser.add_subparsers(dest=f"{group}_command", metavar="COMMAND")
+    sub.required = True
+    for word, (command, defaults) in GROUPS[group].items():
+        if wanted_word in (None, word):
+            module = importlib.import_module(f"unionfs.image.cli.{_module_of(command)}")
+            renaming = _Renaming(sub, command, word)
+            module.register(renaming)
+            assert renaming.parser is not None
+            renaming.parser.set_defaults(**defaults)  # over the module's own
+        else:
+            sub.add_parser(word)
+
+
+def innermost_parser(parser: argparse.ArgumentParser,
+                     argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub)command the command line names, for its usage in errors."""
+    current = parser
+    for word in _command_words(argv):
+        action = next((a for a in current._actions
+                       if isinstance(a, argparse._SubParsersAction)), None)
+        if action is None or word not in action.choices:
+            break
+        current = action.choices[word]
+    return current
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyunion", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--version", action=_PrintVersion)
     parser.add_argument("--root", metavar="DIR", help="the image store (default: "
                         "$PYUNION_ROOT or /var/lib/pyunion, per user $XDG_DATA_HOME/pyunion)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    chosen = _chosen_command(argv or [])
-    wanted = {COMMANDS[chosen]} if chosen in COMMANDS else set(COMMANDS.values())
+    words = _command_words(argv or [])
+    chosen = words[0] if words else None
+    if chosen in COMMANDS:
+        wanted = {COMMANDS[chosen]}
+    else:
+        wanted = set() if chosen in GROUPS else set(COMMANDS.values())
     registered: set[str] = set()
     for name, module_name in COMMANDS.items():
         if module_name in wanted and module_name not in registered:
@@ -78,13 +177,34 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             registered.add(module_name)
         elif module_name not in wanted:
             commands.add_parser(name)  # a name argparse knows; its options are not needed
-    image = commands.add_parser("image", help="Manage images (prune)",
-                                description="Manage images")
-    image_commands = image.add_subparsers(dest="image_command", metavar="COMMAND")
-    image_commands.required = True
-    if chosen in (None, "image") or chosen not in COMMANDS:
-        importlib.import_module("unionfs.image.cli.prune").register(image_commands)
+    for group in GROUPS:
+        if chosen == group or chosen not in COMMANDS:
+            _register_group(commands, group, words[1] if len(words) == 2 else None)
+        else:
+            commands.add_parser(group)
     return parser
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: the version is looked up (importlib.metadata, ~10 ms) only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                         nargs=0, help="show pyunion's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("pyunion")
+    except PackageNotFoundError:
+        number = "unknown"
+    return f"pyunion version {number}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
 
     failure = FAILURE_STATUS.get(chosen, 1)
     try:
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # the command's own usage, not the top-level one
+            innermost_parser(parser, argv).error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as e:
         if e.code == 2 and failure != 1:  # a usage error (argparse has printed it)
             return failure

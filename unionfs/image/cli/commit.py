@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from unionfs.image import reference
 from unionfs.image.cli.output import CliProgress
+from unionfs.image.cli.tag import parse_new_name
 from unionfs.image.container import records
 from unionfs.image.container.commit import commit
 from unionfs.image.store import Store
@@ -34,7 +34,7 @@ def register(commands) -> None:
 
 
 def run(args, store: Store) -> int:
-    names = [reference.parse(args.name).name] if args.name else []
+    names = [parse_new_name(args.name).name] if args.name else []
     container = records.get(store, args.container)
     progress = CliProgress(True)
     print(commit(store, container, names, message=args.message, author=args.author,

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from unionfs.image import reference
 from unionfs.image.cli.common import ID_PREFIX, Resolved, resolve, short_id, short_name
 from unionfs.image.container import lifecycle
+from unionfs.image.container.bundle import check_spec
 from unionfs.image.container.records import Container, RunSpec
-from unionfs.image.errors import NotFound
+from unionfs.image.errors import ImageError, NotFound
 from unionfs.image.store import Store
 
 HELP = "Create a new container from an image"
@@ -49,17 +51,96 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
                    help="pull the image: if it is missing (the default), always, never, or "
                         "if the registry has a newer one")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the pull output")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR",
+                   help="accepted and discarded, as docker does with --network host: the "
+                        "container's ports are the host's (pyunion sets up no bridge yet)")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                   help="read KEY=VALUE lines (and KEY: the caller's value) from a file")
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a label on the container")
+    p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP",
+                   help="add a line to its /etc/hosts")
+    p.add_argument("--init", action="store_true",
+                   help="run catatonit as pid 1: it reaps zombies and forwards signals")
+    p.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                   help="add a capability (NET_ADMIN, ALL, …)")
+    p.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                   help="drop a capability (CHOWN, ALL, …)")
+    p.add_argument("--privileged", action="store_true",
+                   help="every capability, no masked or read-only /proc paths, /sys writable")
+    p.add_argument("--restart", default="no", type=restart_policy,
+                   metavar="no|on-failure[:N]|always|unless-stopped",
+                   help="restart it when it exits (a detached container; not after stop, "
+                        "kill or rm)")
+    p.add_argument("-m", "--memory", type=memory_bytes, metavar="BYTES",
+                   help="memory limit (b, k, m, g); not above the caller's own (root only)")
+    p.add_argument("--cpus", type=float, metavar="N",
+                   help="CPUs the container may use; not above the caller's own (root only)")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
 
 
+def restart_policy(text: str) -> str:
+    name, _, count = text.partition(":")
+    if name not in ("no", "on-failure", "always", "unless-stopped") or (
+            count and (name != "on-failure" or not count.isdigit())):
+        raise argparse.ArgumentTypeError(f"invalid restart policy {text!r}")
+    return text
+
+
+def memory_bytes(text: str) -> int:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (as 512m or 1g)")
+    scale = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def read_env_files(paths: list[str]) -> list[str]:
+    """docker's --env-file: KEY=VALUE or KEY lines; blank lines and # comments skipped."""
+    items = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise ImageError(f"cannot read the env file {path}: {e.strerror}") from None
+        for number, line in enumerate(lines, 1):
+            text = line.lstrip()
+            if not text or text.startswith("#"):
+                continue
+            key = text.partition("=")[0]
+            if not key or any(c.isspace() for c in key):
+                raise ImageError(f"{path}:{number}: invalid variable name {key!r}")
+            items.append(text)
+    return items
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key:
+            raise ImageError(f"invalid label {item!r} (KEY=VALUE)")
+        labels[key] = value
+    return labels
+
+
 def spec_from_args(args) -> RunSpec:
-    return RunSpec(
+    if args.restart != "no" and args.rm:
+        raise ImageError("--restart and --rm conflict (a restarted container is not removed)")
+    spec = RunSpec(
         command=args.command or None,
         entrypoint=[args.entrypoint] if args.entrypoint is not None else None,
-        env=args.env, workdir=args.workdir, user=args.user, hostname=args.hostname,
-        volumes=args.volume, read_only=args.read_only, network=args.network, tty=args.tty,
-        interactive=args.interactive, runtime=args.runtime, auto_remove=args.rm)
+        env=read_env_files(args.env_file) + args.env, workdir=args.workdir, user=args.user,
+        hostname=args.hostname, volumes=args.volume, read_only=args.read_only,
+        network=args.network, tty=args.tty, interactive=args.interactive,
+        runtime=args.runtime, auto_remove=args.rm, labels=_labels(args.label),
+        extra_hosts=args.add_host, init=args.init, cap_add=args.cap_add,
+        cap_drop=args.cap_drop, privileged=args.privileged, restart=args.restart,
+        memory=args.memory, cpus=args.cpus)
+    check_spec(spec)
+    return spec
 
 
 def find_image(store: Store, text: str, policy: str, quiet: bool = False) -> Resolved:
@@ -83,6 +164,13 @@ def find_image(store: Store, text: str, policy: str, quiet: bool = False) -> Res
 
 
 def create_from_args(args, store: Store) -> Container:
+    spec_from_args(args)  # bad options are refused before anything is pulled
+    if args.publish and args.network == "host":
+        print("pyunion: warning: published ports are discarded when using host network mode "
+              "(the container's ports are the host's)", file=sys.stderr)
+    elif args.publish:
+        raise ImageError("-p/--publish needs a bridge network, which pyunion does not set up "
+                         "yet: use --network host, where the ports are the host's")
     found = find_image(store, args.image, args.pull, args.quiet)
     label = short_name(found.name) if found.name else short_id(found.image_id)
     return lifecycle.create(store, found.image_id, label, args.name, spec_from_args(args))

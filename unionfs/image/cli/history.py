@@ -6,6 +6,7 @@ import json
 
 from unionfs.image.cli.common import resolve, short_id
 from unionfs.image.cli.output import docker_time, human_size, print_table, since
+from unionfs.image.cli.template import print_formatted
 from unionfs.image.store import Store
 
 HELP = "Show the history of an image"
@@ -20,7 +21,8 @@ def register(commands) -> None:
     p.add_argument("--no-human", dest="human", action="store_false")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
     p.add_argument("-q", "--quiet", action="store_true", help="only show image ids")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", default="table",
+                   help="table, json, or a Go template ({{.ID}} {{.CreatedBy}}, table …)")
     p.set_defaults(run=run)
 
 
@@ -59,12 +61,12 @@ def run(args, store: Store) -> int:
         for row in rows:
             print(show_id(row["id"]))
         return 0
-    if args.format == "json":
-        for row in rows:
-            print(json.dumps({"ID": show_id(row["id"]), "CreatedAt": docker_time(row["created"]),
-                              "CreatedSince": since(row["created"]),
-                              "CreatedBy": row["created_by"], "Size": human_size(row["size"]),
-                              "Comment": row["comment"]}, separators=(",", ":")))
+    if args.format != "table":
+        print_formatted(args.format, [
+            {"ID": show_id(row["id"]), "CreatedAt": docker_time(row["created"]),
+             "CreatedSince": since(row["created"]), "CreatedBy": row["created_by"],
+             "Size": human_size(row["size"]), "Comment": row["comment"]} for row in rows],
+            {"ID": "IMAGE", "CreatedSince": "CREATED", "CreatedBy": "CREATED BY"})
         return 0
     table = []
     for row in rows:

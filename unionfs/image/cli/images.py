@@ -6,8 +6,16 @@ import argparse
 import json
 
 from unionfs.image import reference
-from unionfs.image.cli.common import short_id
+from unionfs.image.cli.common import resolve, short_id
+from unionfs.image.cli.filters import (
+    label_matches,
+    matches,
+    parse_filters,
+    reference_matches,
+    truth,
+)
 from unionfs.image.cli.output import docker_time, human_size, parse_time, print_table, since
+from unionfs.image.cli.template import print_formatted
 from unionfs.image.store import Store
 
 HELP = "List images"
@@ -16,19 +24,24 @@ EPILOG = """examples:
   pyunion images busybox           only that repository (or REPO:TAG)
   pyunion images -q                image ids, one per image
   pyunion images --format json     one JSON object per line
+  pyunion images --format '{{.Repository}}:{{.Tag}}'
+  pyunion images --filter dangling=true --filter 'reference=busy*'
 """
 
 
 def register(commands) -> None:
     p = commands.add_parser("images", help=HELP, description=HELP, epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("filter", nargs="?", metavar="REPOSITORY[:TAG]")
+    p.add_argument("filter_name", nargs="?", metavar="REPOSITORY[:TAG]")
     p.add_argument("-a", "--all", action="store_true",
                    help="show all images (there are no hidden intermediate images)")
     p.add_argument("-q", "--quiet", action="store_true", help="only show image ids")
     p.add_argument("--digests", action="store_true", help="show digests")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="reference=, dangling=true|false, label=, before=IMAGE, since=IMAGE")
+    p.add_argument("--format", default="table",
+                   help="table, json, or a Go template ({{.Repository}}:{{.Tag}}, table …)")
     p.set_defaults(run=run)
 
 
@@ -67,8 +80,47 @@ def _timestamp(created: str | None) -> float:
     return when.timestamp() if when else 0.0
 
 
+FILTERS = ("reference", "dangling", "label", "before", "since")
+HEADERS = {"ID": "IMAGE ID", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT"}
+
+
+def _filtered(store: Store, rows: list[dict], items: list[str]) -> list[dict]:
+    filters = parse_filters(items, FILTERS)
+    if not filters:
+        return rows
+    label_cache: dict[str, dict] = {}
+
+    def labels_of(image_id: str) -> dict:
+        if image_id not in label_cache:
+            with open(store.blob_path(image_id), "rb") as f:
+                config = json.load(f).get("config") or {}
+            label_cache[image_id] = config.get("Labels") or {}
+        return label_cache[image_id]
+
+    def created_of(text: str) -> float:
+        return _timestamp(images_by_id[resolve(store, text).image_id])
+
+    images_by_id = {r["id"]: r["created"] for r in rows}
+    for r in store.db.execute("SELECT id, created FROM images"):
+        images_by_id.setdefault(r["id"], r["created"])
+    kept = []
+    for r in rows:
+        name = f"{r['repository']}:{r['tag']}"
+        tests = {
+            "reference": lambda v, r=r, name=name: r["tag"] != "<none>"
+            and reference_matches(name, v),
+            "dangling": lambda v, r=r: (r["tag"] == "<none>") == truth(v),
+            "label": lambda v, r=r: label_matches(labels_of(r["id"]), v),
+            "before": lambda v, r=r: _timestamp(r["created"]) < created_of(v),
+            "since": lambda v, r=r: _timestamp(r["created"]) > created_of(v),
+        }
+        if matches(filters, tests):
+            kept.append(r)
+    return kept
+
+
 def run(args, store: Store) -> int:
-    rows = _rows(store, args.filter)
+    rows = _filtered(store, _rows(store, args.filter_name), args.filter)
     show_id = (lambda i: i) if args.no_trunc else short_id
     if args.quiet:
         seen = []
@@ -78,14 +130,13 @@ def run(args, store: Store) -> int:
         for image_id in seen:
             print(show_id(image_id))
         return 0
-    if args.format == "json":
-        for r in rows:
-            print(json.dumps({
-                "Containers": "N/A", "CreatedAt": docker_time(r["created"]),
-                "CreatedSince": since(r["created"]), "Digest": r["digest"],
-                "ID": show_id(r["id"]), "Repository": r["repository"], "SharedSize": "N/A",
-                "Size": human_size(r["size"]), "Tag": r["tag"], "UniqueSize": "N/A",
-                "VirtualSize": human_size(r["size"])}, separators=(",", ":")))
+    if args.format != "table":
+        print_formatted(args.format, [{
+            "Containers": "N/A", "CreatedAt": docker_time(r["created"]),
+            "CreatedSince": since(r["created"]), "Digest": r["digest"],
+            "ID": show_id(r["id"]), "Repository": r["repository"], "SharedSize": "N/A",
+            "Size": human_size(r["size"]), "Tag": r["tag"], "UniqueSize": "N/A",
+            "VirtualSize": human_size(r["size"])} for r in rows], HEADERS)
         return 0
     headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else []) + [
         "IMAGE ID", "CREATED", "SIZE"]

@@ -11,12 +11,12 @@ import shutil
 import sys
 
 from unionfs.image import mediatypes as mt
-from unionfs.image import reference
 from unionfs.image.archive.compression import CHUNK, DecompressingReader, HashingGzipFile
 from unionfs.image.archive.formats import ImageSpec, LayerSpec, Platform
 from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.cli.output import CliProgress
+from unionfs.image.cli.tag import parse_new_name
 from unionfs.image.config_changes import apply_changes
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store, Workspace
@@ -74,7 +74,7 @@ def _layer_from_tarball(path: str | None, space: Workspace) -> tuple[str, str]:
 
 
 def run(args, store: Store) -> int:
-    names = [reference.parse(args.name).name] if args.name else []
+    names = [parse_new_name(args.name).name] if args.name else []
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     image_config: dict = {}
     apply_changes(image_config, args.change)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from unionfs.image.cli.common import resolve, short_id, short_name
+from unionfs.image.errors import ImageError
 from unionfs.image.mounts import mount_image, unmount_image
 from unionfs.image.store import Store
 
-HELP = "Mount an image's merged rootfs read-only at DIR (a pyunion mount of its layers)"
+HELP = ("Mount an image's merged rootfs read-only at DIR (a pyunion mount of its layers); DIR "
+        "must be empty unless -o nonempty")
 UMOUNT_HELP = "Unmount a rootfs mounted by mount-image (plain umount works too)"
 
 
@@ -16,6 +18,8 @@ def register(commands) -> None:
                                    "  ls /mnt/app; pyunion umount-image /mnt/app")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("mountpoint", metavar="DIR")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="nonempty",
+                   help="nonempty: mount over a directory that has entries (hiding them)")
     p.set_defaults(run=run)
     u = commands.add_parser("umount-image", help=UMOUNT_HELP, description=UMOUNT_HELP)
     u.add_argument("mountpoint", metavar="DIR")
@@ -23,9 +27,14 @@ def register(commands) -> None:
 
 
 def run(args, store: Store) -> int:
+    options = [o for text in args.options for o in text.split(",") if o]
+    unknown = [o for o in options if o != "nonempty"]
+    if unknown:
+        raise ImageError(f"unknown mount-image option {unknown[0]!r} (only nonempty)")
     found = resolve(store, args.image)
     label = short_name(found.name) if found.name else short_id(found.image_id)
-    print(mount_image(store, found.image_id, label, args.mountpoint))
+    print(mount_image(store, found.image_id, label, args.mountpoint,
+                      nonempty="nonempty" in options))
     return 0
 
 

@@ -31,10 +31,22 @@ EPILOG = """examples:
 T = TypeVar("T")
 
 
+class _TlsVerify(argparse.Action):
+    """podman's ``--tls-verify[=true|false]``: false is ``--insecure``."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        text = (value or "true").lower()
+        if text not in ("true", "false", "1", "0"):
+            parser.error(f"{option_string}: expected true or false, not {value!r}")
+        namespace.insecure = text in ("false", "0")
+
+
 def add_registry_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="allow plain HTTP (and HTTPS without certificate checks failing over "
                         "to HTTP) for this registry")
+    p.add_argument("--tls-verify", action=_TlsVerify, nargs="?", metavar="true|false",
+                   help="podman's spelling: --tls-verify=false is --insecure")
 
 
 def register(commands) -> None:

@@ -19,6 +19,7 @@ HELP = "Upload an image to a registry"
 EPILOG = """examples:
   pyunion tag app:1.1 127.0.0.1:5000/app:1.1 && pyunion push 127.0.0.1:5000/app:1.1
   pyunion push --image app:1.1 registry.lan:5000/team/app:1.1
+  pyunion push app:1.1 registry.lan:5000/team/app:1.1     (podman's SOURCE DESTINATION)
 """
 
 
@@ -27,6 +28,8 @@ def register(commands) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="NAME[:TAG]", help="where to push (the store's name for the "
                    "image, unless --image names another)")
+    p.add_argument("destination", nargs="?", metavar="DESTINATION",
+                   help="where to push, NAME then being the local image (podman's form)")
     p.add_argument("--image", metavar="IMAGE", help="the local image to push (default: NAME)")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the progress output")
     add_registry_options(p)
@@ -39,6 +42,10 @@ async def _push(store: Store, ref, image_id: str, insecure: bool, progress: CliP
 
 
 def run(args, store: Store) -> int:
+    if args.destination:
+        if args.image:
+            raise ImageError("give the local image as --image or as SOURCE, not both")
+        args.image, args.name = args.name, args.destination
     ref = reference.parse(args.name)
     if ref.digest:
         raise ImageError("push a tag, not a digest")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from unionfs.image.cli.create import add_container_options, create_from_args
-from unionfs.image.container import lifecycle, records, runtime
+from unionfs.image.container import lifecycle, records, restart, runtime
 from unionfs.image.container.records import Container
 from unionfs.image.errors import Conflict, ImageError, StartFailed
 from unionfs.image.store import Store
@@ -50,6 +50,10 @@ def run(args, store: Store) -> int:
     finally:
         if args.rm:
             lifecycle.remove(store, records.get(store, container.id), force=True)
+    current = records.get(store, container.id) if not args.rm else None
+    if current is not None and restart.wanted(store, current, code, 0):
+        restart.count(store, current, 1)
+        start_detached(store, current, clear=False)  # the monitor restarts it from now on
     return code
 
 
@@ -71,11 +75,11 @@ def run_start(args, store: Store) -> int:
     return status
 
 
-def start_detached(store: Store, container: Container) -> None:
+def start_detached(store: Store, container: Container, *, clear: bool = True) -> None:
     """``runtime.start_detached``; a container that could not start goes if it was to be
     removed (``--rm``), as its monitor leaves that to us."""
     try:
-        runtime.start_detached(store, container)
+        runtime.start_detached(store, container, clear=clear)
     except StartFailed:
         if container.spec.auto_remove:
             lifecycle.remove(store, records.get(store, container.id), force=True)

@@ -20,9 +20,21 @@ def register(commands) -> None:
     p.set_defaults(run=run)
 
 
+def parse_new_name(text: str) -> reference.Reference:
+    """A name to give: the reference grammar's, with docker's rule that a repository is
+    lowercase (a first component in capitals is no registry host: the grammar would take
+    ``UPPER/x`` for one only because of its capitals)."""
+    target = reference.parse(text)
+    domain = target.domain
+    if domain.lower() != domain and not any(c in domain for c in ".:"):
+        raise ImageError(f"invalid reference format: {text!r} (repository names must be "
+                         "lowercase)")
+    return target
+
+
 def run(args, store: Store) -> int:
     image = resolve(store, args.source)
-    target = reference.parse(args.target)
+    target = parse_new_name(args.target)
     if target.digest:
         raise ImageError(f"refusing to create a tag with a digest reference: {args.target}")
     with store.transaction() as db:

@@ -17,11 +17,14 @@ from unionfs.image.container.records import RunSpec
 
 TARGET_DIRS = ("proc", "dev", "sys")
 TARGET_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
+INIT_TARGET = "sbin/docker-init"  # where ``--init`` binds catatonit, as docker binds its init
 
 
 def _targets(spec: RunSpec) -> list[tuple[str, bool]]:
     """(path relative to /, is a directory) for every mount target of a container."""
     targets = [(d, True) for d in TARGET_DIRS] + [(f, False) for f in TARGET_FILES]
+    if spec.init:
+        targets.append((INIT_TARGET, False))
     for volume in spec.volumes:
         host, _, rest = volume.partition(":")
         target = rest.split(":")[0].strip("/")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from unionfs.image.container import records, rootfs, runtime
+from unionfs.image.container import records, restart, rootfs, runtime
 from unionfs.image.container.initlayer import build_init_layer, restore_parent_times
 from unionfs.image.container.records import Container, RunSpec
 from unionfs.image.errors import Conflict, ImageError
@@ -33,7 +33,9 @@ def remove(store: Store, container: Container, *, force: bool) -> None:
         if not force:
             raise Conflict(f"cannot remove container {container.name}: it is running "
                            "(stop it first, or use rm -f)")
+        restart.mark_stopped(store, container)
         runtime.send_signal(store, container, 9)
+        runtime.thaw(store, container)
         runtime.wait(store, container)
         container = records.get(store, container.id)
     rootfs.unmount(store, container)

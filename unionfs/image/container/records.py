@@ -41,6 +41,15 @@ class RunSpec:
     interactive: bool = False
     runtime: str = "runc"
     auto_remove: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    extra_hosts: list[str] = field(default_factory=list)
+    init: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    privileged: bool = False
+    restart: str = "no"
+    memory: int | None = None       # bytes
+    cpus: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -86,9 +95,8 @@ def container_dir(store: Store, container_id: str) -> str:
 def create_record(store: Store, image_id: str, image_name: str, name: str | None,
                   spec: RunSpec) -> Container:
     """A new container: a unique id and name, an empty upper and workdir."""
-    if name is not None and not _NAME_RE.fullmatch(name):
-        raise ImageError(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] "
-                         "are allowed")
+    if name is not None:
+        check_name(name)
     for attempt in range(20):
         container_id = secrets.token_hex(32)
         chosen = name or generate_name() + (f"{attempt}" if attempt >= 10 else "")
@@ -142,6 +150,21 @@ def update(store: Store, container_id: str, **fields: Any) -> None:
     with store.transaction() as db:
         db.execute(f"UPDATE containers SET {columns} WHERE id = ?",
                    (*fields.values(), container_id))
+
+
+def check_name(name: str) -> None:
+    if not _NAME_RE.fullmatch(name):
+        raise ImageError(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+                         "are allowed")
+
+
+def rename(store: Store, container: Container, new_name: str) -> None:
+    check_name(new_name)
+    try:
+        with store.transaction() as db:
+            db.execute("UPDATE containers SET name = ? WHERE id = ?", (new_name, container.id))
+    except sqlite3.IntegrityError:
+        raise Conflict(f'the container name "{new_name}" is already in use') from None
 
 
 def delete_record(store: Store, container_id: str) -> None:

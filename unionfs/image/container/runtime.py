@@ -15,13 +15,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
-from unionfs.image.container import records, rootfs
+from unionfs.image.container import logs, records, restart, rootfs
 from unionfs.image.container.bundle import image_config, write_bundle
 from unionfs.image.container.records import Container
 from unionfs.image.container.runtime_output import StderrRelay, start_failure
@@ -74,13 +76,44 @@ def delete_runtime_state(store: Store, container: Container) -> None:
                        + ["delete", "--force", container.id], capture_output=True, timeout=30)
 
 
+PAUSED_MARK = "paused"  # in the container's directory while its processes are frozen
+
+
 def pause(store: Store, container: Container, paused: bool) -> None:
     verb = "pause" if paused else "resume"
     result = subprocess.run(runtime_command(store, container) + [verb, container.id],
                             capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         raise ImageError(f"cannot {verb} {container.name}: "
-                         f"{result.stderr.strip() or 'the runtime refused'}")
+                         f"{_runtime_message(result.stderr) or 'the runtime refused'}")
+    mark = os.path.join(records.container_dir(store, container.id), PAUSED_MARK)
+    if paused:
+        open(mark, "w").close()
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mark)
+
+
+def is_paused(store: Store, container: Container) -> bool:
+    """Frozen by ``pause`` (a mark the next run of the container clears)."""
+    return container.state == "running" and os.path.exists(
+        os.path.join(records.container_dir(store, container.id), PAUSED_MARK))
+
+
+def thaw(store: Store, container: Container) -> None:
+    """Resumes a paused container (so that a signal just sent reaches its processes)."""
+    if is_paused(store, container):
+        with contextlib.suppress(ImageError):
+            pause(store, container, False)
+
+
+def _runtime_message(stderr: str) -> str:
+    """The ``msg`` of runc's last ``level=error`` line, or its last line as it is."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    match = re.search(r'msg="((?:[^"\\]|\\.)*)"', lines[-1])
+    return match.group(1).replace('\\"', '"') if match else lines[-1]
 
 
 def refresh(store: Store, container: Container) -> Container:
@@ -113,6 +146,8 @@ def execute(store: Store, container: Container, *, log_path: str | None = None) 
     command = runtime_command(store, container) + [
         "--log", _fresh(directory, RUNTIME_LOG), "--log-format", "json",
         "run", "--pid-file", _fresh(directory, PID_FILE), "-b", bundle, container.id]
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, PAUSED_MARK))
     records.update(store, container.id, state="running", started=time.time(), finished=None,
                    exit_code=None, monitor_pid=os.getpid())
     code, failure = _run_runtime(store, container, command, log_path)
@@ -138,40 +173,55 @@ def _fresh(directory: str, name: str) -> str:
 def _run_runtime(store: Store, container: Container, command: list[str],
                  log_path: str | None) -> tuple[int, StartFailed | None]:
     """Runs the runtime to its end: the exit status, and the failure if it could not start the
-    process. The container's output goes to ``log_path`` if given, else to ours."""
-    output = open(log_path, "ab") if log_path else None  # noqa: SIM115
+    process. The container's output goes to its log (logs.py): ``log_path`` given (a detached
+    monitor), only there; else to ours as well, except with a terminal (``run -it``), whose
+    output is the runtime's to relay and is not logged."""
+    directory = records.container_dir(store, container.id)
+    if log_path is None and container.spec.tty:
+        return _run_relayed(store, container, command, None, None, 2)
+    writer = logs.LogWriter(log_path or logs.log_path(directory))
+    tee = log_path is None
     try:
-        return _run_relayed(store, container, command, output.fileno() if output else None)
+        return _run_relayed(store, container, command, subprocess.DEVNULL if not tee else None,
+                            logs.sink(writer, "stdout", 1 if tee else None),
+                            logs.sink(writer, "stderr", 2 if tee else None))
     finally:
-        if output is not None:
-            output.close()
+        writer.close()
 
 
-def _run_relayed(store: Store, container: Container, command: list[str],
-                 output: int | None) -> tuple[int, StartFailed | None]:
-    """``_run_runtime`` with the runtime's stderr through a relay that keeps its own error
-    apart (to ``output``, or to our stderr, fd 2, which it inherited before)."""
+def _run_relayed(store: Store, container: Container, command: list[str], stdin: int | None,
+                 stdout: Callable[[bytes], None] | None,
+                 stderr: int | Callable[[bytes], None]) -> tuple[int, StartFailed | None]:
+    """``_run_runtime`` with the runtime's stdout through ``stdout`` (None: inherited) and its
+    stderr through a relay that keeps its own error apart."""
     read_end, write_end = os.pipe()
+    out_read, out_write = os.pipe() if stdout is not None else (None, None)
     try:
-        proc = subprocess.Popen(command, stdin=None if output is None else subprocess.DEVNULL,
-                                stdout=output, stderr=write_end)
+        proc = subprocess.Popen(command, stdin=stdin, stdout=out_write, stderr=write_end)
     except OSError as e:
-        os.close(read_end)
+        for fd in (read_end, out_read):
+            if fd is not None:
+                os.close(fd)
         return 127, StartFailed(f"cannot start the runtime: {e.strerror}")
     finally:
-        os.close(write_end)
-    relay = StderrRelay(read_end, 2 if output is None else output,
+        for fd in (write_end, out_write):
+            if fd is not None:
+                os.close(fd)
+    out_relay = logs.relay(out_read, stdout) if out_read is not None and stdout else None
+    relay = StderrRelay(read_end, stderr,
                         os.path.join(records.container_dir(store, container.id), RUNTIME_LOG))
     records.update(store, container.id, pid=proc.pid)
-    code = _wait_forwarding_signals(proc)
+    code = wait_forwarding_signals(proc)
     error = relay.finish()
+    if out_relay is not None:
+        out_relay.join(30)
     if error is None:
         return code, None
     failure = start_failure(container.spec.runtime, error)
     return failure.exit_status or 125, failure
 
 
-def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
+def wait_forwarding_signals(proc: subprocess.Popen) -> int:
     """Waits for the runtime; signals sent to us reach it (and it passes them on)."""
     def forward(signum, _frame) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -192,12 +242,14 @@ def _wait_forwarding_signals(proc: subprocess.Popen) -> int:
             signal.signal(signum, handler)
 
 
-def start_detached(store: Store, container: Container) -> None:
+def start_detached(store: Store, container: Container, *, clear: bool = True) -> None:
     """Starts the container under a detached monitor; returns once its process runs (or ran).
     StartFailed (the monitor's message and status) if it could not be started."""
     directory = records.container_dir(store, container.id)
-    log = os.path.join(directory, "container.log")
+    log = logs.log_path(directory)
     started = _fresh(directory, PID_FILE)
+    if clear:
+        restart.clear(store, container)
     # the previous run's "exited" must not be taken for this one's
     records.update(store, container.id, state="created", exit_code=None, finished=None)
     monitor_log = open(os.path.join(directory, "monitor.log"), "ab")  # noqa: SIM115
@@ -242,9 +294,11 @@ def _tail(path: str) -> str:
 
 def stop(store: Store, container: Container, timeout: float) -> None:
     """SIGTERM (or the image's StopSignal), then SIGKILL after ``timeout`` seconds."""
+    restart.mark_stopped(store, container)  # also between the runs of a restarting one
     if container.state != "running":
         return
     send_signal(store, container, signal.SIGTERM)
+    thaw(store, container)
     if not _wait_exited(store, container, timeout):
         send_signal(store, container, signal.SIGKILL)
         _wait_exited(store, container, 30)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 
 from unionfs.image.errors import StartFailed
 
@@ -61,9 +62,10 @@ class StderrRelay:
     """Copies ``source`` (the read end of the runtime's stderr; closed when done) to ``target``
     in a thread, without the runtime's error line; ``finish`` returns that error's message."""
 
-    def __init__(self, source: int, target: int, log_path: str) -> None:
+    def __init__(self, source: int, target: int | Callable[[bytes], None],
+                 log_path: str) -> None:
         self.source = source
-        self.target: int | None = target
+        self.target: int | Callable[[bytes], None] | None = target
         self.log_path = log_path
         self.error: str | None = None
         self._log_size = 0
@@ -116,6 +118,9 @@ class StderrRelay:
     def _write(self, data: bytes) -> None:
         """Writes on; once the target fails (a closed terminal), the rest is read and dropped
         so that the runtime never blocks on a full pipe."""
+        if callable(self.target):
+            self.target(data)
+            return
         while data and self.target is not None:
             try:
                 data = data[os.write(self.target, data):]

@@ -172,8 +172,9 @@ class Puller:
         os.makedirs(self.downloads, mode=0o700, exist_ok=True)
         name = digest_hex(layer.digest)
         final = os.path.join(self.downloads, name)
-        lock = FileLock(final + ".lock")
-        await trio.to_thread.run_sync(lambda: lock.acquire(exclusive=True))
+        lock = FileLock(final + ".lock", remove_when_free=True)
+        await trio.to_thread.run_sync(lambda: lock.acquire(exclusive=True),
+                                      abandon_on_cancel=True)
         try:
             if os.path.exists(final):
                 return final
@@ -324,9 +325,11 @@ class Puller:
                     path = await self.download(layer)
                 fetched.append(path)
                 source = DirectorySource(self.downloads)
+                # abandoned if cancelled (Ctrl-C): the pull stops at once; the unpacking,
+                # in a workspace of its own, ends with the process and is collected later
                 added[i] = await trio.to_thread.run_sync(
                     adder.add_layer, source, layer, chain[:i + 1], self.ref.name,
-                    parents_done(i))
+                    parents_done(i), abandon_on_cancel=True)
             except BaseException:
                 failed.set()
                 raise

@@ -201,7 +201,8 @@ class Store:
             owner.release()
 
     def layer_lock(self, chain_id: str) -> contextlib.AbstractContextManager:
-        return locked(os.path.join(self.locks_dir, f"layer-{digest_hex(chain_id)}.lock"))
+        return locked(os.path.join(self.locks_dir, f"layer-{digest_hex(chain_id)}.lock"),
+                      remove_when_free=True)
 
     # ------------------------------------------------------------------ garbage collection
 
