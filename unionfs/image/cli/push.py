@@ -7,6 +7,7 @@ import argparse
 import trio
 
 from unionfs.image import reference
+from unionfs.image.archive.convert import ConvertedImage, convert_image
 from unionfs.image.cli.common import resolve
 from unionfs.image.cli.output import CliProgress
 from unionfs.image.cli.pull import add_registry_options
@@ -19,6 +20,7 @@ HELP = "Upload an image to a registry"
 EPILOG = """examples:
   pyunion tag app:1.1 127.0.0.1:5000/app:1.1 && pyunion push 127.0.0.1:5000/app:1.1
   pyunion push --image app:1.1 registry.lan:5000/team/app:1.1
+  pyunion push --format estargz 127.0.0.1:5000/app:1.1   (for pyunion pull --lazy)
 """
 
 
@@ -28,14 +30,18 @@ def register(commands) -> None:
     p.add_argument("name", metavar="NAME[:TAG]", help="where to push (the store's name for the "
                    "image, unless --image names another)")
     p.add_argument("--image", metavar="IMAGE", help="the local image to push (default: NAME)")
+    p.add_argument("--format", choices=("stored", "estargz"), default="stored",
+                   help="the layers as stored (default), or rewritten as eStargz for lazy "
+                        "pulls (pyunion pull --lazy)")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the progress output")
     add_registry_options(p)
     p.set_defaults(run=run)
 
 
-async def _push(store: Store, ref, image_id: str, insecure: bool, progress: CliProgress):
+async def _push(store: Store, ref, image_id: str, insecure: bool, progress: CliProgress,
+                converted: ConvertedImage | None):
     async with RegistryClient(ref.domain, insecure=insecure) as client:
-        return await Pusher(store, client, ref, image_id, progress).push()
+        return await Pusher(store, client, ref, image_id, progress, converted).push()
 
 
 def run(args, store: Store) -> int:
@@ -45,10 +51,13 @@ def run(args, store: Store) -> int:
     image_id = resolve(store, args.image or args.name).image_id
     if not args.quiet:
         print(f"The push refers to repository [{ref.repository}]", flush=True)
-    progress = CliProgress(args.quiet)
-    try:
-        result = trio.run(_push, store, ref, image_id, args.insecure, progress)
-    finally:
-        progress.close()
+    with store.workspace() as space:
+        converted = convert_image(store, image_id, space.path) \
+            if args.format == "estargz" else None
+        progress = CliProgress(args.quiet)
+        try:
+            result = trio.run(_push, store, ref, image_id, args.insecure, progress, converted)
+        finally:
+            progress.close()
     print(f"{ref.tag}: digest: {result.manifest_digest} size: {result.manifest_size}")
     return 0

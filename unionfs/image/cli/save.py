@@ -13,6 +13,7 @@ EPILOG = """examples:
   pyunion save -o app.tar app:2.0                       docker-archive (docker load reads it)
   pyunion save --format oci-archive -o app.oci.tar app:2.0
   pyunion save --format oci-dir -o ./layout app:2.0     (umoci, skopeo oci: read it)
+  pyunion save --format oci-dir --layer-format estargz -o ./layout app:2.0
 """
 
 
@@ -24,6 +25,9 @@ def register(commands) -> None:
                    "for oci-dir) instead of stdout")
     p.add_argument("--format", choices=("docker-archive", "oci-archive", "oci-dir"),
                    default="docker-archive")
+    p.add_argument("--layer-format", choices=("stored", "estargz"), default="stored",
+                   help="oci formats: the layers as stored (default), or rewritten as eStargz "
+                        "(for lazy pulls once pushed)")
     p.set_defaults(run=run)
 
 
@@ -34,5 +38,5 @@ def run(args, store: Store) -> int:
         image = chosen.setdefault(found.image_id, SavedImage(found.image_id, []))
         names = [found.name] if found.name else image_names(store, found.image_id)
         image.names += [n for n in names if n not in image.names]
-    ImageSaver(store).save(list(chosen.values()), args.format, args.output)
+    ImageSaver(store).save(list(chosen.values()), args.format, args.output, args.layer_format)
     return 0
