@@ -72,7 +72,8 @@ def unmount_daemon(point: str, pid: int | None, what: str) -> None:
     wait_exit(pid)
 
 
-def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -> str:
+def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str,
+                lazy_timeout: float | None = None) -> str:
     target = os.path.realpath(mountpoint)
     if not os.path.isdir(target):
         raise ImageError(f"mount point {mountpoint} is not a directory")
@@ -83,6 +84,8 @@ def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str) -
         raise ImageError(f"image {short_name} has no layers to mount")
     fsname = "pyunion-image:" + short_name.replace(",", "_")
     options = [f"fsname={fsname}"] + (["override_stat"] if store.records_owners else [])
+    if lazy_timeout is not None:
+        options.append(f"lazy_timeout={lazy_timeout}")
     mount = Mount(lowers, None, target, readonly=True, options=options)
     try:
         mount.start()

@@ -16,6 +16,9 @@ def register(commands) -> None:
                                    "  ls /mnt/app; pyunion umount-image /mnt/app")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("mountpoint", metavar="DIR")
+    p.add_argument("--lazy-timeout", type=float, metavar="SECONDS",
+                   help="how long a first read of a lazily pulled file waits for the "
+                        "registry before failing with EIO (default 30)")
     p.set_defaults(run=run)
     u = commands.add_parser("umount-image", help=UMOUNT_HELP, description=UMOUNT_HELP)
     u.add_argument("mountpoint", metavar="DIR")
@@ -25,7 +28,8 @@ def register(commands) -> None:
 def run(args, store: Store) -> int:
     found = resolve(store, args.image)
     label = short_name(found.name) if found.name else short_id(found.image_id)
-    print(mount_image(store, found.image_id, label, args.mountpoint))
+    print(mount_image(store, found.image_id, label, args.mountpoint,
+                      lazy_timeout=args.lazy_timeout))
     return 0
 
 

@@ -12,6 +12,7 @@ from unionfs.image.cli.common import resolve
 from unionfs.image.cli.output import CliProgress
 from unionfs.image.cli.pull import add_registry_options
 from unionfs.image.errors import ImageError
+from unionfs.image.lazy import refuse_incomplete
 from unionfs.image.registry.client import RegistryClient
 from unionfs.image.registry.push import Pusher
 from unionfs.image.store import Store
@@ -49,6 +50,7 @@ def run(args, store: Store) -> int:
     if ref.digest:
         raise ImageError("push a tag, not a digest")
     image_id = resolve(store, args.image or args.name).image_id
+    refuse_incomplete(store, image_id, "push")
     if not args.quiet:
         print(f"The push refers to repository [{ref.repository}]", flush=True)
     with store.workspace() as space:

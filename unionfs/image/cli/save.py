@@ -6,6 +6,7 @@ import argparse
 
 from unionfs.image.archive.save import ImageSaver, SavedImage
 from unionfs.image.cli.common import image_names, resolve
+from unionfs.image.lazy import refuse_incomplete
 from unionfs.image.store import Store
 
 HELP = "Save one or more images to a tar archive (streamed to stdout by default)"
@@ -35,6 +36,7 @@ def run(args, store: Store) -> int:
     chosen: dict[str, SavedImage] = {}
     for text in args.images:
         found = resolve(store, text)
+        refuse_incomplete(store, found.image_id, "save")
         image = chosen.setdefault(found.image_id, SavedImage(found.image_id, []))
         names = [found.name] if found.name else image_names(store, found.image_id)
         image.names += [n for n in names if n not in image.names]
