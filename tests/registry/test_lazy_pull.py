@@ -164,3 +164,31 @@ def test_save_and_push_refuse_an_incomplete_lazy_image(cli: Cli, proxy: Misbehav
         assert result.stderr.strip().splitlines()[-1].startswith("pyunion: error:")
         assert "lazily" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_run_lazy_starts_a_container_from_a_lazily_pulled_image(cli: Cli,
+                                                                proxy: MisbehavingProxy,
+                                                                store: Path):
+    ref = proxy.ref(APP)
+    result = cli.run(store, "run", "--rm", "--lazy", "-q", ref, "/opt/app/run")
+    assert result.stdout == "app\ntwo\n"
+    waiting = set(marked_files(store).values())
+    assert "bin/busybox" not in waiting and "opt/app/run" not in waiting  # used: fetched
+    assert "etc/app.conf" in waiting  # never read: still in the registry only
+
+
+def test_an_ordinary_pull_completes_a_lazy_image(cli: Cli, proxy: MisbehavingProxy,
+                                                 store: Path, tmp_path: Path):
+    ref = proxy.ref(APP)
+    cli.pull(store, ref, "--lazy")
+    with mounted_image(cli, store, ref, tmp_path / "mnt") as mnt:
+        (mnt / "etc/passwd").read_bytes()  # one file fetched lazily, the rest not
+    result = cli.pull(store, ref)
+    assert "up to date" not in result.stdout
+    assert marked_files(store) == {}
+    assert not list((store / "lazy").iterdir())
+    cli.run(store, "save", "--format", "oci-dir", "-o", tmp_path / "saved", ref)
+    cli.tool("umoci", "unpack", "--image", f"{tmp_path / 'saved'}:2.0", tmp_path / "bundle")
+    with mounted_image(cli, store, ref, tmp_path / "mnt2") as mnt:
+        assert_same_rootfs(rootfs_view(mnt), rootfs_view(tmp_path / "bundle" / "rootfs"),
+                           "the completed layers' and umoci's rootfs")

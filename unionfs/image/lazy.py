@@ -15,16 +15,19 @@ of an image with an incomplete lazy layer are refused (``refuse_incomplete``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 
 from unionfs.fs.lazy import MARK, record_path
 from unionfs.image.archive import estargz
+from unionfs.image.archive.compression import DecompressingReader
 from unionfs.image.archive.formats import LayerSpec
 from unionfs.image.archive.unpack import normalize_name, unpack_layer
 from unionfs.image.errors import ImageError
@@ -140,8 +143,7 @@ def incomplete_layers(store: Store, image_id: str) -> list[str]:
     """The diff_ids of the image's layers that are lazy and not yet whole."""
     rows = store.db.execute("SELECT chain_id, diff_id FROM image_layers WHERE image_id = ? "
                             "ORDER BY position", (image_id,)).fetchall()
-    return [r["diff_id"] for r in rows
-            if os.path.exists(record_path(store.layer_path(r["chain_id"])))]
+    return [r["diff_id"] for r in rows if is_incomplete(store, r["chain_id"])]
 
 
 def refuse_incomplete(store: Store, image_id: str, what: str) -> None:
@@ -150,3 +152,70 @@ def refuse_incomplete(store: Store, image_id: str, what: str) -> None:
     if missing:
         raise ImageError(f"cannot {what} {image_id[7:19]}: layer {missing[0][7:19]} was pulled "
                          "lazily and is not complete (pull the image without --lazy first)")
+
+
+def is_incomplete(store: Store, chain_id: str) -> bool:
+    return os.path.exists(record_path(store.layer_path(chain_id)))
+
+
+def complete_lazy_layer(store: Store, layer: LayerSpec, chain_id: str,
+                        blob_path: str) -> AddedLayer:
+    """Fills every placeholder of the lazy layer ``chain_id`` from its whole blob (verified
+    by the download), checks the blob's tar against the diff_id and keeps the blob: the layer
+    is then an ordinary one."""
+    assert layer.digest is not None and layer.size is not None
+    root = store.layer_path(chain_id)
+    with store.layer_lock(chain_id):
+        if is_incomplete(store, chain_id):
+            plain = hashlib.sha256()
+            tar_size = [0]
+
+            def on_plain(data: bytes) -> None:
+                plain.update(data)
+                tar_size[0] += len(data)
+
+            with open(blob_path, "rb") as raw:
+                reader = DecompressingReader(raw, on_plain=on_plain)
+                with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                    for member in tar:
+                        if member.isreg() and member.size > 0:
+                            _fill(os.path.join(root, normalize_name(member.name)),
+                                  normalize_name(member.name), tar.extractfile(member))
+                reader.drain()
+            if "sha256:" + plain.hexdigest() != layer.diff_id:
+                raise ImageError(f"layer {layer.digest[:19]}: diff_id mismatch (the config "
+                                 f"says {layer.diff_id}, the blob's tar is "
+                                 f"sha256:{plain.hexdigest()})")
+            syncfs(root)
+            if not os.path.exists(store.blob_path(layer.digest)):
+                shutil.copyfile(blob_path, store.blob_path(layer.digest) + ".partial")
+                os.rename(store.blob_path(layer.digest) + ".partial",
+                          store.blob_path(layer.digest))
+            syncfs(store.blobs_dir)
+            with store.transaction() as db:  # the size of the real tar, not of the TOC's
+                db.execute("UPDATE layers SET tar_size = ? WHERE chain_id = ?",
+                           (tar_size[0], chain_id))
+            os.unlink(record_path(root))
+    return AddedLayer(chain_id, layer.diff_id, layer.digest, layer.media_type, layer.size)
+
+
+def _fill(path: str, name: str, data) -> None:
+    """Writes a placeholder's content (if it is still one, for this entry) in place."""
+    try:
+        if os.getxattr(path, MARK, follow_symlinks=False).decode() != name:
+            return
+    except OSError:
+        return
+    before = os.stat(path, follow_symlinks=False)
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        offset = 0
+        while piece := data.read(1 << 20):
+            os.pwrite(fd, piece, offset)
+            offset += len(piece)
+        os.fsync(fd)
+        os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+        with contextlib.suppress(OSError):  # a mount may have fetched it meanwhile
+            os.removexattr(fd, MARK)
+    finally:
+        os.close(fd)

@@ -117,7 +117,7 @@ def run(args, store: Store) -> int:
 
 
 def image_for_container(store: Store, ref: Reference, policy: str, local: Resolved | None,
-                        quiet: bool) -> Resolved:
+                        quiet: bool, lazy: bool = False) -> Resolved:
     """The image ``run`` or ``create`` uses under the pull policy ``policy`` (``missing``,
     ``always`` or ``newer``), ``local`` being what the store has by that name. The pull's
     output goes to stderr: stdout is the container's (or its id)."""
@@ -125,7 +125,7 @@ def image_for_container(store: Store, ref: Reference, policy: str, local: Resolv
         return local
     if local is None:
         print(f"Unable to find image '{_shown(ref)}' locally", file=sys.stderr, flush=True)
-    result = pull_image(store, ref, quiet=quiet, out=sys.stderr)
+    result = pull_image(store, ref, quiet=quiet, out=sys.stderr, lazy=lazy)
     return Resolved(result.image_id, ref.name if ref.tag else None)
 
 

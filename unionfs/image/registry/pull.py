@@ -34,7 +34,13 @@ from unionfs.image.archive.formats import (
 )
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.errors import ImageError
-from unionfs.image.lazy import LazyToc, RangeIgnored, add_lazy_layer
+from unionfs.image.lazy import (
+    LazyToc,
+    RangeIgnored,
+    add_lazy_layer,
+    complete_lazy_layer,
+    is_incomplete,
+)
 from unionfs.image.progress import Progress
 from unionfs.image.reference import Reference
 from unionfs.image.registry.client import (
@@ -323,7 +329,8 @@ class Puller:
             return None
         for layer in self.store.db.execute(
                 "SELECT chain_id FROM image_layers WHERE image_id = ?", (row["id"],)):
-            if not os.path.isdir(self.store.layer_path(layer["chain_id"])):
+            if not os.path.isdir(self.store.layer_path(layer["chain_id"])) or (
+                    not self.lazy and is_incomplete(self.store, layer["chain_id"])):
                 return None
         return row["id"]
 
@@ -384,6 +391,14 @@ class Puller:
                         self.tocs[layer.digest], self._lazy_source(), self.ref.name,
                         parents_done(i))
                     self.progress.layer_done(layer.diff_id, "Pulled lazily")
+                    return
+                if is_incomplete(self.store, chain[i]):  # lazy before: the blob completes it
+                    async with downloads:
+                        path = await self.download(layer)
+                    fetched.append(path)
+                    added[i] = await trio.to_thread.run_sync(
+                        complete_lazy_layer, self.store, layer, chain[i], path)
+                    self.progress.layer_done(layer.diff_id, "Completed")
                     return
                 present = self._present(chain[i], layer)
                 if present is not None:
