@@ -192,3 +192,13 @@ def test_an_ordinary_pull_completes_a_lazy_image(cli: Cli, proxy: MisbehavingPro
     with mounted_image(cli, store, ref, tmp_path / "mnt2") as mnt:
         assert_same_rootfs(rootfs_view(mnt), rootfs_view(tmp_path / "bundle" / "rootfs"),
                            "the completed layers' and umoci's rootfs")
+
+
+def test_removing_a_lazy_image_forgets_its_lazy_records(cli: Cli, proxy: MisbehavingProxy,
+                                                        store: Path):
+    ref = proxy.ref(APP)
+    cli.pull(store, ref, "--lazy")
+    assert len(list((store / "lazy").iterdir())) == 2
+    cli.run(store, "rmi", ref)
+    assert list((store / "lazy").iterdir()) == []
+    assert list((store / "layers").iterdir()) == []
