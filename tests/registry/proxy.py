@@ -68,8 +68,8 @@ class MisbehavingProxy:
 
     def _forward(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         wanted_range = handler.headers.get("Range")
-        headers = {k: v for k, v in handler.headers.items()
-                   if k.lower() not in HOP_HEADERS and k.lower() != "host"}
+        headers = [(k, v) for k, v in handler.headers.items()  # repeated ones (Accept) too
+                   if k.lower() not in HOP_HEADERS and k.lower() != "host"]
         if wanted_range is not None:
             if self.mode == "stall":
                 self._stop.wait(120)
@@ -80,10 +80,13 @@ class MisbehavingProxy:
                 handler.close_connection = True
                 return
             if self.mode == "ignore_range":
-                headers.pop("Range", None)
+                headers = [(k, v) for k, v in headers if k.lower() != "range"]
         upstream = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
         try:
-            upstream.request(handler.command, handler.path, headers=headers)
+            upstream.putrequest(handler.command, handler.path, skip_accept_encoding=True)
+            for key, value in headers:
+                upstream.putheader(key, value)
+            upstream.endheaders()
             answer = upstream.getresponse()
             body = answer.read()
         finally:
