@@ -8,14 +8,19 @@ and each file's chunks: their byte ranges in the blob and sha256).
 
 ``ensure_present`` is called before a lower file's data is first used (open, a read without
 open, copy-up). For a marked file it fetches the file's gzip members with one HTTP Range
-request, checks each chunk against its digest before a byte is written, writes them into the
-placeholder, flushes it, puts its mtime back and clears the mark; from then on the file is an
-ordinary lower file (passthrough and the rest work unchanged). A registry that does not answer
-within the mount's ``lazy_timeout`` makes the open fail with EIO, never hang.
+request, together with the files that follow it in the blob within ``READAHEAD`` bytes and
+still wait (a directory's files are neighbours in the tar and often used together), checks
+each chunk against its digest before a byte is written, writes the placeholders, flushes the
+filesystem once, then clears their marks; from then on each is an ordinary lower file
+(passthrough and the rest work unchanged). A registry that does not answer within the mount's
+``lazy_timeout`` makes the open fail with EIO, never hang.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import ctypes
 import errno
 import json
 import logging
@@ -30,7 +35,9 @@ from unionfs.fs.inodes import Node
 from unionfs.fs.state import UnionFS
 
 MARK = "user.pyunion.lazy"
-DEFAULT_TIMEOUT = 30.0
+READAHEAD = 512 << 10  # compressed bytes after a file whose whole files come with it
+READAHEAD_FILES = 64
+_FREE = trio.Lock()
 log = logging.getLogger("pyunion")
 
 
@@ -43,8 +50,14 @@ def record_path(layer_root: str) -> str:
 @dataclass
 class LazyLayer:
     record: dict
+    root: str  # the layer directory
     locks: dict[str, trio.Lock] = field(default_factory=dict)
     client: object | None = None  # a RegistryClient, made on first use (in the event loop)
+    spans: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, name)
+
+    def __post_init__(self) -> None:
+        self.spans = sorted((c[0][0], c[-1][1], name)
+                            for name, c in self.record["files"].items() if c)
 
     async def _client(self):
         from unionfs.image.registry.client import RegistryClient
@@ -54,13 +67,32 @@ class LazyLayer:
                                          insecure=self.record.get("insecure", False))
         return self.client
 
+    def _batch(self, name: str) -> list[str]:
+        """``name`` and the files after it in the blob that end within ``READAHEAD`` bytes
+        of its start and still wait for their data: fetched with it, in one request (the
+        files of a directory are neighbours in the tar, and often used together)."""
+        chunks = self.record["files"][name]
+        limit = chunks[0][0] + READAHEAD
+        batch = [name]
+        at = bisect.bisect_right(self.spans, (chunks[-1][1], -1, ""))
+        for _start, end, other in self.spans[at:]:
+            if end > limit or len(batch) >= READAHEAD_FILES:
+                break
+            if not self.locks.get(other, _FREE).locked() and \
+                    _mark(os.path.join(self.root, other)) == other:
+                batch.append(other)
+        return batch
+
     async def fetch(self, real: str, name: str) -> None:
-        """Fills the placeholder ``real`` with the file ``name``'s verified chunks."""
+        """Fills the placeholder ``real`` with the file ``name``'s verified chunks (and the
+        placeholders of the files ``_batch`` adds, from the same request)."""
         from unionfs.image.archive.estargz import Chunk, EstargzError, chunk_bytes
         from unionfs.image.registry.client import RegistryError
 
-        chunks = [Chunk(*c) for c in self.record["files"][name]]
-        start, end = chunks[0].start, chunks[-1].end
+        batch = self._batch(name)
+        files = {n: [Chunk(*c) for c in self.record["files"][n]] for n in batch}
+        start = files[name][0].start
+        end = max(chunks[-1].end for chunks in files.values())
         client = await self._client()
         path = f"/v2/{self.record['repository']}/blobs/{self.record['digest']}"
         scope = f"repository:{self.record['repository']}:pull"
@@ -74,7 +106,7 @@ class LazyLayer:
                         break
             raw = raw[:end - start]
             pieces = [chunk_bytes(bytes(raw[c.start - start:c.end - start]), c)
-                      for c in chunks]
+                      for c in files[name]]
         except (RegistryError, EstargzError, OSError) as e:
             log.warning("lazy file %s of %s: %s", name, self.record["digest"][:19], e)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -82,20 +114,45 @@ class LazyLayer:
             log.warning("lazy file %s of %s: %s", name, self.record["digest"][:19],
                         e or type(e).__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        _write_in_place(real, chunks, pieces)
+        written = [real]
+        _fill(real, files[name], pieces)
+        for other in batch[1:]:
+            path = os.path.join(self.root, other)
+            try:
+                _fill(path, files[other], [chunk_bytes(bytes(raw[c.start - start:c.end - start]),
+                                                       c) for c in files[other]])
+                written.append(path)
+            except (EstargzError, OSError) as e:  # fetched again when it is opened
+                log.warning("lazy file %s (read ahead): %s", other, e)
+        _syncfs(self.root)  # one flush for the batch, before any mark goes
+        for path in written:
+            with contextlib.suppress(OSError):  # ENODATA: written by another meanwhile
+                os.removexattr(path, MARK, follow_symlinks=False)
 
 
-def _write_in_place(real: str, chunks, pieces: list[bytes]) -> None:
-    """Writes the verified ``pieces`` into the placeholder, keeping its mtime, then clears the
-    mark (the last step: a crash before it leaves the file to be fetched again)."""
+def _fill(real: str, chunks, pieces: list[bytes]) -> None:
+    """Writes the verified ``pieces`` into the placeholder, keeping its mtime. Its mark is
+    cleared by the caller once the data is flushed: a crash before leaves it to be fetched
+    again."""
     before = os.stat(real, follow_symlinks=False)
     fd = os.open(real, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for chunk, data in zip(chunks, pieces, strict=True):
             os.pwrite(fd, data, chunk.chunk_offset)
-        os.fsync(fd)
         os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
-        os.removexattr(fd, MARK)
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), path)
     finally:
         os.close(fd)
 
@@ -112,7 +169,7 @@ def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
         if root is not None:
             try:
                 with open(record_path(root)) as f:
-                    known[layer] = LazyLayer(json.load(f))
+                    known[layer] = LazyLayer(json.load(f), root)
             except (OSError, ValueError):
                 pass
     return known[layer]
