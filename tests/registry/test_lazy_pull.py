@@ -202,3 +202,13 @@ def test_removing_a_lazy_image_forgets_its_lazy_records(cli: Cli, proxy: Misbeha
     cli.run(store, "rmi", ref)
     assert list((store / "lazy").iterdir()) == []
     assert list((store / "layers").iterdir()) == []
+
+
+def test_a_second_lazy_image_shares_the_lazy_base_layer(cli: Cli, proxy: MisbehavingProxy,
+                                                        store: Path):
+    cli.pull(store, proxy.ref(APP), "--lazy")
+    waiting = marked_files(store)
+    result = cli.pull(store, proxy.ref(BIG), "--lazy")
+    assert "Already exists" in result.stdout + result.stderr
+    assert len(blob_gets_without_range(proxy)) == 2  # the two configs
+    assert set(waiting) <= set(marked_files(store))

@@ -392,6 +392,11 @@ class Puller:
                         parents_done(i))
                     self.progress.layer_done(layer.diff_id, "Pulled lazily")
                     return
+                if is_incomplete(self.store, chain[i]) and self.lazy:  # lazy already
+                    added[i] = AddedLayer(chain[i], layer.diff_id, layer.digest or "",
+                                          layer.media_type, layer.size or 0)
+                    self.progress.layer_done(layer.diff_id, "Already exists (lazy)")
+                    return
                 if is_incomplete(self.store, chain[i]):  # lazy before: the blob completes it
                     async with downloads:
                         path = await self.download(layer)
