@@ -21,6 +21,7 @@ from tests.registry.conftest import (
     big_content,
     mounted_image,
     rootfs_view,
+    wait_for,
 )
 from tests.registry.proxy import MisbehavingProxy
 from unionfs.fs.lazy import MARK
@@ -212,3 +213,19 @@ def test_a_second_lazy_image_shares_the_lazy_base_layer(cli: Cli, proxy: Misbeha
     assert "Already exists" in result.stdout + result.stderr
     assert len(blob_gets_without_range(proxy)) == 2  # the two configs
     assert set(waiting) <= set(marked_files(store))
+
+
+def test_prefetched_files_arrive_before_their_first_use(cli: Cli, images: ImageSet,
+                                                       estargz_pushed: Registry,
+                                                       proxy: MisbehavingProxy, store: Path,
+                                                       tmp_path: Path):
+    cli.run(images.store, "push", "-q", "--format", "estargz", "--prefetch", "/etc/app.conf",
+            "--image", "app:2.0", estargz_pushed.ref("lazy-prefetch:2.0"))
+    ref = proxy.ref("lazy-prefetch:2.0")
+    cli.pull(store, ref, "--lazy")
+    assert "etc/app.conf" in marked_files(store).values()
+    with mounted_image(cli, store, ref, tmp_path / "mnt") as mnt:
+        assert (mnt / "opt/app/data/two.txt").read_bytes() == b"two\n"  # the layer's first use
+        wait_for(lambda: "etc/app.conf" not in marked_files(store).values(), 30,
+                 interval=0.05, what="the prefetch of etc/app.conf")
+        assert (mnt / "etc/app.conf").read_bytes() == b"version=2\n"

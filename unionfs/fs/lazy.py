@@ -25,6 +25,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import weakref
 from dataclasses import dataclass, field
 
@@ -130,15 +131,39 @@ class LazyLayer:
                 os.removexattr(path, MARK, follow_symlinks=False)
 
 
+    async def prefetch(self, timeout: float) -> None:
+        """Fetches the files the image's builder placed before the prefetch landmark (a
+        system task started at the layer's first use; failures are only logged: each file
+        is fetched again when it is opened)."""
+        try:
+            for name in self.record.get("prefetch", []):
+                real = os.path.join(self.root, name)
+                async with self.locks.setdefault(name, trio.Lock()):
+                    if _mark(real) != name:
+                        continue
+                    with trio.move_on_after(timeout) as scope:
+                        await self.fetch(real, name)
+                    if scope.cancelled_caught:
+                        return
+        except Exception as e:  # noqa: BLE001 - a system task must not end the mount
+            log.warning("prefetch of %s stopped: %s", self.record["digest"][:19],
+                        e or type(e).__name__)
+
+
 def _fill(real: str, chunks, pieces: list[bytes]) -> None:
     """Writes the verified ``pieces`` into the placeholder, keeping its mtime. Its mark is
     cleared by the caller once the data is flushed: a crash before leaves it to be fetched
     again."""
     before = os.stat(real, follow_symlinks=False)
-    fd = os.open(real, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(real, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except PermissionError:  # an ordinary user's layer file without write permission
+        os.chmod(real, before.st_mode | stat.S_IWUSR)
+        fd = os.open(real, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for chunk, data in zip(chunks, pieces, strict=True):
             os.pwrite(fd, data, chunk.chunk_offset)
+        os.fchmod(fd, stat.S_IMODE(before.st_mode))
         os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
     finally:
         os.close(fd)
@@ -172,6 +197,9 @@ def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
                     known[layer] = LazyLayer(json.load(f), root)
             except (OSError, ValueError):
                 pass
+            found = known[layer]
+            if found is not None and found.record.get("prefetch"):
+                trio.lowlevel.spawn_system_task(found.prefetch, fs.config.lazy_timeout)
     return known[layer]
 
 

@@ -119,7 +119,12 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
                 os.setxattr(path, MARK, name.encode(), follow_symlinks=False)
                 lazy_bytes += size
             os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
+        landmark = files.get(estargz.PREFETCH_LANDMARK)
+        prefetch = sorted((f.chunks[0].start, name) for name, f in files.items()
+                          if landmark and landmark.chunks and f.chunks
+                          and f.chunks[0].start < landmark.chunks[0].start)
         record = {**source, "digest": layer.digest, "size": layer.size,
+                  "prefetch": [name for _, name in prefetch],
                   "diff_id": layer.diff_id, "bytes": lazy_bytes,
                   "files": {name: [c.as_list() for c in f.chunks]
                             for name, f in files.items() if f.chunks}}

@@ -68,15 +68,18 @@ def convert_layer(store: Store, blob_digest: str, workdir: str,
     return layer, final
 
 
-def convert_image(store: Store, image_id: str, workdir: str) -> ConvertedImage:
-    """``image_id`` with every layer as eStargz, its blobs written under ``workdir``."""
+def convert_image(store: Store, image_id: str, workdir: str,
+                  prefetch: list[str] | None = None) -> ConvertedImage:
+    """``image_id`` with every layer as eStargz, its blobs written under ``workdir``; the
+    files of ``prefetch`` (paths in the image) first in each layer that has them, before its
+    prefetch landmark."""
     with open(store.blob_path(image_id), "rb") as f:
         config = json.load(f)
     blobs: list[ConvertedBlob] = []
     descriptors = []
     diff_ids = []
     for row in _layer_rows(store, image_id):
-        layer, path = convert_layer(store, row["blob_digest"], workdir)
+        layer, path = convert_layer(store, row["blob_digest"], workdir, prefetch)
         blobs.append(ConvertedBlob(layer.digest, layer.size, path, layer.diff_id))
         descriptors.append({"mediaType": mt.OCI_LAYER_GZIP, "digest": layer.digest,
                             "size": layer.size, "annotations": layer.annotations()})

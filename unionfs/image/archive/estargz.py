@@ -206,7 +206,7 @@ def convert(tar_path: str, out: BinaryIO, prefetch: Iterable[str] = ()) -> Estar
         members = [m for m in tar.getmembers() if normalize_name(m.name) not in (
             TOC_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)]
         by_name = {normalize_name(m.name): m for m in members}
-        first = [by_name[n] for n in dict.fromkeys(normalize_name(p) for p in prefetch)
+        first = [by_name[n] for n in dict.fromkeys(normalize_name(p.lstrip("/")) for p in prefetch)
                  if n in by_name and by_name[n].isreg()]
         landmark = _landmark(PREFETCH_LANDMARK if first else NO_PREFETCH_LANDMARK)
         rest = [m for m in members if all(m is not f for f in first)]

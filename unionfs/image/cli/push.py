@@ -34,6 +34,9 @@ def register(commands) -> None:
     p.add_argument("--format", choices=("stored", "estargz"), default="stored",
                    help="the layers as stored (default), or rewritten as eStargz for lazy "
                         "pulls (pyunion pull --lazy)")
+    p.add_argument("--prefetch", action="append", metavar="PATH", default=[],
+                   help="with --format estargz: a file a lazy pull fetches at once, before "
+                        "its first use (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the progress output")
     add_registry_options(p)
     p.set_defaults(run=run)
@@ -54,7 +57,7 @@ def run(args, store: Store) -> int:
     if not args.quiet:
         print(f"The push refers to repository [{ref.repository}]", flush=True)
     with store.workspace() as space:
-        converted = convert_image(store, image_id, space.path) \
+        converted = convert_image(store, image_id, space.path, args.prefetch) \
             if args.format == "estargz" else None
         progress = CliProgress(args.quiet)
         try:
