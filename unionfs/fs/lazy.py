@@ -2,9 +2,9 @@
 
 Such a layer's directory holds the whole tree from the start (``unionfs.image.lazy``): every
 regular file with content is a sparse placeholder of the right size and attributes, marked
-with the ``MARK`` xattr (private: never shown through the mount). Its layer has a record
-``<store>/lazy/<chain hex>.json`` beside the store's ``layers/`` (where to fetch the blob from,
-and each file's chunks: their byte ranges in the blob and sha256).
+with the ``MARK`` xattr (private: never shown through the mount), as is the layer's root. Its
+layer has a record ``<store>/lazy/<chain hex>.json`` beside the store's ``layers/`` (where to
+fetch the blob from, and each file's chunks: their byte ranges in the blob and sha256).
 
 ``ensure_present`` is called before a lower file's data is first used (open, a read without
 open, copy-up). For a marked file it fetches the file's gzip members with one HTTP Range
@@ -36,6 +36,7 @@ from unionfs.fs.inodes import Node
 from unionfs.fs.state import UnionFS
 
 MARK = "user.pyunion.lazy"
+LAYER_MARK = "layer"  # MARK's value on the root of a lazy layer (its files': their TOC name)
 READAHEAD = 512 << 10  # compressed bytes after a file whose whole files come with it
 READAHEAD_FILES = 64
 _FREE = trio.Lock()
@@ -191,7 +192,7 @@ def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
     if layer not in known:
         root = fs.stack.roots[layer]
         known[layer] = None
-        if root is not None:
+        if root is not None and _mark(root) == LAYER_MARK:  # a lazy layer of a store
             try:
                 with open(record_path(root)) as f:
                     known[layer] = LazyLayer(json.load(f), root)

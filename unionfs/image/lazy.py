@@ -25,7 +25,7 @@ import shutil
 import tarfile
 from dataclasses import dataclass
 
-from unionfs.fs.lazy import MARK, record_path
+from unionfs.fs.lazy import LAYER_MARK, MARK, record_path
 from unionfs.image.archive import estargz
 from unionfs.image.archive.compression import DecompressingReader
 from unionfs.image.archive.formats import LayerSpec
@@ -128,6 +128,7 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
                   "diff_id": layer.diff_id, "bytes": lazy_bytes,
                   "files": {name: [c.as_list() for c in f.chunks]
                             for name, f in files.items() if f.chunks}}
+        os.setxattr(target, MARK, LAYER_MARK.encode())
         final_record = record_path(store.layer_path(chain_id))
         os.makedirs(os.path.dirname(final_record), exist_ok=True)
         with open(space.new_path("lazy-record"), "w") as f:
@@ -200,6 +201,8 @@ def complete_lazy_layer(store: Store, layer: LayerSpec, chain_id: str,
             with store.transaction() as db:  # the size of the real tar, not of the TOC's
                 db.execute("UPDATE layers SET tar_size = ? WHERE chain_id = ?",
                            (tar_size[0], chain_id))
+            with contextlib.suppress(OSError):
+                os.removexattr(root, MARK)
             os.unlink(record_path(root))
     return AddedLayer(chain_id, layer.diff_id, layer.digest, layer.media_type, layer.size)
 
