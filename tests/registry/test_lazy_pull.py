@@ -229,3 +229,29 @@ def test_prefetched_files_arrive_before_their_first_use(cli: Cli, images: ImageS
         wait_for(lambda: "etc/app.conf" not in marked_files(store).values(), 30,
                  interval=0.05, what="the prefetch of etc/app.conf")
         assert (mnt / "etc/app.conf").read_bytes() == b"version=2\n"
+
+
+ROOTLESS_SESSION = """
+set -e
+{{p}} pull -q --lazy {ref} >/dev/null
+mkdir mnt
+{{p}} mount-image {ref} mnt
+stat -c 'owner %n %u %g %a' mnt/etc/secret
+cat mnt/etc/passwd
+{{p}} umount-image mnt
+{{p}} run --rm {ref} cat /etc/secret /etc/app.conf
+"""
+
+
+def test_an_ordinary_user_pulls_lazily(proxy: MisbehavingProxy) -> None:
+    from tests.cli_helpers import NOBODY, public_dir
+    from tests.test_rootless_images import WITH_USER_DEVICES, run_session
+
+    with public_dir() as pub:
+        os.chown(pub, NOBODY, NOBODY)
+        out = run_session(pub, WITH_USER_DEVICES, ROOTLESS_SESSION.format(ref=proxy.ref(APP)))
+        lines = out.splitlines()
+        assert "owner mnt/etc/secret 0 42 640" in lines  # as the image has it
+        assert "s3cret" in lines and "version=2" in lines and "root:x:0:0:root:/root:/bin/sh" \
+            in lines
+        assert any(wanted is not None for _, _, wanted, _ in proxy.requests)
