@@ -89,6 +89,8 @@ def test_lazy_pull_fetches_tocs_then_each_file_on_first_read(
         assert len(proxy.range_requests()) == before + 1  # one request for the file
         assert "opt/app/run" not in marked_files(store).values()
         assert "bin/busybox" in marked_files(store).values()
+        df = cli.run(store, "df", "-v").stdout
+        assert df.count("(lazy)") == 2 and " of " in df
         assert_same_rootfs(rootfs_view(mnt), expected, "the lazy mount's and a full pull's "
                                                        "rootfs")
     assert marked_files(store) == {}
