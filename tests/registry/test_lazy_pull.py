@@ -8,11 +8,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import mounts
 from tests.registry.conftest import (
     Cli,
     ImageSet,
@@ -57,6 +59,12 @@ def marked_files(store: Path) -> dict[str, str]:
             except OSError:
                 pass
     return found
+
+
+def unmount(cli: Cli, store: Path, mnt: Path) -> None:
+    cli.run(store, "umount-image", mnt, check=False)
+    if mounts.is_mounted(mnt):  # the last resort
+        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
 
 
 def blob_gets_without_range(proxy: MisbehavingProxy) -> list[str]:
@@ -104,9 +112,14 @@ def test_lazy_pull_fetches_tocs_then_each_file_on_first_read(
 def test_large_file_arrives_chunk_by_chunk_verified(cli: Cli, proxy: MisbehavingProxy,
                                                     store: Path, tmp_path: Path):
     ref = proxy.ref(BIG)
-    cli.pull(store, ref, "--lazy")
-    with mounted_image(cli, store, ref, tmp_path / "mnt") as mnt:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli.run(store, "mount-image", "--lazy", ref, mnt)  # pulls lazily: the store lacks it
+    try:
+        assert len(blob_gets_without_range(proxy)) == 1  # the config
         data = (mnt / "opt/big.bin").read_bytes()
+    finally:
+        unmount(cli, store, mnt)
     assert hashlib.sha256(data).digest() == hashlib.sha256(big_content()).digest()
 
 
@@ -141,7 +154,7 @@ def test_silent_registry_fails_a_read_with_eio_after_the_timeout(
         assert failure.value.errno == errno.EIO
         assert (mnt / "etc/group").stat().st_size > 0  # metadata is all local
     finally:
-        cli.run(store, "umount-image", mnt, check=False)
+        unmount(cli, store, mnt)
 
 
 def test_registry_ignoring_range_gets_an_ordinary_pull(cli: Cli, proxy: MisbehavingProxy,

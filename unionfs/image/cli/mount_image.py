@@ -16,6 +16,8 @@ def register(commands) -> None:
                                    "  ls /mnt/app; pyunion umount-image /mnt/app")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("mountpoint", metavar="DIR")
+    p.add_argument("--lazy", action="store_true",
+                   help="an image the store lacks is pulled first, lazily (pull --lazy)")
     p.add_argument("--lazy-timeout", type=float, metavar="SECONDS",
                    help="how long a first read of a lazily pulled file waits for the "
                         "registry before failing with EIO (default 30)")
@@ -26,7 +28,12 @@ def register(commands) -> None:
 
 
 def run(args, store: Store) -> int:
-    found = resolve(store, args.image)
+    if args.lazy:
+        from unionfs.image.cli.create import find_image
+
+        found = find_image(store, args.image, "missing", quiet=True, lazy=True)
+    else:
+        found = resolve(store, args.image)
     label = short_name(found.name) if found.name else short_id(found.image_id)
     print(mount_image(store, found.image_id, label, args.mountpoint,
                       lazy_timeout=args.lazy_timeout))
