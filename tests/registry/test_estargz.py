@@ -12,6 +12,8 @@ import tarfile
 import zlib
 from pathlib import Path
 
+import pytest
+
 from tests.registry.conftest import (
     Cli,
     ImageSet,
@@ -105,6 +107,8 @@ def test_saved_estargz_layers_follow_the_format(cli: Cli, images: ImageSet, tmp_
     offset = estargz.parse_footer(blob[-51:])
     _, document = estargz.parse_toc_member(blob[offset:-51],
                                            descriptor["annotations"][TOC_ANNOTATION])
+    with pytest.raises(estargz.EstargzError, match="TOC digest mismatch"):
+        estargz.parse_toc_member(blob[offset:-51], "sha256:" + "0" * 64)
     files = estargz.files_of(document, offset)
     content = b"".join(estargz.chunk_bytes(blob[c.start:c.end], c)
                        for c in files["opt/big.bin"].chunks)

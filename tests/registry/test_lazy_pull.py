@@ -270,3 +270,14 @@ def test_an_ordinary_user_pulls_lazily(proxy: MisbehavingProxy) -> None:
         assert "s3cret" in lines and "version=2" in lines and "root:x:0:0:root:/root:/bin/sh" \
             in lines
         assert any(wanted is not None for _, _, wanted, _ in proxy.requests)
+
+
+def test_a_corrupt_toc_fails_the_pull_and_changes_nothing(cli: Cli, proxy: MisbehavingProxy,
+                                                         store: Path):
+    proxy.mode = "corrupt"
+    result = cli.pull(store, proxy.ref(APP), "--lazy", check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("pyunion: error:")
+    assert "eStargz" in result.stderr or "TOC" in result.stderr
+    assert cli.image_ids(store) == []
+    assert not (store / "layers").exists() or list((store / "layers").iterdir()) == []

@@ -97,6 +97,10 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
         if store.layer_recorded(chain_id):
             return added
         files = estargz.files_of(toc.document, toc.toc_offset)
+        declared = sum(int(f.entry.get("size", 0)) for f in files.values())
+        if declared > store.limits.max_layer_bytes:
+            raise ImageError(f"{what}: layer {layer.digest[:19]}: its TOC declares "
+                             f"{declared:,} bytes, more than the limit")
         target = space.new_path("lazy-" + layer.diff_id[7:])
         os.mkdir(target, 0o755)
         parents = [store.layer_path(c) for c in reversed(chain[:-1])]

@@ -302,8 +302,15 @@ def files_of(document: dict, toc_offset: int) -> dict[str, TocFile]:
         if owner is None or entry["offset"] not in following:
             raise EstargzError(f"TOC: chunk of {name} without its file or past the TOC")
         start = entry["offset"]
-        chunk_offset = int(entry.get("chunkOffset", 0))
-        size = int(entry.get("chunkSize") or 0) or int(owner.entry.get("size", 0)) - chunk_offset
+        try:
+            file_size = int(owner.entry.get("size", 0))
+            chunk_offset = int(entry.get("chunkOffset", 0))
+            size = int(entry.get("chunkSize") or 0) or file_size - chunk_offset
+        except (TypeError, ValueError):
+            raise EstargzError(f"TOC: malformed sizes for {name}") from None
+        if not 0 <= start < toc_offset or size <= 0 or chunk_offset < 0 \
+                or chunk_offset + size > file_size:
+            raise EstargzError(f"TOC: a chunk of {name} lies outside the file or the blob")
         owner.chunks.append(Chunk(start, following[start], chunk_offset, size,
                                   str(entry["chunkDigest"])))
     return files
