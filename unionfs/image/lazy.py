@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import io
@@ -48,6 +49,7 @@ class LazyToc:
     toc_offset: int
     toc_json: bytes
     document: dict
+    tar_size: int | None = None  # the uncompressed size its descriptor declares, if it does
 
 
 def _mtime(entry: dict) -> int:
@@ -139,6 +141,8 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
             json.dump(record, f)
         syncfs(target)
         os.rename(space.new_path("lazy-record"), final_record)  # before the layer's row
+        if toc.tar_size:  # the size of the layer's tar, not of the one made from the TOC
+            digests = dataclasses.replace(digests, tar_size=toc.tar_size)
         ImageAdder(store, space)._install_layer(chain, layer.diff_id, target, digests)
     return added
 

@@ -276,7 +276,10 @@ class Puller:
             estargz.files_of(document, offset)  # a malformed chunk list fails here
         except estargz.EstargzError as e:
             raise RegistryError(f"{self.ref.name}: layer {digest[:19]}: {e}") from None
-        return LazyToc(offset, toc_json, document)
+        declared = (descriptor.get("annotations") or {}).get(
+            estargz.UNCOMPRESSED_SIZE_ANNOTATION, "")
+        tar_size = int(declared) if isinstance(declared, str) and declared.isdigit() else None
+        return LazyToc(offset, toc_json, document, tar_size)
 
     async def _fetch_tocs(self, descriptors: list[dict], layers: list[LayerSpec]) -> None:
         """The TOC of every eStargz layer the store lacks (the others are pulled whole); all
