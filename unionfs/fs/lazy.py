@@ -206,7 +206,7 @@ def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
 
 async def ensure_present(fs: UnionFS, node: Node) -> None:
     """Makes sure the lower file whose data ``node`` uses has its data (see the module)."""
-    if not node.data_in_lower or not node.lowers:
+    if node.kind != stat.S_IFREG or not node.data_in_lower or not node.lowers:
         return
     layer, path = node.lowers[0]
     lazy = _lazy_layer(fs, layer)
@@ -216,6 +216,9 @@ async def ensure_present(fs: UnionFS, node: Node) -> None:
     name = _mark(real)
     if name is None:
         return
+    if name not in lazy.record["files"]:
+        log.warning("lazy file %s: not in its layer's record", name)
+        raise pyfuse3.FUSEError(errno.EIO)
     lock = lazy.locks.setdefault(name, trio.Lock())
     async with lock:
         if _mark(real) is None:  # fetched while this open waited
