@@ -19,6 +19,7 @@ from bench import (
     dataset,
     engines,
     images,
+    lazy,
     mix,
     nullfs,
     pagecache,
@@ -210,7 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workloads", help="comma-separated: "
                     + ",".join([w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
                                + containers.NAMES + rootless.NAMES + pagecache.NAMES
-                               + apt.NAMES + mix.NAMES + nullfs.NAMES
+                               + apt.NAMES + mix.NAMES + lazy.NAMES + nullfs.NAMES
                                + engines.NAMES))
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds per workload process (default 300)")
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     impl_names = select(args.only, list(ALL), "implementations")
     wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
                       + containers.NAMES + rootless.NAMES + pagecache.NAMES + apt.NAMES
-                      + mix.NAMES + nullfs.NAMES + engines.NAMES, "workloads")
+                      + mix.NAMES + lazy.NAMES + nullfs.NAMES + engines.NAMES, "workloads")
     workloads = [BY_NAME[n] for n in wl_names if n in BY_NAME]
     started = time.strftime("%Y%m%d-%H%M%S")
     t_start = time.monotonic()
@@ -332,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             if apt.APT in wl_names and "pyunion" in impl_names else {}
         mix_rows = mix.run(args, mix.NAMES, run_dir, log) \
             if mix.MIX in wl_names and "pyunion" in impl_names else {}
+        lazy_rows = lazy.run(args, lazy.NAMES, run_dir, log) \
+            if lazy.LAZY in wl_names and "pyunion" in impl_names else {}
         nullfs_rows = nullfs.run(args) if nullfs.NULLFS in wl_names else {}
         engine_names = [n for n in wl_names if n in engines.NAMES]
         engine_rows = engines.run(args, engine_names, run_dir, log) \
@@ -362,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     data["pagecache"] = pagecache_rows
     data["apt"] = apt_rows
     data["mix"] = mix_rows
+    data["lazy"] = lazy_rows
     data["nullfs"] = nullfs_rows
     data["engines"] = engine_rows
     print(report.render(data))
@@ -377,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(apt.render(apt_rows)))
     if mix_rows:
         print("\n".join(mix.render(mix_rows)))
+    if lazy_rows:
+        print("\n".join(lazy.render(lazy_rows)))
     if nullfs_rows:
         print("\n".join(nullfs.render(nullfs_rows)))
     if engine_rows:

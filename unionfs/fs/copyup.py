@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
-from unionfs.fs import ondisk, override, syscalls
+from unionfs.fs import lazy, ondisk, override, syscalls
 from unionfs.fs.inodes import Node
 from unionfs.fs.layers import join, open_lower
 from unionfs.fs.state import UnionFS
@@ -36,6 +36,8 @@ async def copy_up(fs: UnionFS, node: Node, *, with_data: bool = True,
     file then gets a kernel-form metacopy upper (attributes, no data) and keeps reading its
     lower data until it is opened for writing.
     """
+    if with_data and not metadata_only:
+        await lazy.ensure_present(fs, node)
     if node.upper:
         if node.metacopy and not metadata_only:
             await _copy_up_data(fs, node, with_data=with_data)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from unionfs.fs import attrs, dirops, inode_io, longpaths, ondisk, override, passthrough
+from unionfs.fs import attrs, dirops, inode_io, lazy, longpaths, ondisk, override, passthrough
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.handles import Caller, FileHandle
 from unionfs.fs.inodes import Node
@@ -304,6 +304,7 @@ class UnionOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOSYS)
         fs = self.fs
         node = fs.node(inode)
+        await lazy.ensure_present(fs, node)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         caller = attrs.caller_of(ctx)
         if writing:
@@ -389,6 +390,7 @@ class UnionOperations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         if self.enable_no_open:  # fh is the inode
             node = self.fs.node(fh)
+            await lazy.ensure_present(self.fs, node)
             fd = self.fs.open_data(node, os.O_RDONLY)
             try:
                 return await self._read(node, fd, off, size)

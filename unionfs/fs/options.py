@@ -60,6 +60,8 @@ class MountConfig:
     # A mountpoint with entries is refused (the mount would hide them) unless -o nonempty,
     # libfuse 2's word for it.
     nonempty: bool = False
+    # How long an open of a lazily pulled file waits for its registry (fs/lazy.py) before EIO.
+    lazy_timeout: float = 30.0
     # FUSE passthrough: auto (where granted), on (or fail), off; $PYUNION_PASSTHROUGH sets
     # the default for every mount of a process tree (a test run without it, say).
     passthrough: str = field(
@@ -110,7 +112,8 @@ def split_lowers(text: str) -> list[str]:
 PASSTHROUGH_MODES = ("auto", "on", "off")  # (see passthrough.py)
 _VALUE_OPTIONS = ("lowerdir", "upperdir", "workdir", "fsname", "subtype", "timeout",
                   "redirect_dir", "index", "xino", "metacopy", "uuid", "nfs_export", "stats",
-                  "xattr_permissions", "uidmapping", "gidmapping", "passthrough")
+                  "xattr_permissions", "uidmapping", "gidmapping", "passthrough",
+                  "lazy_timeout")
 
 
 def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) -> None:
@@ -141,6 +144,8 @@ def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) ->
             _apply_flag(config, key)
         elif key == "timeout":
             config.timeout = _seconds(value)
+        elif key == "lazy_timeout":
+            config.lazy_timeout = _seconds(value)
         elif key == "redirect_dir":
             if value not in REDIRECT_MODES:
                 modes = ", ".join(REDIRECT_MODES)

@@ -26,7 +26,7 @@ def layer_dirs(store: Store, image_id: str) -> list[str]:
 
 
 def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str,
-                nonempty: bool = False) -> str:
+                nonempty: bool = False, lazy_timeout: float | None = None) -> str:
     target = os.path.realpath(mountpoint)
     if not os.path.isdir(target):
         raise ImageError(f"mount point {mountpoint} is not a directory")
@@ -38,6 +38,8 @@ def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str,
     fsname = "pyunion-image:" + short_name.replace(",", "_")
     options = [f"fsname={fsname}"] + (["override_stat"] if store.records_owners else []) + (
         ["nonempty"] if nonempty else [])
+    if lazy_timeout is not None:
+        options.append(f"lazy_timeout={lazy_timeout}")
     mount = Mount(lowers, None, target, readonly=True, options=options)
     try:
         mount.start()

@@ -24,6 +24,7 @@ from typing import BinaryIO
 from unionfs.image import mediatypes as mt
 from unionfs.image import reference
 from unionfs.image.archive.compression import DecompressingReader
+from unionfs.image.archive.convert import ConvertedImage, convert_image
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
@@ -84,6 +85,7 @@ def _parents(name: str) -> list[str]:
 class ImageSaver:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.converted: dict[str, ConvertedImage] = {}  # written instead (--layer-format)
 
     def _layers(self, image_id: str):
         return self.store.db.execute(
@@ -107,6 +109,10 @@ class ImageSaver:
     def write_oci(self, images: list[SavedImage], out: _Writer) -> None:
         descriptors = []
         for image in images:
+            if image.image_id in self.converted:
+                descriptors += self._write_converted(self.converted[image.image_id], image,
+                                                     out)
+                continue
             manifest, media_type = self._manifest(image.image_id)
             out.add_bytes(_blob_name(_sha(manifest)), manifest)
             out.add_bytes(_blob_name(image.image_id), self._blob(image.image_id))
@@ -118,6 +124,16 @@ class ImageSaver:
         out.add_bytes("oci-layout", OCI_LAYOUT)
         out.add_bytes("index.json", _json({"schemaVersion": 2, "mediaType": mt.OCI_INDEX,
                                            "manifests": descriptors}))
+
+    @staticmethod
+    def _write_converted(converted: ConvertedImage, image: SavedImage,
+                         out: _Writer) -> list[dict]:
+        out.add_bytes(_blob_name(_sha(converted.manifest)), converted.manifest)
+        for blob in converted.blobs:
+            with open(blob.path, "rb") as f:
+                out.add_stream(_blob_name(blob.digest), f, blob.size)
+        return _index_entries(_sha(converted.manifest), len(converted.manifest),
+                              converted.media_type, image.names)
 
     def write_docker(self, images: list[SavedImage], out: _Writer) -> None:
         entries, descriptors, repositories = [], [], {}
@@ -155,7 +171,20 @@ class ImageSaver:
 
     # ------------------------------------------------------------------ targets
 
-    def save(self, images: list[SavedImage], fmt: str, output: str | None) -> None:
+    def save(self, images: list[SavedImage], fmt: str, output: str | None,
+             layer_format: str = "stored") -> None:
+        if layer_format == "estargz":
+            if fmt == "docker-archive":
+                raise ImageError("--layer-format estargz needs --format oci-archive or oci-dir"
+                                 " (a docker-archive holds uncompressed layers)")
+            with self.store.workspace() as space:
+                for image in images:
+                    work = os.path.join(space.path, image.image_id[7:19])
+                    os.mkdir(work)
+                    self.converted[image.image_id] = convert_image(self.store, image.image_id,
+                                                                   work)
+                self.save(images, fmt, output)
+            return
         write = {"docker-archive": self.write_docker, "oci-archive": self.write_oci,
                  "oci-dir": self.write_oci}[fmt]
         if fmt == "oci-dir":

@@ -76,6 +76,8 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
                    help="memory limit (b, k, m, g); not above the caller's own (root only)")
     p.add_argument("--cpus", type=float, metavar="N",
                    help="CPUs the container may use; not above the caller's own (root only)")
+    p.add_argument("--lazy", action="store_true",
+                   help="a pull fetches eStargz layers lazily (see pyunion pull --lazy)")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
 
@@ -143,7 +145,8 @@ def spec_from_args(args) -> RunSpec:
     return spec
 
 
-def find_image(store: Store, text: str, policy: str, quiet: bool = False) -> Resolved:
+def find_image(store: Store, text: str, policy: str, quiet: bool = False,
+               lazy: bool = False) -> Resolved:
     """The image by name, digest or id, pulled first as ``policy`` says (docker's and podman's
     ``--pull``); "invalid reference format" for text that is neither a name nor an id."""
     if not ID_PREFIX.fullmatch(text):
@@ -160,7 +163,7 @@ def find_image(store: Store, text: str, policy: str, quiet: bool = False) -> Res
         return local
     from unionfs.image.cli.pull import image_for_container  # the registry client: only now
 
-    return image_for_container(store, reference.parse(text), policy, local, quiet)
+    return image_for_container(store, reference.parse(text), policy, local, quiet, lazy)
 
 
 def create_from_args(args, store: Store) -> Container:
@@ -171,7 +174,7 @@ def create_from_args(args, store: Store) -> Container:
     elif args.publish:
         raise ImageError("-p/--publish needs a bridge network, which pyunion does not set up "
                          "yet: use --network host, where the ports are the host's")
-    found = find_image(store, args.image, args.pull, args.quiet)
+    found = find_image(store, args.image, args.pull, args.quiet, args.lazy)
     label = short_name(found.name) if found.name else short_id(found.image_id)
     return lifecycle.create(store, found.image_id, label, args.name, spec_from_args(args))
 

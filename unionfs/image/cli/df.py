@@ -6,6 +6,7 @@ from collections import Counter
 
 from unionfs.image.cli.common import image_names, image_users, short_id, short_name
 from unionfs.image.cli.output import human_size, print_table, since
+from unionfs.image.lazy import presence
 from unionfs.image.store import Store
 
 HELP = "Show the store's disk usage"
@@ -20,6 +21,15 @@ def register(commands) -> None:
 
 def _percent(part: int, whole: int) -> str:
     return f"{human_size(part)} ({100 * part // whole if whole else 0}%)"
+
+
+def _present(store: Store, chain_id: str) -> str:
+    """How much of a lazily pulled layer is here (``pull --lazy``); "all" for the others."""
+    found = presence(store, chain_id)
+    if found is None:
+        return "all"
+    present, total = found
+    return f"{human_size(present)} of {human_size(total)} (lazy)"
 
 
 def run(args, store: Store) -> int:
@@ -60,6 +70,7 @@ def run(args, store: Store) -> int:
         print_table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE",
                      "UNIQUE SIZE"], rows)
         print("\nLayers space usage:\n")
-        print_table(["LAYER", "SIZE", "IMAGES"], [
-            [d[7:19], human_size(size), str(users.get(d, 0))] for d, size in layers.items()])
+        print_table(["LAYER", "SIZE", "IMAGES", "PRESENT"], [
+            [d[7:19], human_size(size), str(users.get(d, 0)), _present(store, d)]
+            for d, size in layers.items()])
     return 0

@@ -20,6 +20,11 @@ def register(commands) -> None:
     p.add_argument("mountpoint", metavar="DIR")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="nonempty",
                    help="nonempty: mount over a directory that has entries (hiding them)")
+    p.add_argument("--lazy", action="store_true",
+                   help="an image the store lacks is pulled first, lazily (pull --lazy)")
+    p.add_argument("--lazy-timeout", type=float, metavar="SECONDS",
+                   help="how long a first read of a lazily pulled file waits for the "
+                        "registry before failing with EIO (default 30)")
     p.set_defaults(run=run)
     u = commands.add_parser("umount-image", help=UMOUNT_HELP, description=UMOUNT_HELP)
     u.add_argument("mountpoint", metavar="DIR")
@@ -31,10 +36,15 @@ def run(args, store: Store) -> int:
     unknown = [o for o in options if o != "nonempty"]
     if unknown:
         raise ImageError(f"unknown mount-image option {unknown[0]!r} (only nonempty)")
-    found = resolve(store, args.image)
+    if args.lazy:
+        from unionfs.image.cli.create import find_image
+
+        found = find_image(store, args.image, "missing", quiet=True, lazy=True)
+    else:
+        found = resolve(store, args.image)
     label = short_name(found.name) if found.name else short_id(found.image_id)
     print(mount_image(store, found.image_id, label, args.mountpoint,
-                      nonempty="nonempty" in options))
+                      nonempty="nonempty" in options, lazy_timeout=args.lazy_timeout))
     return 0
 
 

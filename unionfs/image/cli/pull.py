@@ -56,8 +56,15 @@ def register(commands) -> None:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the platform to pick from a multi-platform image")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the progress output")
+    add_lazy_option(p)
     add_registry_options(p)
     p.set_defaults(run=run)
+
+
+def add_lazy_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lazy", action="store_true",
+                   help="fetch only the TOC of eStargz layers now, each file on its first "
+                        "use (the registry must serve Range requests)")
 
 
 async def _through_mirrors(ref: Reference, insecure: bool,
@@ -83,7 +90,7 @@ def _shown(ref: Reference) -> str:
 
 def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None,
                insecure: bool = False, quiet: bool = False,
-               out: TextIO | None = None) -> PullResult:
+               out: TextIO | None = None, lazy: bool = False) -> PullResult:
     """Pulls ``ref``, telling ``out`` (stdout by default) what happens as docker does: the
     registry, each layer (on stderr), the digest and a ``Status:`` line."""
     out = out or sys.stdout
@@ -93,7 +100,7 @@ def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None
     progress = CliProgress(quiet)
 
     def pull(client: RegistryClient) -> Awaitable[PullResult]:
-        return Puller(store, client, ref, platform, progress).pull()
+        return Puller(store, client, ref, platform, progress, lazy=lazy).pull()
 
     try:
         result = trio.run(_through_mirrors, ref, insecure, pull)
@@ -112,7 +119,8 @@ def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None
 def run(args, store: Store) -> int:
     ref = reference.parse(args.image)
     platform = Platform.parse(args.platform) if args.platform else None
-    pull_image(store, ref, platform=platform, insecure=args.insecure, quiet=args.quiet)
+    pull_image(store, ref, platform=platform, insecure=args.insecure, quiet=args.quiet,
+               lazy=args.lazy)
     print(ref.name if ref.tag else f"{ref.repository}@{ref.digest}")
     return 0
 
@@ -121,7 +129,7 @@ def run(args, store: Store) -> int:
 
 
 def image_for_container(store: Store, ref: Reference, policy: str, local: Resolved | None,
-                        quiet: bool) -> Resolved:
+                        quiet: bool, lazy: bool = False) -> Resolved:
     """The image ``run`` or ``create`` uses under the pull policy ``policy`` (``missing``,
     ``always`` or ``newer``), ``local`` being what the store has by that name. The pull's
     output goes to stderr: stdout is the container's (or its id)."""
@@ -129,7 +137,7 @@ def image_for_container(store: Store, ref: Reference, policy: str, local: Resolv
         return local
     if local is None:
         print(f"Unable to find image '{_shown(ref)}' locally", file=sys.stderr, flush=True)
-    result = pull_image(store, ref, quiet=quiet, out=sys.stderr)
+    result = pull_image(store, ref, quiet=quiet, out=sys.stderr, lazy=lazy)
     return Resolved(result.image_id, ref.name if ref.tag else None)
 
 

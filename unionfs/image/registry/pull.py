@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import httpx
 import trio
 
 from unionfs.image import mediatypes as mt
+from unionfs.image.archive import estargz
 from unionfs.image.archive.formats import (
     ImageSpec,
     LayerSpec,
@@ -32,6 +34,13 @@ from unionfs.image.archive.formats import (
 )
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.errors import ImageError
+from unionfs.image.lazy import (
+    LazyToc,
+    RangeIgnored,
+    add_lazy_layer,
+    complete_lazy_layer,
+    is_incomplete,
+)
 from unionfs.image.progress import Progress
 from unionfs.image.reference import Reference
 from unionfs.image.registry.client import (
@@ -46,6 +55,7 @@ from unionfs.image.store.locks import FileLock
 
 PARALLEL_DOWNLOADS = 3
 DOWNLOAD_ATTEMPTS = 5
+MAX_TOC_BYTES = 64 << 20
 
 
 @dataclass
@@ -72,8 +82,10 @@ def _digest(data: bytes) -> str:
 
 class Puller:
     def __init__(self, store: Store, client: RegistryClient, ref: Reference,
-                 platform: Platform | None, progress: Progress) -> None:
+                 platform: Platform | None, progress: Progress, *, lazy: bool = False) -> None:
         self.store = store
+        self.lazy = lazy  # eStargz layers made present from their TOCs (unionfs.image.lazy)
+        self.tocs: dict[str, LazyToc] = {}  # by blob digest: the layers pulled lazily
         self.client = client
         self.ref = ref
         self.path = ref.path
@@ -233,6 +245,64 @@ class Puller:
             raise RegistryError(f"{self.client.domain}: layer blob digest mismatch (expected "
                                 f"{layer.digest}, got sha256:{hasher.hexdigest()})")
 
+    # ------------------------------------------------------------------ lazy layers
+
+    async def _range(self, digest: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (inclusive) of a blob; RangeIgnored on a whole answer."""
+        async with self.client.request("GET", f"/v2/{self.path}/blobs/{digest}",
+                                       scope=self.scope, ok=(200, 206),
+                                       headers={"Range": f"bytes={start}-{end}"}) as response:
+            if response.status_code == 200:
+                raise RangeIgnored(f"{self.client.domain} ignores Range requests")
+            data = await read_limited(response, end - start + 1, f"blob {digest[:19]}")
+        self.client.bytes_received += len(data)
+        if len(data) != end - start + 1:
+            raise RegistryError(f"{self.client.domain}: a Range request for {digest[:19]} "
+                                f"answered {len(data):,} bytes, not {end - start + 1:,}")
+        return data
+
+    async def fetch_toc(self, descriptor: dict, toc_digest: str) -> LazyToc:
+        """An eStargz layer's TOC, from its footer, checked against ``toc_digest``."""
+        digest, size = descriptor["digest"], descriptor["size"]
+        try:
+            if size < estargz.FOOTER_SIZE:
+                raise estargz.EstargzError("the blob is smaller than an eStargz footer")
+            offset = estargz.parse_footer(await self._range(
+                digest, size - estargz.FOOTER_SIZE, size - 1))
+            toc_end = size - estargz.FOOTER_SIZE
+            if not 0 <= offset < toc_end or toc_end - offset > MAX_TOC_BYTES:
+                raise estargz.EstargzError(f"the footer's TOC offset {offset} is out of range")
+            member = await self._range(digest, offset, toc_end - 1)
+            toc_json, document = estargz.parse_toc_member(member, toc_digest)
+            estargz.files_of(document, offset)  # a malformed chunk list fails here
+        except estargz.EstargzError as e:
+            raise RegistryError(f"{self.ref.name}: layer {digest[:19]}: {e}") from None
+        declared = (descriptor.get("annotations") or {}).get(
+            estargz.UNCOMPRESSED_SIZE_ANNOTATION, "")
+        tar_size = int(declared) if isinstance(declared, str) and declared.isdigit() else None
+        return LazyToc(offset, toc_json, document, tar_size)
+
+    async def _fetch_tocs(self, descriptors: list[dict], layers: list[LayerSpec]) -> None:
+        """The TOC of every eStargz layer the store lacks (the others are pulled whole); all
+        of them pulled whole if the registry ignores Range."""
+        chain = chain_ids([layer.diff_id for layer in layers])
+        try:
+            for i, (descriptor, layer) in enumerate(zip(descriptors, layers, strict=True)):
+                annotations = descriptor.get("annotations")
+                toc_digest = annotations.get(estargz.TOC_DIGEST_ANNOTATION) \
+                    if isinstance(annotations, dict) else None
+                if isinstance(toc_digest, str) and layer.digest \
+                        and not self.store.layer_recorded(chain[i]):
+                    self.tocs[layer.digest] = await self.fetch_toc(descriptor, toc_digest)
+        except RangeIgnored as e:
+            print(f"pyunion: {e}: pulling {self.ref.name} whole, not lazily", file=sys.stderr,
+                  flush=True)
+            self.tocs = {}
+
+    def _lazy_source(self) -> dict:
+        return {"registry": self.client.domain, "repository": self.path,
+                "insecure": self.client.insecure}
+
     # ------------------------------------------------------------------ the whole pull
 
     def _layers(self, manifest: dict, diff_ids: list[str]) -> list[LayerSpec]:
@@ -263,7 +333,8 @@ class Puller:
             return None
         for layer in self.store.db.execute(
                 "SELECT chain_id FROM image_layers WHERE image_id = ?", (row["id"],)):
-            if not os.path.isdir(self.store.layer_path(layer["chain_id"])):
+            if not os.path.isdir(self.store.layer_path(layer["chain_id"])) or (
+                    not self.lazy and is_incomplete(self.store, layer["chain_id"])):
                 return None
         return row["id"]
 
@@ -288,6 +359,8 @@ class Puller:
         diff_ids = validate_config(config, len(manifest["layers"]), self.ref.name,
                                    self.store.limits)
         layers = self._layers(manifest, diff_ids)
+        if self.lazy:
+            await self._fetch_tocs(manifest["layers"], layers)
         names = [self.ref.name] if self.ref.tag else []
         spec = ImageSpec(config_bytes, config, layers, names, data, media_type)
         with self.store.adding() as space:
@@ -316,6 +389,26 @@ class Puller:
 
         async def one(i: int, layer: LayerSpec) -> None:
             try:
+                if layer.digest in self.tocs:
+                    added[i] = await trio.to_thread.run_sync(
+                        add_lazy_layer, self.store, adder.space, layer, chain[:i + 1],
+                        self.tocs[layer.digest], self._lazy_source(), self.ref.name,
+                        parents_done(i))
+                    self.progress.layer_done(layer.diff_id, "Pulled lazily")
+                    return
+                if is_incomplete(self.store, chain[i]) and self.lazy:  # lazy already
+                    added[i] = AddedLayer(chain[i], layer.diff_id, layer.digest or "",
+                                          layer.media_type, layer.size or 0)
+                    self.progress.layer_done(layer.diff_id, "Already exists (lazy)")
+                    return
+                if is_incomplete(self.store, chain[i]):  # lazy before: the blob completes it
+                    async with downloads:
+                        path = await self.download(layer)
+                    fetched.append(path)
+                    added[i] = await trio.to_thread.run_sync(
+                        complete_lazy_layer, self.store, layer, chain[i], path)
+                    self.progress.layer_done(layer.diff_id, "Completed")
+                    return
                 present = self._present(chain[i], layer)
                 if present is not None:
                     added[i] = present

@@ -7,6 +7,7 @@ manifest goes last, exactly as stored, so the registry's digest is the store's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 import trio
 
+from unionfs.image.archive.convert import ConvertedImage
 from unionfs.image.progress import Progress
 from unionfs.image.reference import Reference
 from unionfs.image.registry.client import RegistryClient, RegistryError, repository_scope
@@ -45,8 +47,9 @@ async def _file_chunks(path: str) -> AsyncIterator[bytes]:
 
 class Pusher:
     def __init__(self, store: Store, client: RegistryClient, ref: Reference, image_id: str,
-                 progress: Progress) -> None:
+                 progress: Progress, converted: ConvertedImage | None = None) -> None:
         self.store = store
+        self.converted = converted  # pushed instead of the stored image (push --format)
         self.client = client
         self.ref = ref
         self.image_id = image_id
@@ -55,6 +58,8 @@ class Pusher:
         self.uploaded = 0
 
     def _blobs(self) -> list[Blob]:
+        if self.converted is not None:
+            return [Blob(b.digest, b.size, b.label) for b in self.converted.blobs]
         rows = self.store.db.execute(
             "SELECT il.diff_id, il.blob_digest, b.size FROM image_layers il "
             "JOIN blobs b ON b.digest = il.blob_digest WHERE il.image_id = ? "
@@ -101,7 +106,8 @@ class Pusher:
     async def _upload(self, blob: Blob, location: str) -> None:
         url = httpx.URL(await self.client.base_url()).join(location)
         url = url.copy_merge_params({"digest": blob.digest})
-        path = self.store.blob_path(blob.digest)
+        path = self.converted.path_of(blob.digest) if self.converted is not None \
+            else self.store.blob_path(blob.digest)
 
         async def body() -> AsyncIterator[bytes]:
             async for chunk in _file_chunks(path):
@@ -135,8 +141,13 @@ class Pusher:
         row = self.store.db.execute(
             "SELECT manifest_digest, manifest_media_type FROM images WHERE id = ?",
             (self.image_id,)).fetchone()
-        with open(self.store.blob_path(row["manifest_digest"]), "rb") as f:
-            manifest = f.read()
+        if self.converted is not None:
+            manifest = self.converted.manifest
+            row = {"manifest_digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+                   "manifest_media_type": self.converted.media_type}
+        else:
+            with open(self.store.blob_path(row["manifest_digest"]), "rb") as f:
+                manifest = f.read()
         limit = trio.Semaphore(PARALLEL_UPLOADS)
         async with trio.open_nursery() as nursery:
             for blob in self._blobs():
@@ -150,6 +161,8 @@ class Pusher:
         if served and served != row["manifest_digest"]:
             raise RegistryError(f"{self.client.domain}: the registry stored the manifest as "
                                 f"{served}, not {row['manifest_digest']}")
+        if self.converted is not None:  # not the stored image: nothing to record
+            return PushResult(row["manifest_digest"], len(manifest), self.uploaded)
         with self.store.transaction() as db:
             db.execute("INSERT OR REPLACE INTO repo_digests VALUES (?, ?)",
                        (f"{self.ref.repository}@{row['manifest_digest']}", self.image_id))

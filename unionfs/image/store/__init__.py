@@ -257,6 +257,11 @@ class Store:
         for name in os.listdir(self.layers_dir):
             if name not in known_layers:
                 self._remove_tree(os.path.join(self.layers_dir, name))
+        lazy_records = os.path.join(self.root, "lazy")  # of lazy layers (unionfs.image.lazy)
+        for name in os.listdir(lazy_records) if os.path.isdir(lazy_records) else []:
+            if name.removesuffix(".json") not in known_layers:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(lazy_records, name))
         known_blobs = {digest_hex(r[0]) for r in self.db.execute("SELECT digest FROM blobs")}
         for name in os.listdir(self.blobs_dir):
             if name not in known_blobs:

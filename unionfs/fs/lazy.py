@@ -1,0 +1,238 @@
+"""Lazy lower files: the data of a file of an eStargz layer pulled with ``pull --lazy``.
+
+Such a layer's directory holds the whole tree from the start (``unionfs.image.lazy``): every
+regular file with content is a sparse placeholder of the right size and attributes, marked
+with the ``MARK`` xattr (private: never shown through the mount), as is the layer's root. Its
+layer has a record ``<store>/lazy/<chain hex>.json`` beside the store's ``layers/`` (where to
+fetch the blob from, and each file's chunks: their byte ranges in the blob and sha256).
+
+``ensure_present`` is called before a lower file's data is first used (open, a read without
+open, copy-up). For a marked file it fetches the file's gzip members with one HTTP Range
+request, together with the files that follow it in the blob within ``READAHEAD`` bytes and
+still wait (a directory's files are neighbours in the tar and often used together), checks
+each chunk against its digest before a byte is written, writes the placeholders, flushes the
+filesystem once, then clears their marks; from then on each is an ordinary lower file
+(passthrough and the rest work unchanged). A registry that does not answer within the mount's
+``lazy_timeout`` makes the open fail with EIO, never hang.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import ctypes
+import errno
+import json
+import logging
+import os
+import stat
+import weakref
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from unionfs.fs.inodes import Node
+from unionfs.fs.state import UnionFS
+
+MARK = "user.pyunion.lazy"
+LAYER_MARK = "layer"  # MARK's value on the root of a lazy layer (its files': their TOC name)
+READAHEAD = 512 << 10  # compressed bytes after a file whose whole files come with it
+READAHEAD_FILES = 64
+_FREE = trio.Lock()
+log = logging.getLogger("pyunion")
+
+
+def record_path(layer_root: str) -> str:
+    """Where the lazy record of the layer directory ``<store>/layers/<hex>`` is."""
+    layers_dir, name = os.path.split(os.path.normpath(layer_root))
+    return os.path.join(os.path.dirname(layers_dir), "lazy", name + ".json")
+
+
+@dataclass
+class LazyLayer:
+    record: dict
+    root: str  # the layer directory
+    locks: dict[str, trio.Lock] = field(default_factory=dict)
+    client: object | None = None  # a RegistryClient, made on first use (in the event loop)
+    spans: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, name)
+
+    def __post_init__(self) -> None:
+        self.spans = sorted((c[0][0], c[-1][1], name)
+                            for name, c in self.record["files"].items() if c)
+
+    async def _client(self):
+        from unionfs.image.registry.client import RegistryClient
+
+        if self.client is None:
+            self.client = RegistryClient(self.record["registry"],
+                                         insecure=self.record.get("insecure", False))
+        return self.client
+
+    def _batch(self, name: str) -> list[str]:
+        """``name`` and the files after it in the blob that end within ``READAHEAD`` bytes
+        of its start and still wait for their data: fetched with it, in one request (the
+        files of a directory are neighbours in the tar, and often used together)."""
+        chunks = self.record["files"][name]
+        limit = chunks[0][0] + READAHEAD
+        batch = [name]
+        at = bisect.bisect_right(self.spans, (chunks[-1][1], -1, ""))
+        for _start, end, other in self.spans[at:]:
+            if end > limit or len(batch) >= READAHEAD_FILES:
+                break
+            if not self.locks.get(other, _FREE).locked() and \
+                    _mark(os.path.join(self.root, other)) == other:
+                batch.append(other)
+        return batch
+
+    async def fetch(self, real: str, name: str) -> None:
+        """Fills the placeholder ``real`` with the file ``name``'s verified chunks (and the
+        placeholders of the files ``_batch`` adds, from the same request)."""
+        from unionfs.image.archive.estargz import Chunk, EstargzError, chunk_bytes
+        from unionfs.image.registry.client import RegistryError
+
+        batch = self._batch(name)
+        files = {n: [Chunk(*c) for c in self.record["files"][n]] for n in batch}
+        start = files[name][0].start
+        end = max(chunks[-1].end for chunks in files.values())
+        client = await self._client()
+        path = f"/v2/{self.record['repository']}/blobs/{self.record['digest']}"
+        scope = f"repository:{self.record['repository']}:pull"
+        try:
+            async with client.request("GET", path, scope=scope, ok=(206,),  # type: ignore[attr-defined]
+                                      headers={"Range": f"bytes={start}-{end - 1}"}) as answer:
+                raw = bytearray()
+                async for piece in answer.aiter_bytes(1 << 20):
+                    raw += piece
+                    if len(raw) > end - start:
+                        break
+            raw = raw[:end - start]
+            pieces = [chunk_bytes(bytes(raw[c.start - start:c.end - start]), c)
+                      for c in files[name]]
+        except (RegistryError, EstargzError, OSError) as e:
+            log.warning("lazy file %s of %s: %s", name, self.record["digest"][:19], e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:  # httpx's stream errors: the registry went away
+            log.warning("lazy file %s of %s: %s", name, self.record["digest"][:19],
+                        e or type(e).__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        written = [real]
+        _fill(real, files[name], pieces)
+        for other in batch[1:]:
+            path = os.path.join(self.root, other)
+            try:
+                _fill(path, files[other], [chunk_bytes(bytes(raw[c.start - start:c.end - start]),
+                                                       c) for c in files[other]])
+                written.append(path)
+            except (EstargzError, OSError) as e:  # fetched again when it is opened
+                log.warning("lazy file %s (read ahead): %s", other, e)
+        _syncfs(self.root)  # one flush for the batch, before any mark goes
+        for path in written:
+            with contextlib.suppress(OSError):  # ENODATA: written by another meanwhile
+                os.removexattr(path, MARK, follow_symlinks=False)
+
+
+    async def prefetch(self, timeout: float) -> None:
+        """Fetches the files the image's builder placed before the prefetch landmark (a
+        system task started at the layer's first use; failures are only logged: each file
+        is fetched again when it is opened)."""
+        try:
+            for name in self.record.get("prefetch", []):
+                real = os.path.join(self.root, name)
+                async with self.locks.setdefault(name, trio.Lock()):
+                    if _mark(real) != name:
+                        continue
+                    with trio.move_on_after(timeout) as scope:
+                        await self.fetch(real, name)
+                    if scope.cancelled_caught:
+                        return
+        except Exception as e:  # noqa: BLE001 - a system task must not end the mount
+            log.warning("prefetch of %s stopped: %s", self.record["digest"][:19],
+                        e or type(e).__name__)
+
+
+def _fill(real: str, chunks, pieces: list[bytes]) -> None:
+    """Writes the verified ``pieces`` into the placeholder, keeping its mtime. Its mark is
+    cleared by the caller once the data is flushed: a crash before leaves it to be fetched
+    again."""
+    before = os.stat(real, follow_symlinks=False)
+    try:
+        fd = os.open(real, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except PermissionError:  # an ordinary user's layer file without write permission
+        os.chmod(real, before.st_mode | stat.S_IWUSR)
+        fd = os.open(real, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for chunk, data in zip(chunks, pieces, strict=True):
+            os.pwrite(fd, data, chunk.chunk_offset)
+        os.fchmod(fd, stat.S_IMODE(before.st_mode))
+        os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), path)
+    finally:
+        os.close(fd)
+
+
+_layers: weakref.WeakKeyDictionary[UnionFS, dict[int, LazyLayer | None]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
+    known = _layers.setdefault(fs, {})
+    if layer not in known:
+        root = fs.stack.roots[layer]
+        known[layer] = None
+        if root is not None and _mark(root) == LAYER_MARK:  # a lazy layer of a store
+            try:
+                with open(record_path(root)) as f:
+                    known[layer] = LazyLayer(json.load(f), root)
+            except (OSError, ValueError):
+                pass
+            found = known[layer]
+            if found is not None and found.record.get("prefetch"):
+                trio.lowlevel.spawn_system_task(found.prefetch, fs.config.lazy_timeout)
+    return known[layer]
+
+
+async def ensure_present(fs: UnionFS, node: Node) -> None:
+    """Makes sure the lower file whose data ``node`` uses has its data (see the module)."""
+    if node.kind != stat.S_IFREG or not node.data_in_lower or not node.lowers:
+        return
+    layer, path = node.lowers[0]
+    lazy = _lazy_layer(fs, layer)
+    if lazy is None:
+        return
+    real = fs.stack.real(layer, path)
+    name = _mark(real)
+    if name is None:
+        return
+    if name not in lazy.record["files"]:
+        log.warning("lazy file %s: not in its layer's record", name)
+        raise pyfuse3.FUSEError(errno.EIO)
+    lock = lazy.locks.setdefault(name, trio.Lock())
+    async with lock:
+        if _mark(real) is None:  # fetched while this open waited
+            return
+        with trio.move_on_after(fs.config.lazy_timeout) as scope:
+            await lazy.fetch(real, name)
+        if scope.cancelled_caught:
+            log.warning("lazy file %s: the registry did not answer within %ss", name,
+                        fs.config.lazy_timeout)
+            raise pyfuse3.FUSEError(errno.EIO)
+
+
+def _mark(real: str) -> str | None:
+    try:
+        return os.getxattr(real, MARK, follow_symlinks=False).decode()
+    except OSError:
+        return None

@@ -1,0 +1,255 @@
+"""Lazy layers (``pull --lazy``): an eStargz layer made present from its TOC alone.
+
+At pull, each eStargz layer's footer and TOC are fetched with Range requests and the TOC is
+checked against the digest in the (verified) manifest. The layer directory is then made from
+the TOC by the ordinary unpacker, fed a tar of the TOC's entries with every regular file empty
+(so whiteouts, opaque directories, owners, xattrs and the parents' attributes come out exactly
+as for a full pull); each file with content is then grown to its size (sparse) and marked with
+``unionfs.fs.lazy.MARK``. The record ``<store>/lazy/<chain hex>.json`` says where each file's
+chunks are; the mount fetches a file on its first use (``unionfs.fs.lazy``).
+
+The layer's blob is not in the store until the layer is pulled whole, so ``save`` and ``push``
+of an image with an incomplete lazy layer are refused (``refuse_incomplete``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+
+from unionfs.fs.lazy import LAYER_MARK, MARK, record_path
+from unionfs.image.archive import estargz
+from unionfs.image.archive.compression import DecompressingReader
+from unionfs.image.archive.formats import LayerSpec
+from unionfs.image.archive.unpack import normalize_name, unpack_layer
+from unionfs.image.errors import ImageError
+from unionfs.image.store import Store, Workspace, syncfs
+from unionfs.image.store.adding import AddedLayer, ImageAdder
+
+_TAR_TYPES = {"dir": tarfile.DIRTYPE, "reg": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE,
+              "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
+              "fifo": tarfile.FIFOTYPE}
+
+
+class RangeIgnored(ImageError):
+    """The registry answered a Range request with the whole blob."""
+
+
+@dataclass
+class LazyToc:
+    toc_offset: int
+    toc_json: bytes
+    document: dict
+    tar_size: int | None = None  # the uncompressed size its descriptor declares, if it does
+
+
+def _mtime(entry: dict) -> int:
+    text = entry.get("modtime") or ""
+    try:
+        return int(datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
+def _tar_of(toc: LazyToc) -> bytes:
+    """A tar of every entry of the TOC, regular files empty, the TOC itself last (as in the
+    blob, so the tree is the one a full pull makes)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        for entry in toc.document["entries"]:
+            if not isinstance(entry, dict) or entry.get("type") not in _TAR_TYPES:
+                continue
+            info = tarfile.TarInfo(str(entry.get("name", "")).rstrip("/") or ".")
+            info.type = _TAR_TYPES[entry["type"]]
+            info.mode = estargz.entry_mode(entry)
+            info.uid, info.gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))
+            info.uname, info.gname = entry.get("userName", ""), entry.get("groupName", "")
+            info.mtime = _mtime(entry)
+            info.linkname = str(entry.get("linkName", ""))
+            info.devmajor = int(entry.get("devMajor", 0))
+            info.devminor = int(entry.get("devMinor", 0))
+            for key, value in (entry.get("xattrs") or {}).items():
+                info.pax_headers["SCHILY.xattr." + key] = base64.b64decode(value).decode(
+                    "utf-8", "surrogateescape")
+            tar.addfile(info)
+        info = tarfile.TarInfo(estargz.TOC_NAME)
+        info.size, info.mode = len(toc.toc_json), 0o644
+        tar.addfile(info, io.BytesIO(toc.toc_json))
+    return out.getvalue()
+
+
+def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list[str],
+                   toc: LazyToc, source: dict, what: str, wait_for_parents) -> AddedLayer:
+    """Makes ``layer`` present from its TOC (see the module); ``source`` says where its blob
+    is (registry, repository, insecure)."""
+    assert layer.digest is not None and layer.size is not None
+    chain_id = chain[-1]
+    added = AddedLayer(chain_id, layer.diff_id, layer.digest, layer.media_type, layer.size)
+    with store.layer_lock(chain_id):
+        if store.layer_recorded(chain_id):
+            return added
+        files = estargz.files_of(toc.document, toc.toc_offset)
+        declared = sum(int(f.entry.get("size", 0)) for f in files.values())
+        if declared > store.limits.max_layer_bytes:
+            raise ImageError(f"{what}: layer {layer.digest[:19]}: its TOC declares "
+                             f"{declared:,} bytes, more than the limit")
+        target = space.new_path("lazy-" + layer.diff_id[7:])
+        os.mkdir(target, 0o755)
+        parents = [store.layer_path(c) for c in reversed(chain[:-1])]
+        digests = unpack_layer(io.BytesIO(_tar_of(toc)), target,
+                               whiteout_format=store.whiteout_format, limits=store.limits,
+                               what=f"{what} layer {layer.diff_id[7:19]}", parents=parents,
+                               before_finish=wait_for_parents)
+        lazy_bytes = 0
+        for name, found in files.items():
+            size = int(found.entry.get("size", 0))
+            if size <= 0 or not found.chunks:
+                continue
+            path = os.path.join(target, normalize_name(name))
+            before = os.stat(path, follow_symlinks=False)
+            if _is_landmark(name, found):  # its one byte is known: written now
+                with open(path, "wb") as f:
+                    f.write(estargz.LANDMARK_CONTENT)
+            else:
+                os.truncate(path, size)
+                os.setxattr(path, MARK, name.encode(), follow_symlinks=False)
+                lazy_bytes += size
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
+        landmark = files.get(estargz.PREFETCH_LANDMARK)
+        prefetch = sorted((f.chunks[0].start, name) for name, f in files.items()
+                          if landmark and landmark.chunks and f.chunks
+                          and f.chunks[0].start < landmark.chunks[0].start)
+        record = {**source, "digest": layer.digest, "size": layer.size,
+                  "prefetch": [name for _, name in prefetch],
+                  "diff_id": layer.diff_id, "bytes": lazy_bytes,
+                  "files": {name: [c.as_list() for c in f.chunks]
+                            for name, f in files.items() if f.chunks}}
+        os.setxattr(target, MARK, LAYER_MARK.encode())
+        final_record = record_path(store.layer_path(chain_id))
+        os.makedirs(os.path.dirname(final_record), exist_ok=True)
+        with open(space.new_path("lazy-record"), "w") as f:
+            json.dump(record, f)
+        syncfs(target)
+        os.rename(space.new_path("lazy-record"), final_record)  # before the layer's row
+        if toc.tar_size:  # the size of the layer's tar, not of the one made from the TOC
+            digests = dataclasses.replace(digests, tar_size=toc.tar_size)
+        ImageAdder(store, space)._install_layer(chain, layer.diff_id, target, digests)
+    return added
+
+
+def _is_landmark(name: str, found: estargz.TocFile) -> bool:
+    return name in (estargz.PREFETCH_LANDMARK, estargz.NO_PREFETCH_LANDMARK) \
+        and [c.digest for c in found.chunks] == [
+            "sha256:" + hashlib.sha256(estargz.LANDMARK_CONTENT).hexdigest()]
+
+
+def incomplete_layers(store: Store, image_id: str) -> list[str]:
+    """The diff_ids of the image's layers that are lazy and not yet whole."""
+    rows = store.db.execute("SELECT chain_id, diff_id FROM image_layers WHERE image_id = ? "
+                            "ORDER BY position", (image_id,)).fetchall()
+    return [r["diff_id"] for r in rows if is_incomplete(store, r["chain_id"])]
+
+
+def presence(store: Store, chain_id: str) -> tuple[int, int] | None:
+    """(bytes present, bytes in all) of the files a lazy layer fetches on demand; None for an
+    ordinary layer."""
+    try:
+        with open(record_path(store.layer_path(chain_id))) as f:
+            total = int(json.load(f).get("bytes", 0))
+    except (OSError, ValueError):
+        return None
+    missing = 0
+    for top, _, names in os.walk(store.layer_path(chain_id)):
+        for name in names:
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                os.getxattr(path, MARK, follow_symlinks=False)
+                missing += os.lstat(path).st_size
+    return max(total - missing, 0), total
+
+
+def refuse_incomplete(store: Store, image_id: str, what: str) -> None:
+    """One clear line for ``save``/``push`` of an image whose lazy layers are not whole."""
+    missing = incomplete_layers(store, image_id)
+    if missing:
+        raise ImageError(f"cannot {what} {image_id[7:19]}: layer {missing[0][7:19]} was pulled "
+                         "lazily and is not complete (pull the image without --lazy first)")
+
+
+def is_incomplete(store: Store, chain_id: str) -> bool:
+    return os.path.exists(record_path(store.layer_path(chain_id)))
+
+
+def complete_lazy_layer(store: Store, layer: LayerSpec, chain_id: str,
+                        blob_path: str) -> AddedLayer:
+    """Fills every placeholder of the lazy layer ``chain_id`` from its whole blob (verified
+    by the download), checks the blob's tar against the diff_id and keeps the blob: the layer
+    is then an ordinary one."""
+    assert layer.digest is not None and layer.size is not None
+    root = store.layer_path(chain_id)
+    with store.layer_lock(chain_id):
+        if is_incomplete(store, chain_id):
+            plain = hashlib.sha256()
+            tar_size = [0]
+
+            def on_plain(data: bytes) -> None:
+                plain.update(data)
+                tar_size[0] += len(data)
+
+            with open(blob_path, "rb") as raw:
+                reader = DecompressingReader(raw, on_plain=on_plain)
+                with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                    for member in tar:
+                        if member.isreg() and member.size > 0:
+                            _fill(os.path.join(root, normalize_name(member.name)),
+                                  normalize_name(member.name), tar.extractfile(member))
+                reader.drain()
+            if "sha256:" + plain.hexdigest() != layer.diff_id:
+                raise ImageError(f"layer {layer.digest[:19]}: diff_id mismatch (the config "
+                                 f"says {layer.diff_id}, the blob's tar is "
+                                 f"sha256:{plain.hexdigest()})")
+            syncfs(root)
+            if not os.path.exists(store.blob_path(layer.digest)):
+                shutil.copyfile(blob_path, store.blob_path(layer.digest) + ".partial")
+                os.rename(store.blob_path(layer.digest) + ".partial",
+                          store.blob_path(layer.digest))
+            syncfs(store.blobs_dir)
+            with store.transaction() as db:  # the size of the real tar, not of the TOC's
+                db.execute("UPDATE layers SET tar_size = ? WHERE chain_id = ?",
+                           (tar_size[0], chain_id))
+            with contextlib.suppress(OSError):
+                os.removexattr(root, MARK)
+            os.unlink(record_path(root))
+    return AddedLayer(chain_id, layer.diff_id, layer.digest, layer.media_type, layer.size)
+
+
+def _fill(path: str, name: str, data) -> None:
+    """Writes a placeholder's content (if it is still one, for this entry) in place."""
+    try:
+        if os.getxattr(path, MARK, follow_symlinks=False).decode() != name:
+            return
+    except OSError:
+        return
+    before = os.stat(path, follow_symlinks=False)
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        offset = 0
+        while piece := data.read(1 << 20):
+            os.pwrite(fd, piece, offset)
+            offset += len(piece)
+        os.fsync(fd)
+        os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+        with contextlib.suppress(OSError):  # a mount may have fetched it meanwhile
+            os.removexattr(fd, MARK)
+    finally:
+        os.close(fd)
