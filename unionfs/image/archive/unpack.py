@@ -48,6 +48,9 @@ from unionfs.image.errors import ImageError
 from unionfs.image.limits import Limits
 
 COPY_CHUNK = 1 << 20
+# tarfile's stream reader slices its whole buffer on every read, a 512-byte header included: a
+# 1 MiB buffer cost 160 µs an entry (parsing 10,000 small files: 2.0 s against 0.43 s at 64 KiB).
+TAR_BUFFER = 1 << 16
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FD_CACHE_SIZE = 128
 
@@ -575,7 +578,7 @@ def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: L
     reader: DecompressingReader | None = None
     try:
         reader = DecompressingReader(blob, on_raw, on_plain, background=True)
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=COPY_CHUNK) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=TAR_BUFFER) as tar:  # type: ignore[call-overload]
             writer.apply(tar, entries)
             end_of_members = tar.offset
         reader.drain()
