@@ -43,7 +43,7 @@ COMMANDS = {
     "umount": "container_mount", "ps": "ps", "diff": "diff", "commit": "commit",
     "export": "export", "rm": "rm", "stop": "stop", "wait": "stop", "logs": "stop",
     "pull": "pull", "push": "push", "search": "search", "login": "login", "logout": "login",
-    "info": "info",
+    "info": "info", "build": "build",
 }
 # The exit status of a command's failures (usage errors included) where it is not 1.
 FAILURE_STATUS = {"run": 125}

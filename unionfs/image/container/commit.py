@@ -59,6 +59,20 @@ def _needs_merged_view(upper: str) -> bool:
     return False
 
 
+def upper_layer(store: Store, container: Container, space: Workspace) -> tuple[str, str] | None:
+    """The (unmounted) container's upper as a gzip layer blob in ``space``: its path and
+    diff_id; None when the upper is empty (nothing changed). What ``build`` makes of a step."""
+    upper = rootfs.upper_dir(store, container)
+    if not os.listdir(upper):
+        return None
+    merged = rootfs.mount(store, container) if _needs_merged_view(upper) else None
+    try:
+        return _write_upper_layer(store, container, space, merged)
+    finally:
+        if merged is not None:
+            rootfs.unmount(store, container)
+
+
 def commit(store: Store, container: Container, names: list[str], *, message: str,
            author: str, changes: list[str], pause: bool,
            progress: Progress | None = None) -> str:
