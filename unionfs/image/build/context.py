@@ -1,0 +1,267 @@
+"""What COPY and ADD copy: their sources (in the context, minus ignored paths, or in another
+stage's or image's rootfs), where each lands, the cache digest of all that, and the copy itself
+into a step's mounted rootfs.
+
+Paths inside a rootfs are resolved as a chroot would (``resolve_in_root``): a symlink in the
+image is followed within the rootfs, never out to the host.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+
+from unionfs.image.build.ignore import IgnoreRules
+from unionfs.image.errors import ImageError
+
+_WILDCARDS = set("*?[")
+
+
+@dataclass
+class Entry:
+    """One path to copy: ``source`` on the host, ``target`` inside the rootfs (absolute);
+    ``top`` when it is the source named by the instruction itself (a directory there is the
+    destination, made with default attributes, not copied)."""
+
+    source: str
+    target: str
+    top: bool = False
+
+
+def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> str:
+    """``path`` (absolute, inside the rootfs ``root``) as a host path, symlinks followed
+    within ``root``."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, name)
+        if os.path.islink(candidate) and (parts or follow_last):
+            hops += 1
+            if hops > 40:
+                raise ImageError(f"too many levels of symbolic links in {path}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        resolved.append(name)
+    return os.path.join(root, *resolved)
+
+
+def _has_wildcard(text: str) -> bool:
+    return bool(_WILDCARDS & set(text))
+
+
+def _match_sources(root: str, pattern: str, rules: IgnoreRules | None) -> list[str]:
+    """The paths (relative to ``root``) a source names, wildcards expanded element by
+    element; ignored paths left out."""
+    clean = posixpath.normpath("/" + pattern).lstrip("/")
+    if not _has_wildcard(clean):
+        return [clean] if os.path.lexists(os.path.join(root, clean)) and not (
+            rules and clean and rules.ignored(clean) and not (
+                os.path.isdir(os.path.join(root, clean)) and rules.may_include_below(clean))) \
+            else []
+    found = [""]
+    for element in clean.split("/"):
+        following = []
+        for base in found:
+            directory = os.path.join(root, base)
+            if not _has_wildcard(element):
+                if os.path.lexists(os.path.join(directory, element)):
+                    following.append(posixpath.join(base, element))
+                continue
+            if not os.path.isdir(directory):
+                continue
+            following += [posixpath.join(base, name) for name in sorted(os.listdir(directory))
+                          if fnmatch.fnmatchcase(name, element)]
+        found = following
+    return [p for p in found if not (rules and rules.ignored(p))]
+
+
+def collect(root: str, sources: list[str], dest: str, *, rules: IgnoreRules | None,
+            dest_is_dir_in_image: bool, what: str) -> list[Entry]:
+    """The entries of a COPY/ADD of ``sources`` (relative to ``root``) to ``dest`` (absolute,
+    in the rootfs)."""
+    matched: list[str] = []
+    for pattern in sources:
+        paths = _match_sources(root, pattern, rules)
+        if not paths:
+            raise ImageError(f"{what}: file not found in build context or excluded by "
+                             f".dockerignore: stat {pattern}: file does not exist")
+        matched += paths
+    into_dir = dest.endswith("/") or len(matched) > 1 or dest_is_dir_in_image
+    entries: list[Entry] = []
+    for rel in matched:
+        full = os.path.join(root, rel)
+        if os.path.isdir(full) and not os.path.islink(full):
+            entries.append(Entry(full, dest, top=True))
+            entries += _walk(root, rel, dest, rules)
+        else:
+            target = posixpath.join(dest, posixpath.basename(rel) or ".") if into_dir else dest
+            entries.append(Entry(full, target))
+    return entries
+
+
+def _walk(root: str, rel: str, dest: str, rules: IgnoreRules | None) -> list[Entry]:
+    entries: list[Entry] = []
+    base = os.path.join(root, rel)
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        inner = os.path.relpath(dirpath, base)
+        kept_dirs = []
+        for name in dirnames:
+            sub = posixpath.normpath(posixpath.join(rel, inner, name))
+            if rules and rules.ignored(sub):
+                if rules.may_include_below(sub):
+                    kept_dirs.append(name)  # walked for re-included paths, not copied itself
+                continue
+            kept_dirs.append(name)
+            entries.append(Entry(os.path.join(dirpath, name),
+                                 posixpath.normpath(posixpath.join(dest, inner, name))))
+        dirnames[:] = kept_dirs
+        for name in sorted(filenames):
+            sub = posixpath.normpath(posixpath.join(rel, inner, name))
+            if rules and rules.ignored(sub):
+                continue
+            entries.append(Entry(os.path.join(dirpath, name),
+                                 posixpath.normpath(posixpath.join(dest, inner, name))))
+    return entries
+
+
+def digest(entries: list[Entry], chmod: int | None) -> str:
+    """The cache digest of a copy: every target's name, type, mode, size, content and link
+    target (owners are the instruction's --chown, part of its text)."""
+    h = hashlib.sha256()
+    for entry in entries:
+        st = os.lstat(entry.source)
+        mode = st.st_mode if chmod is None else (st.st_mode & ~0o7777) | chmod
+        h.update(f"{entry.target}\0{entry.top}\0{mode:o}\0{st.st_size}\0".encode())
+        if stat.S_ISLNK(st.st_mode):
+            h.update(os.readlink(entry.source).encode() + b"\0")
+        elif stat.S_ISREG(st.st_mode):
+            with open(entry.source, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def make_parents(root: str, path: str, owner: tuple[int, int]) -> None:
+    """Creates the missing directories of ``path`` (inside the rootfs), 0755, ``owner``."""
+    current = ""
+    for name in [p for p in path.split("/") if p]:
+        current = posixpath.join(current, name)
+        host = resolve_in_root(root, "/" + current)
+        if os.path.isdir(host):
+            continue
+        if os.path.lexists(host):
+            raise ImageError(f"cannot create directory /{current}: a file is in the way")
+        os.mkdir(host, 0o755)
+        os.chmod(host, 0o755)
+        os.lchown(host, *owner)
+
+
+def copy_entries(root: str, entries: list[Entry], owner: tuple[int, int],
+                 chmod: int | None) -> None:
+    """Copies the entries into the mounted rootfs ``root``: files, directories, symlinks and
+    fifos; ``owner`` for all, ``chmod`` for all but the destination directory, the sources'
+    modification times kept."""
+    for entry in entries:
+        st = os.lstat(entry.source)
+        make_parents(root, posixpath.dirname(entry.target.rstrip("/")) or "/", owner)
+        if entry.top:
+            make_parents(root, entry.target, owner)
+            continue
+        target = resolve_in_root(root, entry.target, follow_last=False)
+        mode = (st.st_mode & 0o7777) if chmod is None else chmod
+        if stat.S_ISDIR(st.st_mode):
+            if not os.path.isdir(resolve_in_root(root, entry.target)):
+                _remove(target)
+                os.mkdir(target, 0o700)
+            target = resolve_in_root(root, entry.target)
+        else:
+            _remove(target)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(entry.source), target)
+                os.lchown(target, *owner)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                shutil.copyfile(entry.source, target)
+            elif stat.S_ISFIFO(st.st_mode):
+                os.mkfifo(target)
+            else:
+                continue  # devices and sockets are not copied
+        os.lchown(target, *owner)
+        os.chmod(target, mode)
+        os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def is_archive(path: str) -> bool:
+    """Whether ADD extracts this local file: a tar, plain or compressed (gzip, bzip2, xz)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
+def extract_archive(root: str, archive: str, dest: str) -> None:
+    """ADD of a local archive: its entries (owners, modes and times as recorded) under
+    ``dest``; every path is resolved inside the rootfs (``resolve_in_root``), so neither a
+    ``..`` nor a symlink can take an entry out of it."""
+    make_parents(root, dest, (0, 0))
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            name = posixpath.normpath("/" + member.name).lstrip("/")
+            if not name or name == ".":
+                continue
+            inside = posixpath.join(dest, name)
+            make_parents(root, posixpath.dirname(inside), (0, 0))
+            target = resolve_in_root(root, inside, follow_last=False)
+            if member.isdir():
+                if not os.path.isdir(target):
+                    _remove(target)
+                    os.mkdir(target, 0o700)
+            else:
+                _remove(target)
+                if member.isreg():
+                    with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, out)
+                elif member.issym():
+                    os.symlink(member.linkname, target)
+                elif member.islnk():
+                    linked = posixpath.normpath("/" + member.linkname).lstrip("/")
+                    os.link(resolve_in_root(root, posixpath.join(dest, linked),
+                                            follow_last=False), target)
+                    continue
+                elif member.isfifo():
+                    os.mkfifo(target)
+                elif member.ischr() or member.isblk():
+                    kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                    os.mknod(target, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+                else:
+                    continue
+            os.lchown(target, member.uid, member.gid)
+            if not member.issym():
+                os.chmod(target, member.mode & 0o7777)
+                os.utime(target, (member.mtime, member.mtime))
