@@ -25,14 +25,17 @@ PLAIN_VENV := .venv-plain
 # Debian packages: FUSE itself and what pyfuse3 builds against; the reference
 # implementations the differential tests and the benchmark compare against.
 BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev patch gcc meson ninja-build
-TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap
+TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap \
+                  podman
+# The Debian builds of tests/build (apt-get install, gcc multi-stage): debootstrap makes the image.
+BUILD_TEST_PACKAGES := debootstrap
 # The stress suite (tests/stress): fio's verify workloads, strace (kills at chosen syscalls),
 # stress-ng (long mode only).
 STRESS_PACKAGES := fio strace stress-ng
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap debootstrap
 
 .PHONY: setup pyfuse3-extended system-packages test test-plain-pyfuse3 test-no-passthrough stress demo \
-        bench bench-quick install lint clean
+        bench bench-quick install lint clean test-build-debian
 
 setup: $(STAMP)
 
@@ -109,6 +112,12 @@ test-no-passthrough: setup
 stress: setup
 	@$(MAKE) --no-print-directory system-packages PACKAGES="$(STRESS_PACKAGES)"
 	PYUNION_STRESS=long $(VENV)/bin/pytest tests/stress -p no:cacheprovider $(PYTEST_ARGS)
+
+# tests/build's Debian builds (a few minutes: they download packages from deb.debian.org),
+# with the bookworm minbase image the bench caches (made once by debootstrap).
+test-build-debian: setup
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BUILD_TEST_PACKAGES)"
+	PYUNION_BUILD_DEBIAN=1 $(VENV)/bin/pytest tests/build/test_build_debian.py -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check unionfs mount_helper tests bench

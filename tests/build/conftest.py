@@ -26,13 +26,17 @@ from typing import Any
 
 import pytest
 
-from tests.container.conftest import (  # noqa: F401 - fixtures used by the tests
-    IMAGE,
-    Pyunion,
-    base_tar,
-    px,
-    snapshot,
-)
+# The Debian builds download packages for minutes: only with PYUNION_BUILD_DEBIAN=1
+# (``make test-build-debian``).
+if os.environ.get("PYUNION_BUILD_DEBIAN") != "1":
+    collect_ignore = ["test_build_debian.py"]
+
+from tests.container import conftest as container_fixtures
+from tests.container.conftest import Pyunion, snapshot
+
+# the container tests' fixtures: the busybox image's archive and a fresh store holding it
+base_tar = container_fixtures.base_tar
+px = container_fixtures.px
 
 # Mount targets podman (buildah 1.28) leaves in a RUN step's layer when the image lacks them;
 # pyunion keeps them in the container's init layer (unionfs.image.container.initlayer).
@@ -167,12 +171,17 @@ def _config(inner: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare(px: Pyunion, podman: Podman, ours: str, theirs: str, *,
-            same_layers: bool = True) -> dict[str, Any]:
+            same_layers: bool = True, skip_prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
     """Asserts both images are the same (rootfs, config, layer and history counts);
-    returns pyunion's inspect document."""
+    returns pyunion's inspect document. Paths under ``skip_prefixes`` are compared by
+    presence and type only (files that hold the time they were written)."""
     our_tree = _our_tree(px, ours)
     their_tree = _podman_tree(podman, theirs, our_tree)
     a, b = _entries(our_tree), _entries(their_tree)
+    for tree in (a, b):
+        for path, entry in tree.items():
+            if path.startswith(skip_prefixes):
+                tree[path] = {"type": entry["type"]}
     diffs = [f"{p}: pyunion {a.get(p)} podman {b.get(p)}" for p in sorted(set(a) | set(b))
              if a.get(p) != b.get(p)]
     assert not diffs, "rootfs differs:\n  " + "\n  ".join(diffs[:30])
