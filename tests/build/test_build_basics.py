@@ -121,3 +121,22 @@ ONBUILD RUN echo triggered > /onbuild
     # (SHELL comes after ENTRYPOINT here: podman 4.3 ignores SHELL for CMD and ENTRYPOINT,
     # docker does not, and pyunion does as docker documents)
     assert config["Cmd"] == ["a", "b"] and config["Entrypoint"] == ["/bin/sh", "-c", "echo hi"]
+
+
+def test_copy_through_symlinks_over_existing_files_and_into_existing_dirs(px, podman, tmp_path):
+    context = write_context(tmp_path / "ctx", {
+        "Containerfile": f"""FROM {IMAGE}
+RUN ln -s /srv/lower /linkdir && ln -s target /srv/links/dangling-later \\
+    && mkdir -p /home/app/existing && chown app /home/app/existing
+COPY a.txt /linkdir/
+COPY a.txt /srv/lower/b.txt
+COPY tree/ /home/app/existing/
+COPY a.txt /srv/links/soft
+COPY tree /srv/tree/
+""",
+        "a.txt": "new a\n", "tree/x": "replaced x\n", "tree/y/new": "new\n",
+        "tree/empty/.keep": ""})
+    (context / "tree" / "link").symlink_to("x")
+    (context / "tree" / "y").chmod(0o750)
+    ours, theirs = build_both(px, podman, context)
+    compare(px, podman, ours, theirs)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from unionfs.image import mediatypes as mt
+from unionfs.image.archive.compression import HashingGzipFile
 from unionfs.image.archive.formats import ImageSpec, LayerSpec, Platform
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.build import cache
@@ -663,15 +664,36 @@ class Builder:
                     real = ctx.collect(root, plain, dest, rules=rules,
                                        dest_is_dir_in_image=os.path.isdir(target),
                                        what=what) if plain else []
-                    ctx.copy_entries(point, real, owner, chmod)
-                    for archive in archive_paths:
-                        ctx.extract_archive(point, archive, dest)
-                    self._ensure_workdir(state, point)  # after the copy, as buildah does
-                    rootfs.unmount(self.store, records.get(self.store, container.id))
-                    layer = upper_layer(self.store, records.get(self.store, container.id),
-                                        self.space)  # type: ignore[arg-type]
+                    if archive_paths:  # extracted through the mount: the upper is the layer
+                        ctx.copy_entries(point, real, owner, chmod)
+                        for archive in archive_paths:
+                            ctx.extract_archive(point, archive, dest)
+                        self._ensure_workdir(state, point)  # after the copy, as buildah does
+                        rootfs.unmount(self.store, records.get(self.store, container.id))
+                        layer = upper_layer(self.store, records.get(self.store, container.id),
+                                            self.space)  # type: ignore[arg-type]
+                    else:
+                        layer = self._copy_layer(state, point, real, owner, chmod)
                 self._commit(state, created_by, layer)
             self._cached(state, description, action)
+
+    def _copy_layer(self, state: State, point: str, entries: list[ctx.Entry],
+                    owner: tuple[int, int], chmod: int | None) -> tuple[str, str] | None:
+        """A COPY's layer written straight from its sources (``context.layer_of_copy``);
+        None when it copies nothing."""
+        assert self.space is not None
+        workdir = state.inner.get("WorkingDir")
+        also = [(workdir, self._owner(point, state.inner.get("User") or ""))] if workdir \
+            else []
+        blob = self.space.new_path("copy.tar.gz")
+        with open(blob, "wb") as out:
+            sink = HashingGzipFile(out)
+            count = ctx.layer_of_copy(point, entries, owner, chmod, also, sink)
+            sink.finish()
+        if count == 0:
+            os.unlink(blob)
+            return None
+        return blob, "sha256:" + sink.plain.hexdigest()
 
     @contextlib.contextmanager
     def _source_root(self, ins: Instruction, variables: dict[str, str]

@@ -265,3 +265,73 @@ def extract_archive(root: str, archive: str, dest: str) -> None:
             if not member.issym():
                 os.chmod(target, member.mode & 0o7777)
                 os.utime(target, (member.mtime, member.mtime))
+
+
+def layer_of_copy(root: str, entries: list[Entry], owner: tuple[int, int], chmod: int | None,
+                  also_dirs: list[tuple[str, tuple[int, int]]], out) -> int:
+    """The layer a copy of ``entries`` makes, written as a tar to ``out`` directly from the
+    sources (the files are not written twice: into a mount, then from its upper): only the new
+    entries and the directories the copy creates (0755, ``owner``); a directory the image has
+    keeps its own attributes (the layer names it only if the copy replaces them). ``root`` is
+    the mounted rootfs, read to resolve paths and see what exists. ``also_dirs``: more
+    directories to create if missing (the WORKDIR), with their owners. Returns the count."""
+    import time
+
+    from unionfs.image.archive.tarwriter import Entry as TarEntry
+    from unionfs.image.archive.tarwriter import TarWriter
+
+    now = time.time_ns()
+    planned: dict[str, tuple[TarEntry, str | None]] = {}
+
+    def in_root(path: str) -> str:
+        """A directory's path inside the rootfs, symlinks followed (within it)."""
+        return os.path.relpath(resolve_in_root(root, path), root)
+
+    def new_dirs(rel: str, dir_owner: tuple[int, int]) -> None:
+        current = ""
+        for name in [p for p in rel.split("/") if p and p != "."]:
+            current = posixpath.join(current, name)
+            if current in planned or os.path.isdir(os.path.join(root, current)):
+                continue
+            if os.path.lexists(os.path.join(root, current)):
+                raise ImageError(f"cannot create directory /{current}: a file is in the way")
+            planned[current] = (TarEntry((current + "/").encode(), tarfile.DIRTYPE,
+                                         mode=0o755, uid=dir_owner[0], gid=dir_owner[1],
+                                         mtime_ns=now), None)
+
+    for entry in entries:
+        parent = in_root(posixpath.dirname(entry.target.rstrip("/")) or "/")
+        new_dirs(parent, owner)
+        if entry.top:
+            new_dirs(in_root(entry.target), owner)
+            continue
+        rel = posixpath.join(parent, posixpath.basename(entry.target.rstrip("/"))) \
+            if parent != "." else posixpath.basename(entry.target.rstrip("/"))
+        st = os.lstat(entry.source)
+        mode = (st.st_mode & 0o7777) if chmod is None else chmod
+        made = TarEntry(rel.encode(), tarfile.REGTYPE, mode=mode, uid=owner[0], gid=owner[1],
+                        mtime_ns=st.st_mtime_ns)
+        source: str | None = None
+        if stat.S_ISDIR(st.st_mode):
+            made.type, made.name = tarfile.DIRTYPE, (rel + "/").encode()
+        elif stat.S_ISLNK(st.st_mode):
+            made.type, made.linkname = tarfile.SYMTYPE, os.fsencode(os.readlink(entry.source))
+            made.mode = 0o777
+        elif stat.S_ISREG(st.st_mode):
+            made.size, source = st.st_size, entry.source
+        elif stat.S_ISFIFO(st.st_mode):
+            made.type = tarfile.FIFOTYPE
+        else:
+            continue  # devices and sockets are not copied
+        planned.pop(rel, None)  # a later source for the same target wins, in its order
+        planned[rel] = (made, source)
+    for path, dir_owner in also_dirs:
+        new_dirs(in_root(path), dir_owner)
+    with TarWriter(out) as tar:
+        for made, source in planned.values():
+            if source is None:
+                tar.add(made)
+            else:
+                with open(source, "rb") as f:
+                    tar.add(made, f)
+    return len(planned)
