@@ -140,3 +140,20 @@ COPY tree /srv/tree/
     (context / "tree" / "y").chmod(0o750)
     ours, theirs = build_both(px, podman, context)
     compare(px, podman, ours, theirs)
+
+
+def test_the_saved_image_is_the_built_one(px, podman, tmp_path):
+    """A RUN's upper becomes its layer directory in the store as it is; the layer's blob is
+    written from it: loading ``pyunion save``'s archive into podman gives the same image."""
+    context = write_context(tmp_path / "ctx", {"Containerfile": f"""FROM {IMAGE}
+RUN rm /srv/lower/a.txt && rm -rf /srv/opq && mkdir /srv/opq && echo new > /srv/opq/new \\
+    && chmod 600 /srv/lower/mode.txt && ln /srv/lower/b.txt /srv/lower/b-link \\
+    && mkfifo /srv/fifo && mv /srv/tree /srv/moved
+RUN echo more >> /srv/lower/c.txt && rm -rf /srv/doomed
+"""})
+    built = "sha256:" + px("build", "-q", "-t", "saved:1", context).stdout.split()[-1]
+    archive = tmp_path / "saved.tar"
+    px("save", "-o", archive, "saved:1")
+    loaded = podman("load", "-i", archive).stdout
+    assert "saved:1" in loaded
+    compare(px, podman, built, "docker.io/library/saved:1")

@@ -27,6 +27,7 @@ from unionfs.image.archive.formats import ImageSpec, LayerSpec, Platform
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.build import cache
 from unionfs.image.build import context as ctx
+from unionfs.image.build import layers as step_layers
 from unionfs.image.build.dockerfile import Dockerfile, DockerfileError, Instruction, parse
 from unionfs.image.build.ignore import IgnoreRules
 from unionfs.image.build.words import expand_word, expand_words, split_keeping_quotes
@@ -35,7 +36,6 @@ from unionfs.image.container.commit import upper_layer
 from unionfs.image.container.records import Container, RunSpec
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store, Workspace
-from unionfs.image.store.adding import ImageAdder
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -161,6 +161,8 @@ class Builder:
         self.results: dict[int, str | None] = {}
         self.stage_names: dict[str, int] = {}
         self.space: Workspace | None = None
+        # RUN uppers to move into the store as layers, by diff_id (build.layers)
+        self.prepared: dict[str, tuple[str, Any]] = {}
 
     # ------------------------------------------------------------------ output
 
@@ -365,7 +367,7 @@ class Builder:
                                     layer[1]))
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
         spec = ImageSpec(config_bytes, config, layers, names)
-        image_id = ImageAdder(self.store, self.space).add_image(
+        image_id = step_layers.PreparedLayerAdder(self.store, self.space, self.prepared).add_image(
             spec, DirectorySource(self.space.path), "build step")
         if layer is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -546,10 +548,25 @@ class Builder:
                 if code != 0:
                     raise ImageError(f'building at STEP "{ins.original}" (line {ins.line}): '
                                      f"exit status {code}", exit_status=code)
-                layer = upper_layer(self.store, records.get(self.store, container.id),
-                                    self.space)  # type: ignore[arg-type]
+                layer = self._run_layer(records.get(self.store, container.id))
             self._commit(state, created_by, layer)
         self._cached(state, description, action)
+
+    def _run_layer(self, container: Container) -> tuple[str, str] | None:
+        """A RUN's layer: its upper, moved into the store when it can be (``layers``),
+        else written and unpacked as ``commit`` does; None when nothing changed."""
+        assert self.space is not None
+        upper = rootfs.upper_dir(self.store, container)
+        if not os.listdir(upper):
+            return None
+        if not step_layers.movable(self.store, upper):
+            return upper_layer(self.store, container, self.space)
+        blob, digests = step_layers.write_blob(upper, self.space)
+        kept = self.space.new_path("layer-" + digests.diff_id[7:])
+        os.rename(upper, kept)  # out of the container's directory, which goes next
+        os.mkdir(upper, 0o755)
+        self.prepared[digests.diff_id] = (kept, digests)
+        return blob, digests.diff_id
 
     def _execute(self, container: Container) -> int:
         """The container's process to its end, its output ours (a log file with -q), its

@@ -1,0 +1,110 @@
+"""A RUN step's layer without unpacking it again: the container's upper is already a layer
+directory in the store's form (as root: kernel whiteouts and opaque xattrs, what
+``unpack_layer`` makes of a tar), so it is moved into place under its chain id, and the tar is
+written only for the blob and its digests.
+
+An upper that holds a redirected directory or a metacopy file (data still in a lower) is not a
+layer by itself: those, and ordinary users' stores, go the way ``commit`` goes (the tar
+unpacked into a new directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+
+from unionfs.fs.ondisk import read_redirect
+from unionfs.image import mediatypes as mt
+from unionfs.image.archive.compression import HashingGzipFile
+from unionfs.image.archive.formats import LayerSpec
+from unionfs.image.archive.generate import write_layer_tar
+from unionfs.image.archive.sources import Source
+from unionfs.image.archive.unpack import LayerDigests
+from unionfs.image.store import Store, Workspace, syncfs
+from unionfs.image.store.adding import AddedLayer, ImageAdder
+
+METACOPY = "trusted.overlay.metacopy"
+
+
+class _Counting:
+    """The compressed side of the blob: hashed and counted on the way to the file."""
+
+    def __init__(self, out) -> None:
+        self.out, self.digest, self.size = out, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.out.write(data)
+
+
+class _PlainSize:
+    def __init__(self, sink: HashingGzipFile) -> None:
+        self.sink, self.size = sink, 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return self.sink.write(data)
+
+
+def movable(store: Store, upper: str) -> bool:
+    """Whether the upper can be the layer directory itself."""
+    if store.whiteout_format != "overlay":
+        return False
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for name in dirnames:
+            if read_redirect(os.path.join(dirpath, name)) is not None:
+                return False
+        for name in filenames:
+            try:
+                if METACOPY in os.listxattr(os.path.join(dirpath, name),
+                                            follow_symlinks=False):
+                    return False
+            except OSError:
+                continue
+    return True
+
+
+def write_blob(upper: str, space: Workspace) -> tuple[str, LayerDigests]:
+    """The upper as a gzip layer blob in ``space``, and its digests."""
+    blob = space.new_path("step.tar.gz")
+    with open(blob, "wb") as out:
+        compressed = _Counting(out)
+        sink = HashingGzipFile(compressed)
+        plain = _PlainSize(sink)
+        entries = write_layer_tar(upper, plain, convert_whiteouts=True)  # type: ignore[arg-type]
+        sink.finish()
+    digests = LayerDigests("sha256:" + compressed.digest.hexdigest(), compressed.size,
+                           "sha256:" + sink.plain.hexdigest(), plain.size, "gzip", entries)
+    return blob, digests
+
+
+class PreparedLayerAdder(ImageAdder):
+    """An ImageAdder that moves a prepared directory into place for a layer it knows (by
+    diff_id) instead of unpacking the layer's blob."""
+
+    def __init__(self, store: Store, space: Workspace,
+                 prepared: dict[str, tuple[str, LayerDigests]]) -> None:
+        super().__init__(store, space)
+        self.prepared = prepared
+
+    def add_layer(self, source: Source, layer: LayerSpec, chain: list[str], what: str,
+                  wait_for_parents: Callable[[], None] | None = None) -> AddedLayer:
+        prepared = self.prepared.get(layer.diff_id)
+        if prepared is None:
+            return super().add_layer(source, layer, chain, what, wait_for_parents)
+        directory, digests = prepared
+        chain_id = chain[-1]
+        with self.store.layer_lock(chain_id):
+            if self.store.layer_recorded(chain_id):
+                return self._keep_blob_only(source, layer, chain_id, what)
+            if wait_for_parents is not None:
+                wait_for_parents()
+            os.chmod(directory, 0o755)
+            syncfs(directory)
+            self._install_layer(chain, layer.diff_id, directory, digests)
+            self._place_blob(os.path.join(self.space.path, layer.path), digests.blob_digest)
+            del self.prepared[layer.diff_id]
+            return AddedLayer(chain_id, layer.diff_id, digests.blob_digest, mt.OCI_LAYER_GZIP,
+                              digests.blob_size)
