@@ -160,9 +160,17 @@ class Builder:
         self.rules = IgnoreRules.for_context(options.context)
         self.results: dict[int, str | None] = {}
         self.stage_names: dict[str, int] = {}
-        self.space: Workspace | None = None
+        # the store's adding lock and a workspace, taken when a step first adds something (a
+        # build whose every step is cached adds nothing)
+        self._adding = contextlib.ExitStack()
+        self._space: Workspace | None = None
         # RUN uppers to move into the store as layers, by diff_id (build.layers)
         self.prepared: dict[str, tuple[str, Any]] = {}
+
+    def _workspace(self) -> Workspace:
+        if self._space is None:
+            self._space = self._adding.enter_context(self.store.adding())
+        return self._space
 
     # ------------------------------------------------------------------ output
 
@@ -188,8 +196,7 @@ class Builder:
                 self.stage_names[stage.name] = stage.index
         target = self._target(stages)
         needed = sorted(self._needed(stages, target))
-        with self.store.adding() as space:
-            self.space = space
+        with self._adding:
             for index in needed:
                 self._build_stage(stages[index], len(needed) > 1, needed.index(index) + 1,
                                   len(needed))
@@ -356,7 +363,6 @@ class Builder:
 
     def _add_image(self, parent: str | None, config: dict[str, Any],
                    layer: tuple[str, str] | None, names: list[str]) -> str:
-        assert self.space is not None
         layers = [] if parent is None else [
             LayerSpec("", r["media_type"], r["blob_digest"], None, r["diff_id"])
             for r in self.store.db.execute(
@@ -367,8 +373,9 @@ class Builder:
                                     layer[1]))
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
         spec = ImageSpec(config_bytes, config, layers, names)
-        image_id = step_layers.PreparedLayerAdder(self.store, self.space, self.prepared).add_image(
-            spec, DirectorySource(self.space.path), "build step")
+        space = self._workspace()
+        image_id = step_layers.PreparedLayerAdder(self.store, space, self.prepared).add_image(
+            spec, DirectorySource(space.path), "build step")
         if layer is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(layer[0])
@@ -555,14 +562,13 @@ class Builder:
     def _run_layer(self, container: Container) -> tuple[str, str] | None:
         """A RUN's layer: its upper, moved into the store when it can be (``layers``),
         else written and unpacked as ``commit`` does; None when nothing changed."""
-        assert self.space is not None
         upper = rootfs.upper_dir(self.store, container)
         if not os.listdir(upper):
             return None
         if not step_layers.movable(self.store, upper):
-            return upper_layer(self.store, container, self.space)
-        blob, digests = step_layers.write_blob(upper, self.space)
-        kept = self.space.new_path("layer-" + digests.diff_id[7:])
+            return upper_layer(self.store, container, self._workspace())
+        blob, digests = step_layers.write_blob(upper, self._workspace())
+        kept = self._workspace().new_path("layer-" + digests.diff_id[7:])
         os.rename(upper, kept)  # out of the container's directory, which goes next
         os.mkdir(upper, 0o755)
         self.prepared[digests.diff_id] = (kept, digests)
@@ -576,8 +582,7 @@ class Builder:
         os.dup2(devnull, 0)
         os.close(devnull)
         try:
-            assert self.space is not None
-            log = self.space.new_path("run.log") if self.options.quiet else None
+            log = self._workspace().new_path("run.log") if self.options.quiet else None
             try:
                 return runtime.execute(self.store, container, log_path=log)
             except ImageError as e:
@@ -654,55 +659,55 @@ class Builder:
             except ValueError:
                 raise ins.error(f"invalid --chmod {ins.flags['chmod']!r} (octal)") from None
         chown = expand_word(ins.flags.get("chown") or "", variables, self.escape)
-        with self._source_root(ins, variables) as (root, rules):
-            if ins.keyword == "ADD":
-                archives = [s for s in sources if ctx.is_archive(
-                    os.path.join(root, posixpath.normpath("/" + s).lstrip("/")))]
-            else:
-                archives = []
-            plain = [s for s in sources if s not in archives]
-            what = f"{ins.keyword} failed"
-            entries = ctx.collect(root, plain, dest, rules=rules, dest_is_dir_in_image=False,
-                                  what=what) if plain else []
-            archive_paths = [os.path.join(root, posixpath.normpath("/" + s).lstrip("/"))
-                             for s in archives]
-            digest = ctx.digest(entries + [ctx.Entry(a, dest) for a in archive_paths], chmod)
-            kind = "multi" if len(sources) > 1 else (
-                "dir" if entries and entries[0].top else "file")
-            created_by = f"/bin/sh -c #(nop) {ins.keyword} {kind}:{digest} in {dest} "
-            description = [created_by, chown, str(chmod), ins.flags.get("from") or ""]
+        copy = _Copy(ins, sources, dest, chown, chmod)
+        source = ins.flags.get("from")
+        if source:
+            # an image's files are fixed by its id: the key needs no mount, only a miss does
+            image_id = self._from_image(ins, expand_word(source, variables, self.escape))
+            description = [f"{ins.keyword} --from={image_id} {json.dumps(sources)} {dest}",
+                           chown, str(chmod)]
 
-            def action() -> None:
-                spec = RunSpec(command=["true"], entrypoint=[], runtime="runc")
-                with self._container(state, spec) as container:
-                    point = rootfs.mount(self.store, container)
-                    owner = self._owner(point, chown, same_gid=True)
-                    target = ctx.resolve_in_root(point, dest)
-                    real = ctx.collect(root, plain, dest, rules=rules,
-                                       dest_is_dir_in_image=os.path.isdir(target),
-                                       what=what) if plain else []
-                    if archive_paths:  # extracted through the mount: the upper is the layer
-                        ctx.copy_entries(point, real, owner, chmod)
-                        for archive in archive_paths:
-                            ctx.extract_archive(point, archive, dest)
-                        self._ensure_workdir(state, point)  # after the copy, as buildah does
-                        rootfs.unmount(self.store, records.get(self.store, container.id))
-                        layer = upper_layer(self.store, records.get(self.store, container.id),
-                                            self.space)  # type: ignore[arg-type]
-                    else:
-                        layer = self._copy_layer(state, point, real, owner, chmod)
-                self._commit(state, created_by, layer)
-            self._cached(state, description, action)
+            def from_image() -> None:
+                with self._mounted_image(image_id) as root:
+                    self._do_copy(state, copy, root, None)
+            self._cached(state, description, from_image)
+            return
+        plan = copy.plan(self.options.context, self.rules)
+        self._cached(state, [plan.created_by, chown, str(chmod)],
+                     lambda: self._do_copy(state, copy, self.options.context, self.rules))
+
+    def _do_copy(self, state: State, copy: _Copy, root: str,
+                 rules: IgnoreRules | None) -> None:
+        """The copy, in a container over the stage's image; its layer, and the step's image."""
+        plan = copy.plan(root, rules)
+        spec = RunSpec(command=["true"], entrypoint=[], runtime="runc")
+        with self._container(state, spec) as container:
+            point = rootfs.mount(self.store, container)
+            owner = self._owner(point, copy.chown, same_gid=True)
+            target = ctx.resolve_in_root(point, copy.dest)
+            real = ctx.collect(root, plan.plain, copy.dest, rules=rules,
+                               dest_is_dir_in_image=os.path.isdir(target),
+                               what=copy.what) if plan.plain else []
+            if plan.archives:  # extracted through the mount: the upper is the layer
+                ctx.copy_entries(point, real, owner, copy.chmod)
+                for archive in plan.archives:
+                    ctx.extract_archive(point, archive, copy.dest)
+                self._ensure_workdir(state, point)  # after the copy, as buildah does
+                rootfs.unmount(self.store, records.get(self.store, container.id))
+                layer = upper_layer(self.store, records.get(self.store, container.id),
+                                    self._workspace())  # type: ignore[arg-type]
+            else:
+                layer = self._copy_layer(state, point, real, owner, copy.chmod)
+        self._commit(state, plan.created_by, layer)
 
     def _copy_layer(self, state: State, point: str, entries: list[ctx.Entry],
                     owner: tuple[int, int], chmod: int | None) -> tuple[str, str] | None:
         """A COPY's layer written straight from its sources (``context.layer_of_copy``);
         None when it copies nothing."""
-        assert self.space is not None
         workdir = state.inner.get("WorkingDir")
         also = [(workdir, self._owner(point, state.inner.get("User") or ""))] if workdir \
             else []
-        blob = self.space.new_path("copy.tar.gz")
+        blob = self._workspace().new_path("copy.tar.gz")
         with open(blob, "wb") as out:
             sink = HashingGzipFile(out)
             count = ctx.layer_of_copy(point, entries, owner, chmod, also, sink)
@@ -712,32 +717,31 @@ class Builder:
             return None
         return blob, "sha256:" + sink.plain.hexdigest()
 
-    @contextlib.contextmanager
-    def _source_root(self, ins: Instruction, variables: dict[str, str]
-                     ) -> Iterator[tuple[str, IgnoreRules | None]]:
-        """Where the sources are: the context (with its ignore rules), or the rootfs of the
-        stage or image ``--from`` names, mounted for the step."""
-        source = ins.flags.get("from")
-        if not source:
-            yield self.options.context, self.rules
-            return
-        source = expand_word(source, variables, self.escape)
+    def _from_image(self, ins: Instruction, source: str) -> str | None:
+        """The image ``COPY --from`` names: an earlier stage's (None: an empty scratch
+        stage), or an image by name or id (pulled when missing)."""
         ref = self._stage_ref(source)
         if ref is not None:
-            image_id = self.results.get(ref)
             if ref not in self.results:
                 raise ins.error(f"stage {source} is not an earlier stage")
-        else:
-            image_id = self.resolve_image(source)
-        if image_id is None:  # an empty scratch stage
-            empty = self.space.new_path("empty")  # type: ignore[union-attr]
+            return self.results[ref]
+        try:
+            return self.resolve_image(source)
+        except ImageError as e:
+            raise ins.error(str(e)) from None
+
+    @contextlib.contextmanager
+    def _mounted_image(self, image_id: str | None) -> Iterator[str]:
+        """The image's rootfs, mounted (a container's, removed after)."""
+        if image_id is None:
+            empty = self._workspace().new_path("empty")
             os.makedirs(empty, exist_ok=True)
-            yield empty, None
+            yield empty
             return
         spec = RunSpec(command=["true"], entrypoint=[], runtime="runc")
         container = lifecycle.create(self.store, image_id, "build-from", None, spec)
         try:
-            yield rootfs.mount(self.store, container), None
+            yield rootfs.mount(self.store, container)
         finally:
             with contextlib.suppress(ImageError):
                 lifecycle.remove(self.store, records.get(self.store, container.id), force=True)
@@ -772,3 +776,42 @@ def _entries(point: str, file: str) -> list[list[str]]:
             return [line.rstrip("\n").split(":") for line in f if line.strip()]
     except OSError:
         return []
+
+
+@dataclass
+class _Plan:
+    plain: list[str]        # sources copied as they are
+    archives: list[str]     # ADD's local archives (host paths), extracted
+    created_by: str         # the history entry, with the digest of what is copied
+
+
+@dataclass
+class _Copy:
+    """A COPY or ADD after substitution: what it copies where, and how."""
+
+    ins: Instruction
+    sources: list[str]
+    dest: str
+    chown: str
+    chmod: int | None
+
+    @property
+    def what(self) -> str:
+        return f"{self.ins.keyword} failed"
+
+    def plan(self, root: str, rules: IgnoreRules | None) -> _Plan:
+        def host(source: str) -> str:
+            return os.path.join(root, posixpath.normpath("/" + source).lstrip("/"))
+
+        archives = [s for s in self.sources if self.ins.keyword == "ADD"
+                    and ctx.is_archive(host(s))]
+        plain = [s for s in self.sources if s not in archives]
+        entries = ctx.collect(root, plain, self.dest, rules=rules, dest_is_dir_in_image=False,
+                              what=self.what) if plain else []
+        archive_paths = [host(s) for s in archives]
+        digest = ctx.digest(entries + [ctx.Entry(a, self.dest) for a in archive_paths],
+                            self.chmod)
+        kind = "multi" if len(self.sources) > 1 else (
+            "dir" if entries and entries[0].top else "file")
+        return _Plan(plain, archive_paths,
+                     f"/bin/sh -c #(nop) {self.ins.keyword} {kind}:{digest} in {self.dest} ")

@@ -25,9 +25,18 @@ def key(parent: str | None, description: list[str]) -> str:
     return hashlib.sha256(json.dumps([parent or "scratch", *description]).encode()).hexdigest()
 
 
+_ready: set[str] = set()  # the stores whose table exists (checked once per process)
+
+
 def _ensure(store: Store) -> None:
-    with store.transaction() as db:
-        db.execute(_TABLE)
+    if store.root in _ready:
+        return
+    exists = store.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                              "name = 'build_cache'").fetchone()
+    if exists is None:
+        with store.transaction() as db:
+            db.execute(_TABLE)
+    _ready.add(store.root)
 
 
 def lookup(store: Store, cache_key: str) -> str | None:
