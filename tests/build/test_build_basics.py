@@ -3,9 +3,12 @@ Containerfiles, the same results (rootfs, config, layers, history)."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import tarfile
+import threading
 
 from tests.build.conftest import build_both, compare, write_context
 from tests.container.conftest import IMAGE
@@ -157,3 +160,29 @@ RUN echo more >> /srv/lower/c.txt && rm -rf /srv/doomed
     loaded = podman("load", "-i", archive).stdout
     assert "saved:1" in loaded
     compare(px, podman, built, "docker.io/library/saved:1")
+
+
+def test_add_of_a_url(px, podman, tmp_path):
+    """ADD fetches a URL (a local HTTP server here): mode 0600, the server's Last-Modified as
+    the mtime, not extracted even when it is an archive."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "page.txt").write_text("served page\n")
+    with tarfile.open(served / "data.tar.gz", "w:gz") as tar:
+        tar.add(served / "page.txt", arcname="inside.txt")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        context = write_context(tmp_path / "ctx", {"Containerfile": f"""FROM {IMAGE}
+ADD {base}/page.txt /downloads/
+ADD --chown=app {base}/data.tar.gz /downloads/renamed.tar.gz
+ADD {base}/page.txt {base}/data.tar.gz /both/
+"""})
+        ours, theirs = build_both(px, podman, context)
+    finally:
+        server.shutdown()
+        server.server_close()
+    compare(px, podman, ours, theirs)

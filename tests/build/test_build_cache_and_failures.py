@@ -142,7 +142,7 @@ def test_unsupported_instructions_fail_before_anything_runs(px, tmp_path):
         "FROM busybox:test\nRUN --mount=type=cache,target=/c true\n":
             "line 2: RUN: the --mount flag is not supported",
         "RUN true\nFROM busybox:test\n": "line 1: RUN: no build stage",
-        "FROM busybox:test\nADD https://example.com/x /x\n": "line 2: ADD: a URL source",
+        "FROM busybox:test\nADD git@github.com:a/b.git /x\n": "line 2: ADD: a git source",
         "# escape=x\nFROM busybox:test\n": "invalid escape token",
         "FROM busybox:test\nCOPY onlyone\n": "line 2: COPY: requires at least two arguments",
     }

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from unionfs.image import mediatypes as mt
-from unionfs.image.archive.compression import HashingGzipFile
 from unionfs.image.archive.formats import ImageSpec, LayerSpec, Platform
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.build import cache
@@ -30,11 +29,13 @@ from unionfs.image.build import context as ctx
 from unionfs.image.build import layers as step_layers
 from unionfs.image.build.dockerfile import Dockerfile, DockerfileError, Instruction, parse
 from unionfs.image.build.ignore import IgnoreRules
+from unionfs.image.build.squash import write_squashed
 from unionfs.image.build.words import expand_word, expand_words, split_keeping_quotes
 from unionfs.image.container import lifecycle, records, rootfs, runtime
 from unionfs.image.container.commit import upper_layer
 from unionfs.image.container.records import Container, RunSpec
 from unionfs.image.errors import ImageError
+from unionfs.image.mounts import layer_dirs
 from unionfs.image.store import Store, Workspace
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -57,6 +58,7 @@ class Options:
     labels: dict[str, str] = field(default_factory=dict)
     quiet: bool = False
     network: str = "host"
+    squash: bool = False
 
 
 @dataclass
@@ -159,6 +161,7 @@ class Builder:
         self.out = out or sys.stdout
         self.rules = IgnoreRules.for_context(options.context)
         self.results: dict[int, str | None] = {}
+        self.base_layers: dict[int, int] = {}  # per stage: the layers of its FROM image
         self.stage_names: dict[str, int] = {}
         # the store's adding lock and a workspace, taken when a step first adds something (a
         # build whose every step is cached adds nothing)
@@ -203,6 +206,8 @@ class Builder:
             image_id = self.results[target.index]
             if image_id is None or self.options.labels:
                 image_id = self._final_labels(image_id)
+            if self.options.squash:
+                image_id = self._squash(image_id, self.base_layers[target.index])
             self._tag(image_id)
         return image_id
 
@@ -259,6 +264,7 @@ class Builder:
     def _build_stage(self, stage: Stage, multi: bool, number: int, count: int) -> None:
         base_text = self._expand_global(stage.from_ins.args.split()[0])
         state = self._base_state(base_text, stage)
+        base_layers = len(state.config.get("rootfs", {}).get("diff_ids") or [])
         instructions = self._triggers(state, stage.from_ins) + stage.instructions
         total = len(instructions) + 1
         prefix = f"[{number}/{count}] " if multi else ""
@@ -267,6 +273,7 @@ class Builder:
             self.say(f"{prefix}STEP {n}/{total}: {ins.original}")
             self._step(state, ins)
         self.results[stage.index] = state.image_id
+        self.base_layers[stage.index] = base_layers
 
     def _base_state(self, base: str, stage: Stage) -> State:
         if base.lower() == "scratch":
@@ -362,12 +369,15 @@ class Builder:
         state.config = config
 
     def _add_image(self, parent: str | None, config: dict[str, Any],
-                   layer: tuple[str, str] | None, names: list[str]) -> str:
+                   layer: tuple[str, str] | None, names: list[str],
+                   keep_layers: int | None = None) -> str:
+        """An image of ``parent``'s layers (the first ``keep_layers`` of them) plus
+        ``layer``, with ``config``."""
         layers = [] if parent is None else [
             LayerSpec("", r["media_type"], r["blob_digest"], None, r["diff_id"])
             for r in self.store.db.execute(
                 "SELECT diff_id, blob_digest, media_type FROM image_layers "
-                "WHERE image_id = ? ORDER BY position", (parent,))]
+                "WHERE image_id = ? ORDER BY position", (parent,))][:keep_layers]
         if layer is not None:
             layers.append(LayerSpec(os.path.basename(layer[0]), mt.OCI_LAYER_GZIP, None, None,
                                     layer[1]))
@@ -660,6 +670,9 @@ class Builder:
                 raise ins.error(f"invalid --chmod {ins.flags['chmod']!r} (octal)") from None
         chown = expand_word(ins.flags.get("chown") or "", variables, self.escape)
         copy = _Copy(ins, sources, dest, chown, chmod)
+        if ins.keyword == "ADD":
+            copy.downloads = {url: fetch(url, self._workspace().new_path(f"url{n}"))
+                              for n, url in enumerate(sources) if is_url(url)}
         source = ins.flags.get("from")
         if source:
             # an image's files are fixed by its id: the key needs no mount, only a miss does
@@ -685,9 +698,7 @@ class Builder:
             point = rootfs.mount(self.store, container)
             owner = self._owner(point, copy.chown, same_gid=True)
             target = ctx.resolve_in_root(point, copy.dest)
-            real = ctx.collect(root, plan.plain, copy.dest, rules=rules,
-                               dest_is_dir_in_image=os.path.isdir(target),
-                               what=copy.what) if plan.plain else []
+            real = copy.plan(root, rules, os.path.isdir(target)).entries
             if plan.archives:  # extracted through the mount: the upper is the layer
                 ctx.copy_entries(point, real, owner, copy.chmod)
                 for archive in plan.archives:
@@ -709,7 +720,7 @@ class Builder:
             else []
         blob = self._workspace().new_path("copy.tar.gz")
         with open(blob, "wb") as out:
-            sink = HashingGzipFile(out)
+            sink = step_layers.ParallelGzip(out)
             count = ctx.layer_of_copy(point, entries, owner, chmod, also, sink)
             sink.finish()
         if count == 0:
@@ -758,6 +769,32 @@ class Builder:
             config["created"] = _now()
         return self._add_image(image_id, config, None, [])
 
+    def _squash(self, image_id: str, base_layers: int) -> str:
+        """The image with the layers the build added squashed into one (``squash``)."""
+        directories = layer_dirs(self.store, image_id)
+        config = self._config(image_id)
+        diff_ids = list(config["rootfs"]["diff_ids"])
+        if len(diff_ids) - base_layers < 2:
+            return image_id
+        blob = self._workspace().new_path("squashed.tar.gz")
+        with open(blob, "wb") as out:
+            sink = step_layers.ParallelGzip(out)
+            write_squashed(list(reversed(directories[base_layers:])), sink)
+            sink.finish()
+        diff_id = "sha256:" + sink.plain.hexdigest()
+        config["rootfs"]["diff_ids"] = diff_ids[:base_layers] + [diff_id]
+        kept, seen = [], 0
+        for entry in config.get("history") or []:  # the base's, then the squashed layer's
+            if seen >= base_layers:
+                break
+            kept.append(entry)
+            if not entry.get("empty_layer"):
+                seen += 1
+        now = _now()
+        config["history"] = kept + [{"created": now, "created_by": "pyunion build --squash"}]
+        config["created"] = now
+        return self._add_image(image_id, config, (blob, diff_id), [], keep_layers=base_layers)
+
     def _tag(self, image_id: str) -> None:
         if not self.options.tags:
             return
@@ -780,9 +817,41 @@ def _entries(point: str, file: str) -> list[list[str]]:
 
 @dataclass
 class _Plan:
-    plain: list[str]        # sources copied as they are
-    archives: list[str]     # ADD's local archives (host paths), extracted
-    created_by: str         # the history entry, with the digest of what is copied
+    entries: list[ctx.Entry]  # what is copied as it is (context files, downloads)
+    archives: list[str]       # ADD's local archives (host paths), extracted
+    created_by: str           # the history entry, with the digest of what is copied
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def fetch(url: str, directory: str) -> str:
+    """ADD of a URL: the file downloaded into ``directory`` under the URL's last path
+    element, mode 0600, its mtime the server's Last-Modified (as docker does)."""
+    import email.utils
+    import shutil
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    name = posixpath.basename(urllib.parse.urlsplit(url).path)
+    if not name:
+        raise ImageError(f"ADD {url}: cannot tell a file name from the URL")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+            shutil.copyfileobj(response, out)
+            modified = response.headers.get("Last-Modified")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ImageError(f"ADD {url}: {getattr(e, 'reason', None) or e}") from None
+    os.chmod(path, 0o600)
+    if modified:
+        with contextlib.suppress(TypeError, ValueError):
+            when = email.utils.parsedate_to_datetime(modified).timestamp()
+            os.utime(path, (when, when))
+    return path
 
 
 @dataclass
@@ -794,24 +863,31 @@ class _Copy:
     dest: str
     chown: str
     chmod: int | None
+    downloads: dict[str, str] = field(default_factory=dict)  # ADD's URLs -> the files
 
     @property
     def what(self) -> str:
         return f"{self.ins.keyword} failed"
 
-    def plan(self, root: str, rules: IgnoreRules | None) -> _Plan:
+    def plan(self, root: str, rules: IgnoreRules | None, dest_is_dir: bool = False) -> _Plan:
         def host(source: str) -> str:
             return os.path.join(root, posixpath.normpath("/" + source).lstrip("/"))
 
-        archives = [s for s in self.sources if self.ins.keyword == "ADD"
-                    and ctx.is_archive(host(s))]
-        plain = [s for s in self.sources if s not in archives]
-        entries = ctx.collect(root, plain, self.dest, rules=rules, dest_is_dir_in_image=False,
-                              what=self.what) if plain else []
+        local = [s for s in self.sources if s not in self.downloads]
+        archives = [s for s in local if self.ins.keyword == "ADD" and ctx.is_archive(host(s))]
+        plain = [s for s in local if s not in archives]
+        entries = ctx.collect(root, plain, self.dest, rules=rules,
+                              dest_is_dir_in_image=dest_is_dir or bool(self.downloads)
+                              and len(self.sources) > 1, what=self.what) if plain else []
+        into_dir = self.dest.endswith("/") or len(self.sources) > 1 or dest_is_dir
+        for path in self.downloads.values():
+            target = posixpath.join(self.dest, os.path.basename(path)) if into_dir \
+                else self.dest
+            entries.append(ctx.Entry(path, target))
         archive_paths = [host(s) for s in archives]
         digest = ctx.digest(entries + [ctx.Entry(a, self.dest) for a in archive_paths],
                             self.chmod)
         kind = "multi" if len(self.sources) > 1 else (
             "dir" if entries and entries[0].top else "file")
-        return _Plan(plain, archive_paths,
+        return _Plan(entries, archive_paths,
                      f"/bin/sh -c #(nop) {self.ins.keyword} {kind}:{digest} in {self.dest} ")

@@ -180,5 +180,5 @@ def _check(ins: Instruction, escape: str) -> None:
         word = ins.args.split(None, 1)[0].upper() if ins.args else ""
         if word not in ("NONE", "CMD"):
             raise ins.error("the first argument must be CMD or NONE")
-    if k == "ADD" and re.search(r"(^|\s|\[\")(https?|git)://", ins.args):
-        raise ins.error("a URL source is not supported (download it into the context)")
+    if k == "ADD" and re.search(r"(^|\s|\[\")git(@|://)", ins.args):
+        raise ins.error("a git source is not supported (clone it into the context)")

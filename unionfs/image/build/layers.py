@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from unionfs.fs.ondisk import read_redirect
 from unionfs.image import mediatypes as mt
-from unionfs.image.archive.compression import HashingGzipFile
+from unionfs.image.archive.compression import compress_gzip
 from unionfs.image.archive.formats import LayerSpec
 from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.sources import Source
@@ -39,13 +41,55 @@ class _Counting:
         return self.out.write(data)
 
 
-class _PlainSize:
-    def __init__(self, sink: HashingGzipFile) -> None:
-        self.sink, self.size = sink, 0
+class ParallelGzip:
+    """A write-only file like ``HashingGzipFile`` (the plain tar hashed: ``plain``; gzip
+    written to ``out``) that compresses on every CPU: the stream is cut into 4 MiB pieces,
+    each compressed as its own gzip member (zlib releases the GIL), written in order. A gzip
+    file may hold several members; every reader of layers (this store's, Go's) reads them.
+    ``size``: the plain bytes."""
+
+    PIECE = 4 << 20
+
+    def __init__(self, out) -> None:
+        self._out = out
+        self.plain = hashlib.sha256()
+        self.size = 0
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        workers = max(1, min(4, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=workers)
+        self._queue: deque[Future[bytes]] = deque()
+        self._limit = 2 * workers
+
+    @staticmethod
+    def _compress(data: bytes) -> bytes:
+        z = compress_gzip(1)
+        return z.compress(data) + z.flush()
 
     def write(self, data: bytes) -> int:
+        self.plain.update(data)
         self.size += len(data)
-        return self.sink.write(data)
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= self.PIECE:
+            self._submit()
+        return len(data)
+
+    def _submit(self) -> None:
+        piece = b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
+        self._queue.append(self._pool.submit(self._compress, piece))
+        while len(self._queue) > self._limit:
+            self._out.write(self._queue.popleft().result())
+
+    def finish(self) -> None:
+        try:
+            if self._pending or not self._queue:
+                self._submit()
+            while self._queue:
+                self._out.write(self._queue.popleft().result())
+        finally:
+            self._pool.shutdown(cancel_futures=True)
 
 
 def movable(store: Store, upper: str) -> bool:
@@ -71,12 +115,13 @@ def write_blob(upper: str, space: Workspace) -> tuple[str, LayerDigests]:
     blob = space.new_path("step.tar.gz")
     with open(blob, "wb") as out:
         compressed = _Counting(out)
-        sink = HashingGzipFile(compressed)
-        plain = _PlainSize(sink)
-        entries = write_layer_tar(upper, plain, convert_whiteouts=True)  # type: ignore[arg-type]
-        sink.finish()
+        sink = ParallelGzip(compressed)
+        try:
+            entries = write_layer_tar(upper, sink, convert_whiteouts=True)
+        finally:
+            sink.finish()
     digests = LayerDigests("sha256:" + compressed.digest.hexdigest(), compressed.size,
-                           "sha256:" + sink.plain.hexdigest(), plain.size, "gzip", entries)
+                           "sha256:" + sink.plain.hexdigest(), sink.size, "gzip", entries)
     return blob, digests
 
 

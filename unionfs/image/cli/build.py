@@ -48,6 +48,8 @@ def register(commands) -> None:
     p.add_argument("--iidfile", metavar="FILE", help="write the image id to FILE")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print only the image id (no steps, no RUN output)")
+    p.add_argument("--squash", action="store_true",
+                   help="squash the layers the build adds into one")
     p.add_argument("--network", choices=("host", "none"), default="host",
                    help="RUN's network: host (default) or none (loopback only)")
     p.add_argument("context", metavar="CONTEXT", help="the build context directory")
@@ -65,7 +67,7 @@ def run(args, store: Store) -> int:
     options = Options(context=context, file=args.file, tags=tags,
                       build_args=dict(args.build_arg), target=args.target,
                       no_cache=args.no_cache, labels=dict(args.label), quiet=args.quiet,
-                      network=args.network)
+                      network=args.network, squash=args.squash)
     policy = "always" if args.pull else "missing"
 
     def resolve_image(text: str) -> str:
