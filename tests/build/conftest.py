@@ -120,10 +120,13 @@ def write_context(directory: Path, files: dict[str, str | bytes]) -> Path:
     return directory
 
 
-def build_both(px: Pyunion, podman: Podman, context: Path, *args: Any) -> tuple[str, str]:
-    """The context built by both (``args``: extra options for both); the two image ids."""
+def build_both(px: Pyunion, podman: Podman, context: Path, *args: Any,
+               podman_layers: bool = True) -> tuple[str, str]:
+    """The context built by both (``args``: extra options for both; podman with ``--layers``
+    unless told, as ``--squash`` wants); the two image ids."""
     ours = px("build", "-q", *args, context, timeout=300)
-    theirs = podman("build", "--layers", "-q", *args, context, cwd=context)
+    layers = ["--layers"] if podman_layers else []
+    theirs = podman("build", *layers, "-q", *args, context, cwd=context)
     return "sha256:" + ours.stdout.split()[-1], "sha256:" + theirs.stdout.split()[-1]
 
 

@@ -157,3 +157,19 @@ def test_unsupported_instructions_fail_before_anything_runs(px, tmp_path):
         "Containerfile": f"FROM {IMAGE}\nCOPY nothere /x\n"})
     result = px("build", missing, check=False)
     assert result.returncode == 1 and "file not found in build context" in result.stderr
+
+
+def test_squash(px, podman, tmp_path):
+    """--squash: the base's layers, then one layer for all the build's steps (deletions of
+    base files and of files earlier steps made, an emptied and remade directory)."""
+    context = write_context(tmp_path / "ctx", {"Containerfile": f"""FROM {IMAGE}
+RUN mkdir /a && echo 1 > /a/one && echo x > /etc/x && echo gone > /a/gone
+ENV K=v
+COPY f /a/f
+RUN rm /a/one /etc/x /srv/lower/a.txt && echo 2 > /a/two && rm -rf /srv/opq \\
+    && mkdir /srv/opq && echo new > /srv/opq/new && rm /a/gone
+RUN rm /bin/true
+""", "f": "f\n"})
+    ours, theirs = build_both(px, podman, context, "--squash", podman_layers=False)
+    mine = compare(px, podman, ours, theirs)
+    assert len(mine["RootFS"]["Layers"]) == 2

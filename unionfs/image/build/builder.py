@@ -161,7 +161,8 @@ class Builder:
         self.out = out or sys.stdout
         self.rules = IgnoreRules.for_context(options.context)
         self.results: dict[int, str | None] = {}
-        self.base_layers: dict[int, int] = {}  # per stage: the layers of its FROM image
+        # per stage: the layers and history entries of its FROM image
+        self.base_layers: dict[int, tuple[int, int]] = {}
         self.stage_names: dict[str, int] = {}
         # the store's adding lock and a workspace, taken when a step first adds something (a
         # build whose every step is cached adds nothing)
@@ -207,7 +208,7 @@ class Builder:
             if image_id is None or self.options.labels:
                 image_id = self._final_labels(image_id)
             if self.options.squash:
-                image_id = self._squash(image_id, self.base_layers[target.index])
+                image_id = self._squash(image_id, *self.base_layers[target.index])
             self._tag(image_id)
         return image_id
 
@@ -265,6 +266,7 @@ class Builder:
         base_text = self._expand_global(stage.from_ins.args.split()[0])
         state = self._base_state(base_text, stage)
         base_layers = len(state.config.get("rootfs", {}).get("diff_ids") or [])
+        base_history = len(state.config.get("history") or [])
         instructions = self._triggers(state, stage.from_ins) + stage.instructions
         total = len(instructions) + 1
         prefix = f"[{number}/{count}] " if multi else ""
@@ -273,7 +275,7 @@ class Builder:
             self.say(f"{prefix}STEP {n}/{total}: {ins.original}")
             self._step(state, ins)
         self.results[stage.index] = state.image_id
-        self.base_layers[stage.index] = base_layers
+        self.base_layers[stage.index] = base_layers, base_history
 
     def _base_state(self, base: str, stage: Stage) -> State:
         if base.lower() == "scratch":
@@ -769,7 +771,7 @@ class Builder:
             config["created"] = _now()
         return self._add_image(image_id, config, None, [])
 
-    def _squash(self, image_id: str, base_layers: int) -> str:
+    def _squash(self, image_id: str, base_layers: int, base_history: int) -> str:
         """The image with the layers the build added squashed into one (``squash``)."""
         directories = layer_dirs(self.store, image_id)
         config = self._config(image_id)
@@ -783,16 +785,15 @@ class Builder:
             sink.finish()
         diff_id = "sha256:" + sink.plain.hexdigest()
         config["rootfs"]["diff_ids"] = diff_ids[:base_layers] + [diff_id]
-        kept, seen = [], 0
-        for entry in config.get("history") or []:  # the base's, then the squashed layer's
-            if seen >= base_layers:
-                break
-            kept.append(entry)
-            if not entry.get("empty_layer"):
-                seen += 1
-        now = _now()
-        config["history"] = kept + [{"created": now, "created_by": "pyunion build --squash"}]
-        config["created"] = now
+        # every step keeps its entry, as podman's --squash does: the build's are empty but
+        # the last, which stands for the squashed layer
+        history = [dict(entry) for entry in config.get("history") or []]
+        for entry in history[base_history:]:
+            entry["empty_layer"] = True
+        if len(history) > base_history:
+            history[-1].pop("empty_layer", None)
+        config["history"] = history
+        config["created"] = _now()
         return self._add_image(image_id, config, (blob, diff_id), [], keep_layers=base_layers)
 
     def _tag(self, image_id: str) -> None:
