@@ -13,7 +13,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from bench import apt, containers, dataset, images, nullfs, pagecache, report, rootless
+from bench import apt, build, containers, dataset, images, nullfs, pagecache, report, rootless
 from bench.implementations import (
     ALL,
     REPO,
@@ -199,7 +199,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workloads", help="comma-separated: "
                     + ",".join([w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
                                + containers.NAMES + rootless.NAMES + pagecache.NAMES
-                               + apt.NAMES + nullfs.NAMES))
+                               + apt.NAMES + nullfs.NAMES + build.NAMES))
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds per workload process (default 300)")
     ap.add_argument("--latency-reps", type=int, default=10)
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     impl_names = select(args.only, list(ALL), "implementations")
     wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
                       + containers.NAMES + rootless.NAMES + pagecache.NAMES + apt.NAMES
-                      + nullfs.NAMES, "workloads")
+                      + nullfs.NAMES + build.NAMES, "workloads")
     workloads = [BY_NAME[n] for n in wl_names if n in BY_NAME]
     started = time.strftime("%Y%m%d-%H%M%S")
     t_start = time.monotonic()
@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         apt_rows = apt.run(args, apt.NAMES, run_dir, log) \
             if apt.APT in wl_names and "pyunion" in impl_names else {}
         nullfs_rows = nullfs.run(args) if nullfs.NULLFS in wl_names else {}
+        build_names = [n for n in wl_names if n in build.NAMES]
+        build_rows = build.run(args, build_names, run_dir, log) \
+            if build_names and "pyunion" in impl_names else {}
     finally:
         cleanup_cell(run_dir)
 
@@ -345,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     data["pagecache"] = pagecache_rows
     data["apt"] = apt_rows
     data["nullfs"] = nullfs_rows
+    data["build"] = build_rows
     print(report.render(data))
     if image_rows:
         print("\n".join(images.render(image_rows)))
@@ -358,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(apt.render(apt_rows)))
     if nullfs_rows:
         print("\n".join(nullfs.render(nullfs_rows)))
+    if build_rows:
+        print("\n".join(build.render(build_rows)))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.results_dir / f"{started}.json"
     json_path.write_text(json.dumps(data, indent=1))
