@@ -40,9 +40,11 @@ ENTRYPOINT ["/bin/sh", "-c"]
 CMD echo $GREETING
 """,
         "data.txt": "data\n"})
-    ours, theirs = build_both(px, podman, context, "--build-arg", "OWNER=app")
+    ours, theirs = build_both(px, podman, context, "--build-arg", "OWNER=app",
+                              "--label", "from.cli=yes")
     mine = compare(px, podman, ours, theirs)
     assert mine["Config"]["WorkingDir"] == "/opt/app/sub"
+    assert mine["Config"]["Labels"]["from.cli"] == "yes"
     assert "OTHER=fallback" in mine["Config"]["Env"]
 
 

@@ -136,6 +136,12 @@ def split_stages(dockerfile: Dockerfile) -> tuple[list[Instruction], list[Stage]
     return global_args, stages
 
 
+def _scratch_config() -> dict[str, Any]:
+    host = Platform.host()
+    return {"architecture": host.architecture, "os": host.os, "config": {},
+            "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -279,12 +285,7 @@ class Builder:
 
     def _base_state(self, base: str, stage: Stage) -> State:
         if base.lower() == "scratch":
-            host = Platform.host()
-            config: dict[str, Any] = {"architecture": host.architecture, "os": host.os,
-                                      "config": {}, "rootfs": {"type": "layers",
-                                                               "diff_ids": []},
-                                      "history": []}
-            return State(None, config)
+            return State(None, _scratch_config())
         ref = self._stage_ref(base)
         if ref is not None and ref < stage.index:
             image_id = self.results[ref]
@@ -762,14 +763,25 @@ class Builder:
     # ------------------------------------------------------------------ the end
 
     def _final_labels(self, image_id: str | None) -> str:
-        state = State(image_id, self._config(image_id) if image_id else
-                      self._base_state("scratch", Stage(0, None, None, [])).config)  # type: ignore[arg-type]
-        config = json.loads(json.dumps(state.config))
+        """The image with ``--label``s, a last step as buildah adds it (cached like one); an
+        empty image for a build of scratch alone."""
+        shown = " ".join(f'"{k}"="{v}"' for k, v in self.options.labels.items())
+        created_by = f"/bin/sh -c #(nop) LABEL {shown}"
+        key = cache.key(image_id, ["--label", created_by])
+        hit = None if self.options.no_cache else cache.lookup(self.store, key)
+        if hit is not None:
+            return hit
+        config = self._config(image_id) if image_id else _scratch_config()
         inner = config.setdefault("config", {})
         if self.options.labels:
             inner["Labels"] = {**(inner.get("Labels") or {}), **self.options.labels}
-            config["created"] = _now()
-        return self._add_image(image_id, config, None, [])
+            now = _now()
+            config["created"] = now
+            config["history"] = list(config.get("history") or []) + [
+                {"created": now, "created_by": created_by, "empty_layer": True}]
+        made = self._add_image(image_id, config, None, [])
+        cache.remember(self.store, key, made)
+        return made
 
     def _squash(self, image_id: str, base_layers: int, base_history: int) -> str:
         """The image with the layers the build added squashed into one (``squash``)."""
