@@ -32,7 +32,7 @@ if os.environ.get("PYUNION_BUILD_DEBIAN") != "1":
     collect_ignore = ["test_build_debian.py"]
 
 from tests.container import conftest as container_fixtures
-from tests.container.conftest import Pyunion, snapshot
+from tests.container.conftest import Pyunion, mounts_under, snapshot
 
 # the container tests' fixtures: the busybox image's archive and a fresh store holding it
 base_tar = container_fixtures.base_tar
@@ -89,9 +89,14 @@ class Podman:
             self("image", "unmount", "--force", image, check=False)
 
     def close(self) -> None:
+        """Removes its containers and mounts, then its directory (not ``system reset``,
+        which would also touch the host's networks)."""
         self("rm", "-a", "-f", check=False)
         self("image", "unmount", "-a", "--force", check=False)
-        self("system", "reset", "--force", check=False)
+        for point, _fstype, _source in mounts_under(self.base):
+            subprocess.run(["umount", point], capture_output=True)
+            if any(p == point for p, _, _ in mounts_under(self.base)):
+                subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -173,3 +173,23 @@ RUN rm /bin/true
     ours, theirs = build_both(px, podman, context, "--squash", podman_layers=False)
     mine = compare(px, podman, ours, theirs)
     assert len(mine["RootFS"]["Layers"]) == 2
+
+
+def test_run_network_none_quiet_failure_output_and_platform(px, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Containerfile": f"""FROM {IMAGE}
+RUN --network=none cat /proc/net/dev > /net-none
+RUN cat /proc/net/dev > /net-host
+"""})
+    image = px("build", "-q", "--platform", "linux/amd64", context).stdout.strip()
+    none = px("run", "--rm", image, "cat", "/net-none").stdout
+    host = px("run", "--rm", image, "cat", "/net-host").stdout
+    interfaces = [line.split(":")[0].strip() for line in none.splitlines() if ":" in line]
+    assert interfaces == ["lo"]
+    assert len(host.splitlines()) > len(none.splitlines())  # the host's interfaces
+    other = px("build", "-q", "--platform", "linux/s390x", context, check=False)
+    assert other.returncode == 1 and "only the host's platform" in other.stderr
+    failing = write_context(tmp_path / "failing", {
+        "Containerfile": f"FROM {IMAGE}\nRUN echo what went wrong; exit 5\n"})
+    quiet = px("build", "-q", failing, check=False)
+    assert quiet.returncode == 5 and quiet.stdout == ""
+    assert "what went wrong" in quiet.stderr and "exit status 5" in quiet.stderr

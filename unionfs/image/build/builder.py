@@ -588,22 +588,28 @@ class Builder:
         return blob, digests.diff_id
 
     def _execute(self, container: Container) -> int:
-        """The container's process to its end, its output ours (a log file with -q), its
-        stdin /dev/null."""
+        """The container's process to its end, its output ours (with -q a log file, shown on
+        stderr if the step fails), its stdin /dev/null."""
         saved = os.dup(0)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
+        log = self._workspace().new_path("run.log") if self.options.quiet else None
         try:
-            log = self._workspace().new_path("run.log") if self.options.quiet else None
-            try:
-                return runtime.execute(self.store, container, log_path=log)
-            except ImageError as e:
-                raise ImageError(f"cannot run {' '.join(container.spec.command or [])}: {e}",
-                                 e.exit_status) from None
+            code = runtime.execute(self.store, container, log_path=log)
+        except ImageError as e:
+            raise ImageError(f"cannot run {' '.join(container.spec.command or [])}: {e}",
+                             e.exit_status) from None
         finally:
             os.dup2(saved, 0)
             os.close(saved)
+        if log is not None:
+            if code != 0:
+                with open(log, "rb") as f:
+                    sys.stderr.buffer.write(f.read())
+                sys.stderr.flush()
+            os.unlink(log)
+        return code
 
     @contextlib.contextmanager
     def _container(self, state: State, spec: RunSpec) -> Iterator[Container]:

@@ -48,6 +48,8 @@ def register(commands) -> None:
     p.add_argument("--iidfile", metavar="FILE", help="write the image id to FILE")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print only the image id (no steps, no RUN output)")
+    p.add_argument("--platform", metavar="OS/ARCH",
+                   help="the platform to build for: only the host's (no emulation)")
     p.add_argument("--squash", action="store_true",
                    help="squash the layers the build adds into one")
     p.add_argument("--network", choices=("host", "none"), default="host",
@@ -60,6 +62,13 @@ def run(args, store: Store) -> int:
     from unionfs.image.build.builder import Builder, Options
     from unionfs.image.cli.create import find_image
 
+    if args.platform:
+        from unionfs.image.archive.formats import Platform
+
+        wanted, host = Platform.parse(args.platform), Platform.host()
+        if (wanted.os, wanted.architecture) != (host.os, host.architecture):
+            raise ImageError(f"cannot build for {wanted}: only the host's platform ({host}) "
+                             "can run RUN steps")
     context = os.path.abspath(args.context)
     if not os.path.isdir(context):
         raise ImageError(f"the build context {args.context} is not a directory")
