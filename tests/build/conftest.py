@@ -47,8 +47,12 @@ CONFIG_FIELDS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts
 
 
 class Podman:
+    # podman makes these whatever its configuration says: removed at close if it made them
+    RUN_DIRS = (Path("/run/containers/networks"), Path("/run/containers"))
+
     def __init__(self, base: Path) -> None:
         self.base = base
+        self._made = [d for d in self.RUN_DIRS if not d.exists()]
         graph, run, tmp = base / "graph", base / "run", base / "tmp"
         for d in (graph, run, tmp):
             d.mkdir(parents=True, exist_ok=True)
@@ -98,6 +102,9 @@ class Podman:
             if any(p == point for p, _, _ in mounts_under(self.base)):
                 subprocess.run(["umount", "-l", point], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
+        for directory in self._made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 @pytest.fixture(scope="session")
