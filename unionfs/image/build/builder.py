@@ -15,12 +15,14 @@ import datetime as dt
 import json
 import os
 import posixpath
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from unionfs.fs import override
 from unionfs.image import mediatypes as mt
 from unionfs.image.archive.formats import ImageSpec, LayerSpec, Platform
 from unionfs.image.archive.sources import DirectorySource
@@ -563,8 +565,8 @@ class Builder:
                            env=[f"{k}={v}" for k, v in in_scope.items()])
             with self._container(state, spec) as container:
                 point = rootfs.mount(self.store, container)
-                self._ensure_workdir(state, point)
-                code = self._execute(container)
+                self._ensure_workdir(state, point, container)
+                code = self._execute(records.get(self.store, container.id))
                 if code != 0:
                     raise ImageError(f'building at STEP "{ins.original}" (line {ins.line}): '
                                      f"exit status {code}", exit_status=code)
@@ -622,12 +624,26 @@ class Builder:
             with contextlib.suppress(ImageError):
                 lifecycle.remove(self.store, records.get(self.store, container.id), force=True)
 
-    def _ensure_workdir(self, state: State, point: str) -> None:
+    def _ensure_workdir(self, state: State, point: str,
+                        container: Container | None = None) -> str:
         """A WORKDIR that does not exist yet is made by the next RUN, COPY or ADD, owned by
-        the USER then (as buildah does)."""
+        the USER then (as buildah does). In an ordinary user's store the mount cannot give it
+        another owner: it is made there, then its owner recorded in the upper (the unmounted
+        ``container``'s, remounted): returns the mount point."""
         workdir = state.inner.get("WorkingDir")
-        if workdir and not os.path.isdir(ctx.resolve_in_root(point, workdir)):
-            ctx.make_parents(point, workdir, self._owner(point, state.inner.get("User") or ""))
+        if not workdir or os.path.isdir(ctx.resolve_in_root(point, workdir)):
+            return point
+        owner = self._owner(point, state.inner.get("User") or "")
+        if not self.store.records_owners:
+            ctx.make_parents(point, workdir, owner)
+            return point
+        assert container is not None
+        made = ctx.make_parents(point, workdir, (os.geteuid(), os.getegid()))
+        rootfs.unmount(self.store, records.get(self.store, container.id))
+        upper = rootfs.upper_dir(self.store, container)
+        for rel in made:
+            override.write(os.path.join(upper, rel), owner[0], owner[1], stat.S_IFDIR | 0o755)
+        return rootfs.mount(self.store, records.get(self.store, container.id))
 
     # ------------------------------------------------------------------ COPY and ADD
 
@@ -708,29 +724,23 @@ class Builder:
             owner = self._owner(point, copy.chown, same_gid=True)
             target = ctx.resolve_in_root(point, copy.dest)
             real = copy.plan(root, rules, os.path.isdir(target)).entries
-            if plan.archives:  # extracted through the mount: the upper is the layer
-                ctx.copy_entries(point, real, owner, copy.chmod)
-                for archive in plan.archives:
-                    ctx.extract_archive(point, archive, copy.dest)
-                self._ensure_workdir(state, point)  # after the copy, as buildah does
-                rootfs.unmount(self.store, records.get(self.store, container.id))
-                layer = upper_layer(self.store, records.get(self.store, container.id),
-                                    self._workspace())  # type: ignore[arg-type]
-            else:
-                layer = self._copy_layer(state, point, real, owner, copy.chmod)
+            layer = self._copy_layer(state, point, real, owner, copy.chmod, plan.archives,
+                                     copy.dest)
         self._commit(state, plan.created_by, layer)
 
     def _copy_layer(self, state: State, point: str, entries: list[ctx.Entry],
-                    owner: tuple[int, int], chmod: int | None) -> tuple[str, str] | None:
-        """A COPY's layer written straight from its sources (``context.layer_of_copy``);
-        None when it copies nothing."""
+                    owner: tuple[int, int], chmod: int | None, archives: list[str],
+                    dest: str) -> tuple[str, str] | None:
+        """A COPY's or ADD's layer written straight from its sources
+        (``context.layer_of_copy``); None when it copies nothing."""
         workdir = state.inner.get("WorkingDir")
         also = [(workdir, self._owner(point, state.inner.get("User") or ""))] if workdir \
             else []
         blob = self._workspace().new_path("copy.tar.gz")
         with open(blob, "wb") as out:
             sink = step_layers.ParallelGzip(out)
-            count = ctx.layer_of_copy(point, entries, owner, chmod, also, sink)
+            count = ctx.layer_of_copy(point, entries, owner, chmod, also, sink,
+                                      archives=archives, dest=dest)
             sink.finish()
         if count == 0:
             os.unlink(blob)

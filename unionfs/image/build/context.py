@@ -12,7 +12,6 @@ import fnmatch
 import hashlib
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 from dataclasses import dataclass
@@ -158,8 +157,10 @@ def digest(entries: list[Entry], chmod: int | None) -> str:
     return h.hexdigest()
 
 
-def make_parents(root: str, path: str, owner: tuple[int, int]) -> None:
-    """Creates the missing directories of ``path`` (inside the rootfs), 0755, ``owner``."""
+def make_parents(root: str, path: str, owner: tuple[int, int]) -> list[str]:
+    """Creates the missing directories of ``path`` (inside the rootfs), 0755, ``owner``;
+    returns them (relative to the rootfs)."""
+    made = []
     current = ""
     for name in [p for p in path.split("/") if p]:
         current = posixpath.join(current, name)
@@ -171,48 +172,8 @@ def make_parents(root: str, path: str, owner: tuple[int, int]) -> None:
         os.mkdir(host, 0o755)
         os.chmod(host, 0o755)
         os.lchown(host, *owner)
-
-
-def copy_entries(root: str, entries: list[Entry], owner: tuple[int, int],
-                 chmod: int | None) -> None:
-    """Copies the entries into the mounted rootfs ``root``: files, directories, symlinks and
-    fifos; ``owner`` for all, ``chmod`` for all but the destination directory, the sources'
-    modification times kept."""
-    for entry in entries:
-        st = os.lstat(entry.source)
-        make_parents(root, posixpath.dirname(entry.target.rstrip("/")) or "/", owner)
-        if entry.top:
-            make_parents(root, entry.target, owner)
-            continue
-        target = resolve_in_root(root, entry.target, follow_last=False)
-        mode = (st.st_mode & 0o7777) if chmod is None else chmod
-        if stat.S_ISDIR(st.st_mode):
-            if not os.path.isdir(resolve_in_root(root, entry.target)):
-                _remove(target)
-                os.mkdir(target, 0o700)
-            target = resolve_in_root(root, entry.target)
-        else:
-            _remove(target)
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(entry.source), target)
-                os.lchown(target, *owner)
-                continue
-            if stat.S_ISREG(st.st_mode):
-                shutil.copyfile(entry.source, target)
-            elif stat.S_ISFIFO(st.st_mode):
-                os.mkfifo(target)
-            else:
-                continue  # devices and sockets are not copied
-        os.lchown(target, *owner)
-        os.chmod(target, mode)
-        os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
+        made.append(os.path.relpath(host, root))
+    return made
 
 
 def is_archive(path: str) -> bool:
@@ -225,56 +186,17 @@ def is_archive(path: str) -> bool:
         return False
 
 
-def extract_archive(root: str, archive: str, dest: str) -> None:
-    """ADD of a local archive: its entries (owners, modes and times as recorded) under
-    ``dest``; every path is resolved inside the rootfs (``resolve_in_root``), so neither a
-    ``..`` nor a symlink can take an entry out of it."""
-    make_parents(root, dest, (0, 0))
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            name = posixpath.normpath("/" + member.name).lstrip("/")
-            if not name or name == ".":
-                continue
-            inside = posixpath.join(dest, name)
-            make_parents(root, posixpath.dirname(inside), (0, 0))
-            target = resolve_in_root(root, inside, follow_last=False)
-            if member.isdir():
-                if not os.path.isdir(target):
-                    _remove(target)
-                    os.mkdir(target, 0o700)
-            else:
-                _remove(target)
-                if member.isreg():
-                    with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
-                        shutil.copyfileobj(src, out)
-                elif member.issym():
-                    os.symlink(member.linkname, target)
-                elif member.islnk():
-                    linked = posixpath.normpath("/" + member.linkname).lstrip("/")
-                    os.link(resolve_in_root(root, posixpath.join(dest, linked),
-                                            follow_last=False), target)
-                    continue
-                elif member.isfifo():
-                    os.mkfifo(target)
-                elif member.ischr() or member.isblk():
-                    kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                    os.mknod(target, kind | 0o600, os.makedev(member.devmajor, member.devminor))
-                else:
-                    continue
-            os.lchown(target, member.uid, member.gid)
-            if not member.issym():
-                os.chmod(target, member.mode & 0o7777)
-                os.utime(target, (member.mtime, member.mtime))
-
-
 def layer_of_copy(root: str, entries: list[Entry], owner: tuple[int, int], chmod: int | None,
-                  also_dirs: list[tuple[str, tuple[int, int]]], out) -> int:
+                  also_dirs: list[tuple[str, tuple[int, int]]], out, *,
+                  archives: tuple[str, ...] | list[str] = (), dest: str = "/") -> int:
     """The layer a copy of ``entries`` makes, written as a tar to ``out`` directly from the
     sources (the files are not written twice: into a mount, then from its upper): only the new
     entries and the directories the copy creates (0755, ``owner``); a directory the image has
     keeps its own attributes (the layer names it only if the copy replaces them). ``root`` is
     the mounted rootfs, read to resolve paths and see what exists. ``also_dirs``: more
-    directories to create if missing (the WORKDIR), with their owners. Returns the count."""
+    directories to create if missing (the WORKDIR), with their owners. ``archives``: ADD's
+    local archives, their members (owners, modes and times as recorded) under ``dest``.
+    Returns the count of entries written."""
     import time
 
     from unionfs.image.archive.tarwriter import Entry as TarEntry
@@ -282,28 +204,38 @@ def layer_of_copy(root: str, entries: list[Entry], owner: tuple[int, int], chmod
 
     now = time.time_ns()
     planned: dict[str, tuple[TarEntry, str | None]] = {}
+    written: set[str] = set()
 
     def in_root(path: str) -> str:
         """A directory's path inside the rootfs, symlinks followed (within it)."""
         return os.path.relpath(resolve_in_root(root, path), root)
 
-    def new_dirs(rel: str, dir_owner: tuple[int, int]) -> None:
+    def missing_dirs(rel: str, dir_owner: tuple[int, int]) -> list[TarEntry]:
+        made = []
         current = ""
         for name in [p for p in rel.split("/") if p and p != "."]:
             current = posixpath.join(current, name)
-            if current in planned or os.path.isdir(os.path.join(root, current)):
+            if current in planned or current in written or os.path.isdir(
+                    os.path.join(root, current)):
                 continue
             if os.path.lexists(os.path.join(root, current)):
                 raise ImageError(f"cannot create directory /{current}: a file is in the way")
-            planned[current] = (TarEntry((current + "/").encode(), tarfile.DIRTYPE,
-                                         mode=0o755, uid=dir_owner[0], gid=dir_owner[1],
-                                         mtime_ns=now), None)
+            made.append(TarEntry((current + "/").encode(), tarfile.DIRTYPE, mode=0o755,
+                                 uid=dir_owner[0], gid=dir_owner[1], mtime_ns=now))
+            written.add(current)
+        return made
+
+    def plan_dirs(rel: str, dir_owner: tuple[int, int]) -> None:
+        for made in missing_dirs(rel, dir_owner):
+            name = made.name.decode().rstrip("/")
+            written.discard(name)
+            planned[name] = (made, None)
 
     for entry in entries:
         parent = in_root(posixpath.dirname(entry.target.rstrip("/")) or "/")
-        new_dirs(parent, owner)
+        plan_dirs(parent, owner)
         if entry.top:
-            new_dirs(in_root(entry.target), owner)
+            plan_dirs(in_root(entry.target), owner)
             continue
         rel = posixpath.join(parent, posixpath.basename(entry.target.rstrip("/"))) \
             if parent != "." else posixpath.basename(entry.target.rstrip("/"))
@@ -326,7 +258,8 @@ def layer_of_copy(root: str, entries: list[Entry], owner: tuple[int, int], chmod
         planned.pop(rel, None)  # a later source for the same target wins, in its order
         planned[rel] = (made, source)
     for path, dir_owner in also_dirs:
-        new_dirs(in_root(path), dir_owner)
+        plan_dirs(in_root(path), dir_owner)
+    count = len(planned)
     with TarWriter(out) as tar:
         for made, source in planned.values():
             if source is None:
@@ -334,4 +267,50 @@ def layer_of_copy(root: str, entries: list[Entry], owner: tuple[int, int], chmod
             else:
                 with open(source, "rb") as f:
                     tar.add(made, f)
-    return len(planned)
+        written.update(planned)
+        for archive in archives:
+            count += _archive_entries(tar, archive, in_root(dest), missing_dirs, now)
+    return count
+
+
+def _archive_entries(tar, archive: str, base: str, missing_dirs, now: int) -> int:
+    """ADD of a local archive: its members under ``base`` (a path inside the rootfs, ``.``
+    for its root), as recorded; names are cleaned, so none leaves ``base``."""
+    from unionfs.image.archive.tarwriter import Entry as TarEntry
+
+    def inside(name: str) -> str:
+        clean = posixpath.normpath("/" + name).lstrip("/")
+        return posixpath.normpath(posixpath.join(base, clean)) if clean else ""
+
+    count = 0
+    for made in missing_dirs(base, (0, 0)):
+        tar.add(made)
+        count += 1
+    with tarfile.open(archive) as source:
+        for member in source:
+            rel = inside(member.name)
+            if not rel or rel == ".":
+                continue
+            for made in missing_dirs(posixpath.dirname(rel), (0, 0)):
+                tar.add(made)
+                count += 1
+            entry = TarEntry(rel.encode(), tarfile.REGTYPE, mode=member.mode & 0o7777,
+                             uid=member.uid, gid=member.gid,
+                             mtime_ns=int(member.mtime) * 10**9 if member.mtime else now)
+            data = None
+            if member.isdir():
+                entry.type, entry.name = tarfile.DIRTYPE, (rel + "/").encode()
+            elif member.isreg():
+                entry.size, data = member.size, source.extractfile(member)
+            elif member.issym():
+                entry.type, entry.linkname = tarfile.SYMTYPE, os.fsencode(member.linkname)
+            elif member.islnk():
+                entry.type, entry.linkname = tarfile.LNKTYPE, inside(member.linkname).encode()
+            elif member.ischr() or member.isblk() or member.isfifo():
+                entry.type = member.type
+                entry.devmajor, entry.devminor = member.devmajor, member.devminor
+            else:
+                continue
+            tar.add(entry, data)
+            count += 1
+    return count
