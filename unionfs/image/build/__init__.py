@@ -3,8 +3,11 @@
 * ``dockerfile``: the file's syntax (directives, continuations, comments, instructions, forms);
 * ``words``: docker's variable substitution and word splitting;
 * ``ignore``: ``.containerignore`` / ``.dockerignore`` patterns;
-* ``context``: the build context's files as COPY/ADD see them, and their cache digest;
+* ``context``: what COPY/ADD copy (context, another stage or image, ADD's archives and URLs),
+  their cache digest, and their layer written straight from the sources;
 * ``cache``: the build cache (a step's image by its parent and its instruction);
+* ``layers``: a RUN's upper moved into the store as its layer; blobs gzipped on every CPU;
+* ``squash``: ``--squash``, the build's layers merged into one;
 * ``builder``: the stages and steps: each RUN in a runc container over a pyunion mount of the
-  layers so far, each COPY/ADD into such a mount; the step's upper becomes its layer.
+  layers so far, whose upper becomes the step's layer.
 """
