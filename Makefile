@@ -31,13 +31,15 @@ PLAIN_VENV := .venv-plain
 # implementations the differential tests and the benchmark compare against.
 BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev patch gcc meson ninja-build
 TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap catatonit podman containerd
+# The Debian builds of tests/build (apt-get install, gcc multi-stage): debootstrap makes the image.
+BUILD_TEST_PACKAGES := debootstrap
 # The stress suite (tests/stress): fio's verify workloads, strace (kills at chosen syscalls),
 # stress-ng (long mode only).
 STRESS_PACKAGES := fio strace stress-ng
 BENCH_PACKAGES := fuse-overlayfs unionfs-fuse podman runc docker-registry skopeo umoci busybox-static uidmap debootstrap containerd
 
 .PHONY: setup pyfuse3-extended system-packages protos test test-plain-pyfuse3 test-no-passthrough stress demo \
-        bench bench-quick install lint clean
+        bench bench-quick install lint clean test-build-debian
 
 setup: $(STAMP)
 
@@ -121,6 +123,12 @@ protos: setup
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. \
 	  unionfs/image/snapshotter/api/mount.proto unionfs/image/snapshotter/api/snapshots.proto
 	rm -f unionfs/image/snapshotter/api/mount_pb2_grpc.py
+
+# tests/build's Debian builds (a few minutes: they download packages from deb.debian.org),
+# with the bookworm minbase image the bench caches (made once by debootstrap).
+test-build-debian: setup
+	@$(MAKE) --no-print-directory system-packages PACKAGES="$(BUILD_TEST_PACKAGES)"
+	PYUNION_BUILD_DEBIAN=1 $(VENV)/bin/pytest tests/build/test_build_debian.py -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check unionfs mount_helper tests bench

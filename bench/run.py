@@ -11,10 +11,12 @@ import sys
 import time
 from itertools import pairwise
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from bench import (
     apt,
+    build,
     containers,
     dataset,
     engines,
@@ -42,6 +44,11 @@ from bench.implementations import (
 from bench.workloads import BY_NAME, WORKLOADS, Workload
 
 LATENCY = "latency"  # pseudo-workload: mount/unmount latency
+# The row modules run after the filesystem workloads, in this order (nullfs last, on its own:
+# it needs no run directory). Each has NAMES, run(args, names, run_dir, log) -> rows and
+# render(rows) -> lines; its rows go into the results JSON under its module's name.
+ROW_MODULES = (images, containers, rootless, pagecache, apt, mix, lazy, engines, build)
+ROW_NAMES = [name for module in (*ROW_MODULES, nullfs) for name in module.NAMES]
 
 
 class WorkerFailed(Exception):
@@ -209,10 +216,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
     ap.add_argument("--only", help="implementations, comma-separated: " + ",".join(ALL))
     ap.add_argument("--workloads", help="comma-separated: "
-                    + ",".join([w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
-                               + containers.NAMES + rootless.NAMES + pagecache.NAMES
-                               + apt.NAMES + mix.NAMES + lazy.NAMES + nullfs.NAMES
-                               + engines.NAMES))
+                    + ",".join([w.name for w in WORKLOADS] + [LATENCY] + ROW_NAMES))
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds per workload process (default 300)")
     ap.add_argument("--latency-reps", type=int, default=10)
@@ -282,9 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the benchmark mounts filesystems and drops caches: run it as root")
     scale = dataset.QUICK if args.quick else dataset.FULL
     impl_names = select(args.only, list(ALL), "implementations")
-    wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + images.NAMES
-                      + containers.NAMES + rootless.NAMES + pagecache.NAMES + apt.NAMES
-                      + mix.NAMES + lazy.NAMES + nullfs.NAMES + engines.NAMES, "workloads")
+    wl_names = select(args.workloads, [w.name for w in WORKLOADS] + [LATENCY] + ROW_NAMES,
+                      "workloads")
     workloads = [BY_NAME[n] for n in wl_names if n in BY_NAME]
     started = time.strftime("%Y%m%d-%H%M%S")
     t_start = time.monotonic()
@@ -317,28 +320,12 @@ def main(argv: list[str] | None = None) -> int:
                 if impl.name != "plain" and impl.name not in broken:
                     log(f"mount/unmount latency: {impl.name} x{args.latency_reps}")
                     latency[impl.name] = measure_latency(impl, ds, run_dir, args.latency_reps)
-        image_names = [n for n in wl_names if n in images.NAMES]
-        image_rows = images.run(args, image_names, run_dir, log) \
-            if image_names and "pyunion" in impl_names else {}
-        container_names = [n for n in wl_names if n in containers.NAMES]
-        container_rows = containers.run(args, container_names, run_dir, log) \
-            if container_names and "pyunion" in impl_names else {}
-        rootless_names = [n for n in wl_names if n in rootless.NAMES]
-        rootless_rows = rootless.run(args, rootless_names, run_dir, log) \
-            if rootless_names and "pyunion" in impl_names else {}
-        pagecache_names = [n for n in wl_names if n in pagecache.NAMES]
-        pagecache_rows = pagecache.run(args, pagecache_names, run_dir, log) \
-            if pagecache_names and "pyunion" in impl_names else {}
-        apt_rows = apt.run(args, apt.NAMES, run_dir, log) \
-            if apt.APT in wl_names and "pyunion" in impl_names else {}
-        mix_rows = mix.run(args, mix.NAMES, run_dir, log) \
-            if mix.MIX in wl_names and "pyunion" in impl_names else {}
-        lazy_rows = lazy.run(args, lazy.NAMES, run_dir, log) \
-            if lazy.LAZY in wl_names and "pyunion" in impl_names else {}
-        nullfs_rows = nullfs.run(args) if nullfs.NULLFS in wl_names else {}
-        engine_names = [n for n in wl_names if n in engines.NAMES]
-        engine_rows = engines.run(args, engine_names, run_dir, log) \
-            if engine_names and "pyunion" in impl_names else {}
+        rows: dict[str, dict[str, Any]] = {}
+        for module in ROW_MODULES:
+            names = [n for n in wl_names if n in module.NAMES]
+            rows[_row_key(module)] = module.run(args, names, run_dir, log) \
+                if names and "pyunion" in impl_names else {}
+        rows["nullfs"] = nullfs.run(args) if nullfs.NULLFS in wl_names else {}
     finally:
         cleanup_cell(run_dir)
 
@@ -359,40 +346,22 @@ def main(argv: list[str] | None = None) -> int:
         latency=latency,
         duration=time.monotonic() - t_start,
     )
-    data["images"] = image_rows
-    data["containers"] = container_rows
-    data["rootless"] = rootless_rows
-    data["pagecache"] = pagecache_rows
-    data["apt"] = apt_rows
-    data["mix"] = mix_rows
-    data["lazy"] = lazy_rows
-    data["nullfs"] = nullfs_rows
-    data["engines"] = engine_rows
+    data.update(rows)
     print(report.render(data))
-    if image_rows:
-        print("\n".join(images.render(image_rows)))
-    if container_rows:
-        print("\n".join(containers.render(container_rows)))
-    if rootless_rows:
-        print("\n".join(rootless.render(rootless_rows)))
-    if pagecache_rows:
-        print("\n".join(pagecache.render(pagecache_rows)))
-    if apt_rows:
-        print("\n".join(apt.render(apt_rows)))
-    if mix_rows:
-        print("\n".join(mix.render(mix_rows)))
-    if lazy_rows:
-        print("\n".join(lazy.render(lazy_rows)))
-    if nullfs_rows:
-        print("\n".join(nullfs.render(nullfs_rows)))
-    if engine_rows:
-        print("\n".join(engines.render(engine_rows)))
+    for module in (*ROW_MODULES, nullfs):
+        if rows[_row_key(module)]:
+            print("\n".join(module.render(rows[_row_key(module)])))
     args.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = args.results_dir / f"{started}.json"
     json_path.write_text(json.dumps(data, indent=1))
     png_path = report.chart(data, args.results_dir / f"{started}.png")
     log(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
     return 0
+
+
+def _row_key(module: ModuleType) -> str:
+    """Where a row module's rows go in the results JSON: its own name (``apt``, ``build``)."""
+    return module.__name__.rpartition(".")[2]
 
 
 def run_reps(args: argparse.Namespace, ds: dataset.Dataset, impls: list[Implementation],

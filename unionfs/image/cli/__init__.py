@@ -45,6 +45,7 @@ COMMANDS = {
     "info": "info", "exec": "exec", "cp": "cp", "kill": "control", "restart": "control",
     "pause": "control", "unpause": "control", "rename": "control", "top": "top", "port": "top",
     "version": "version", "snapshotter": "snapshotter",
+    "build": "build",
 }
 # Commands that mount a union: its daemon is started first (unionfs.api.prestart_daemon), so
 # that the daemon's interpreter start-up and imports run beside this command's own.

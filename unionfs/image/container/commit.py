@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from unionfs.fs.ondisk import read_redirect
@@ -30,15 +31,32 @@ from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
-from unionfs.image.store import Store, syncfs
-from unionfs.image.store.adding import ImageAdder, chain_ids_above
+from unionfs.image.store import Store, Workspace, syncfs
+from unionfs.image.store.adding import ImageAdder
 
 
-def _write_upper_layer(store: Store, container: Container, adder: ImageAdder,
-                       merged: str | None, chain_below: list[str]) -> LayerSpec:
+@dataclass
+class UpperLayer:
+    """A container's upper written out as a layer: the gzip blob and the layer directory
+    unpacked from the same entries (both in a workspace; ``ImageAdder.prepared`` installs the
+    directory), and their digests."""
+
+    blob: str
+    directory: str
+    digests: LayerDigests
+
+    @property
+    def spec(self) -> LayerSpec:
+        """The layer's descriptor for an ``ImageSpec`` whose source is the workspace."""
+        return LayerSpec(os.path.basename(self.blob), mt.OCI_LAYER_GZIP,
+                         self.digests.blob_digest, self.digests.blob_size, self.digests.diff_id)
+
+
+def write_upper_layer(store: Store, container: Container, space: Workspace,
+                      merged: str | None) -> UpperLayer:
     """Writes the upper as a gzip layer blob and, from the same entries as they are written,
-    its unpacked layer (one pass over the upper: no reading the blob back), installed in the
-    store under ``chain_below`` + its own chain id."""
+    its layer directory (one pass over the upper: the blob is never read back). ``merged``:
+    the container's mounted view, needed where the upper holds a redirected directory."""
     upper = rootfs.upper_dir(store, container)
 
     def replace_dir(rel: str, path: str) -> str | None:
@@ -48,11 +66,13 @@ def _write_upper_layer(store: Store, container: Container, adder: ImageAdder,
             raise ImageError("internal: a redirected directory needs the merged view")
         return os.path.join(merged, rel)
 
-    blob = adder.space.new_path("commit.tar.gz")
-    layer_dir = adder.space.new_path("commit-layer")
-    os.mkdir(layer_dir, 0o755)
-    unpacker = LayerWriter(layer_dir, store.whiteout_format, store.limits,
-                           [store.layer_path(c) for c in reversed(chain_below)])
+    blob = space.new_path("upper.tar.gz")
+    directory = space.new_path("upper-layer")
+    os.mkdir(directory, 0o755)
+    below = store.db.execute("SELECT chain_id FROM image_layers WHERE image_id = ? "
+                             "ORDER BY position DESC", (container.image_id,)).fetchall()
+    unpacker = LayerWriter(directory, store.whiteout_format, store.limits,
+                           [store.layer_path(r["chain_id"]) for r in below])
 
     def unpack(entry: Entry, data: BinaryIO | None) -> None:
         unpacker.add(as_tarinfo(entry), lambda: data)
@@ -68,14 +88,10 @@ def _write_upper_layer(store: Store, container: Container, adder: ImageAdder,
         unpacker.finish()
     finally:
         unpacker.close()
-    digests = LayerDigests(
+    return UpperLayer(blob, directory, LayerDigests(
         blob_digest="sha256:" + sink.compressed.hexdigest(), blob_size=sink.compressed_size,
         diff_id="sha256:" + sink.plain.hexdigest(), tar_size=sink.plain_size,
-        compression="gzip", entries=entries)
-    chain = chain_ids_above(chain_below, digests.diff_id)
-    adder.add_unpacked_layer(chain, layer_dir, blob, digests, mt.OCI_LAYER_GZIP)
-    return LayerSpec(os.path.basename(blob), mt.OCI_LAYER_GZIP, digests.blob_digest,
-                     digests.blob_size, digests.diff_id)
+        compression="gzip", entries=entries))
 
 
 def _needs_merged_view(upper: str) -> bool:
@@ -84,6 +100,20 @@ def _needs_merged_view(upper: str) -> bool:
             if read_redirect(os.path.join(dirpath, name)) is not None:
                 return True
     return False
+
+
+def upper_layer(store: Store, container: Container, space: Workspace) -> UpperLayer | None:
+    """The (unmounted) container's upper as a layer in ``space`` (``write_upper_layer``);
+    None when the upper is empty (nothing changed). What ``build`` makes of a step."""
+    upper = rootfs.upper_dir(store, container)
+    if not os.listdir(upper):
+        return None
+    merged = rootfs.mount(store, container) if _needs_merged_view(upper) else None
+    try:
+        return write_upper_layer(store, container, space, merged)
+    finally:
+        if merged is not None:
+            rootfs.unmount(store, container)
 
 
 def commit(store: Store, container: Container, names: list[str], *, message: str,
@@ -117,13 +147,8 @@ def _commit(store: Store, container: Container, names: list[str], message: str, 
         mounted_here = True
     try:
         with store.adding() as space:
-            rows = store.db.execute(
-                "SELECT chain_id, diff_id, blob_digest, media_type FROM image_layers "
-                "WHERE image_id = ? ORDER BY position", (container.image_id,)).fetchall()
-            adder = ImageAdder(store, space, progress)
-            layer = _write_upper_layer(store, container, adder, merged,
-                                       [r["chain_id"] for r in rows])
-            diff_id = layer.diff_id
+            upper_layer_ = write_upper_layer(store, container, space, merged)
+            diff_id = upper_layer_.digests.diff_id
             with open(store.blob_path(container.image_id), "rb") as f:
                 config = json.load(f)
             now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -144,8 +169,12 @@ def _commit(store: Store, container: Container, names: list[str], message: str, 
             config["history"] = history + [entry]
             config_bytes = json.dumps(config, separators=(",", ":")).encode()
             layers = [LayerSpec("", r["media_type"], r["blob_digest"], None, r["diff_id"])
-                      for r in rows] + [layer]
-            spec = ImageSpec(config_bytes, config, layers, names)
+                      for r in store.db.execute(
+                          "SELECT diff_id, blob_digest, media_type FROM image_layers "
+                          "WHERE image_id = ? ORDER BY position", (container.image_id,))]
+            spec = ImageSpec(config_bytes, config, [*layers, upper_layer_.spec], names)
+            adder = ImageAdder(store, space, progress, prepared={
+                diff_id: (upper_layer_.directory, upper_layer_.digests)})
             return adder.add_image(spec, DirectorySource(space.path),
                                    f"commit of {container.name}")
     finally:

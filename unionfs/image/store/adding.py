@@ -79,11 +79,15 @@ class _TeeReader:
 
 
 class ImageAdder:
-    def __init__(self, store: Store, workspace: Workspace, progress: Progress | None = None):
+    def __init__(self, store: Store, workspace: Workspace, progress: Progress | None = None,
+                 prepared: dict[str, tuple[str, LayerDigests]] | None = None):
         self.store = store
         self.space = workspace
         self.progress = progress or Progress()
-        self._prepared: dict[str, AddedLayer] = {}  # chain id -> a layer the caller unpacked
+        # diff_id -> a layer directory the caller made (in the workspace) and its digests,
+        # installed as the layer instead of unpacking its blob: ``commit`` and ``build`` make
+        # them from an upper, as it is written out. The entry goes once installed.
+        self.prepared = prepared if prepared is not None else {}
 
     # ------------------------------------------------------------------ blobs
 
@@ -112,9 +116,8 @@ class ImageAdder:
         store, unpacked once, and keeps its blob."""
         short = layer.diff_id[7:19]
         chain_id = chain[-1]
-        if chain_id in self._prepared:
-            self.progress.layer_done(layer.diff_id, "Written")
-            return self._prepared[chain_id]
+        if layer.diff_id in self.prepared:
+            return self._install_prepared(source, layer, chain, what, wait_for_parents)
         with self.store.layer_lock(chain_id):
             if self.store.layer_recorded(chain_id):
                 blob = self._keep_blob_only(source, layer, chain_id, what)
@@ -141,22 +144,24 @@ class ImageAdder:
             return AddedLayer(chain_id, layer.diff_id, digests.blob_digest,
                               _layer_media_type(layer, digests.compression), digests.blob_size)
 
-    def add_unpacked_layer(self, chain: list[str], layer_dir: str, blob_temp: str,
-                           digests: LayerDigests, media_type: str) -> AddedLayer:
-        """Installs a layer the caller unpacked itself (``commit`` applies the entries as it
-        writes them, instead of reading its own tar back) and keeps its blob; a later
-        ``add_image`` takes it as added. The same chain already in the store wins."""
-        with self.store.layer_lock(chain[-1]):
-            if self.store.layer_recorded(chain[-1]):
-                self.store._remove_tree(layer_dir)
-            else:
-                syncfs(layer_dir)
-                self._install_layer(chain, digests.diff_id, layer_dir, digests)
-            self._place_blob(blob_temp, digests.blob_digest)
-        added = AddedLayer(chain[-1], digests.diff_id, digests.blob_digest, media_type,
-                           digests.blob_size)
-        self._prepared[chain[-1]] = added
-        return added
+    def _install_prepared(self, source: Source, layer: LayerSpec, chain: list[str], what: str,
+                          wait_for_parents: Callable[[], None] | None) -> AddedLayer:
+        """Installs the directory the caller made for ``layer`` (see ``prepared``) and keeps
+        its blob (``layer.path`` in the workspace); the same chain already in the store wins."""
+        directory, digests = self.prepared[layer.diff_id]
+        chain_id = chain[-1]
+        with self.store.layer_lock(chain_id):
+            if self.store.layer_recorded(chain_id):
+                return self._keep_blob_only(source, layer, chain_id, what)
+            if wait_for_parents is not None:
+                wait_for_parents()
+            syncfs(directory)
+            self._install_layer(chain, layer.diff_id, directory, digests)
+            self._place_blob(os.path.join(self.space.path, layer.path), digests.blob_digest)
+            del self.prepared[layer.diff_id]
+        self.progress.layer_done(layer.diff_id, "Written")
+        return AddedLayer(chain_id, layer.diff_id, digests.blob_digest,
+                          _layer_media_type(layer, digests.compression), digests.blob_size)
 
     def _keep_blob_only(self, source: Source, layer: LayerSpec, chain_id: str,
                         what: str) -> AddedLayer:
