@@ -10,16 +10,24 @@ half way leaves at most a directory without a row, which ``cleanup`` deletes; no
 names is ever missing. Keys are containerd's (its metadata store already puts the namespace
 into them).
 
-Mounts, as containerd's overlayfs snapshotter gives them:
+Mounts, as containerd's overlayfs snapshotter gives them, except that a stack is mounted by
+the snapshotter itself and handed out as a bind mount:
 
 * a snapshot without parent: a bind mount of its ``fs`` (read-only for a view);
 * a view of one committed layer: a read-only bind mount of that layer;
-* otherwise the type ``fuse3.pyunion-overlayfs`` with ``lowerdir=`` (top-most first) and, for
-  an active snapshot, ``upperdir=``/``workdir=``. containerd runs ``mount.fuse3 SOURCE TARGET
-  -o OPTIONS -t pyunion-overlayfs`` for it, and ``mount.fuse3`` runs ``pyunion-overlayfs
-  SOURCE TARGET -o OPTIONS``, which is ``mount.pyunion``'s overlayfs form (``fuse3.pyunion``
-  would run ``pyunion``, the image manager). ``pyunion-overlayfs`` must be on containerd's
-  PATH.
+* otherwise the snapshotter keeps a pyunion mount of the stack at ``STORE/snapshots/DIR/merged``
+  (``lowerdir`` top-most first, and for an active snapshot its ``fs`` as the upper; read-only
+  for a view), made when the snapshot is prepared, and returns a bind mount of it. containerd
+  mounts a container's rootfs twice (``ctr`` reads the image's ``/etc/passwd`` through a
+  temporary mount, then the shim mounts it for runc): as bind mounts, neither starts a process
+  and both share one daemon. The daemon is ``mount.pyunion``, one per mount as ``pyunion
+  mount`` runs it, in its own session (a restart of the snapshotter leaves running containers
+  alone) and started ahead of need (``unionfs.api.prestart_daemon``), so that a mount costs
+  its FUSE handshake rather than a Python start. Its pid is recorded in the snapshot's row; a
+  mount whose daemon is gone (a reboot, a kill) is made again at the next ``Prepare``/``Mounts``.
+  ``Commit`` unmounts first (nothing writes the upper any more); ``Remove`` deletes the row
+  and leaves the unmount and the deletion of the directory to a background thread (``Cleanup``
+  waits for it), so that ``ctr run --rm`` does not wait for them.
 """
 
 from __future__ import annotations
@@ -28,39 +36,26 @@ import contextlib
 import ctypes
 import json
 import os
+import queue
 import secrets
 import shutil
+import signal
 import sqlite3
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 
+from unionfs.api import Mount as UnionMount
+from unionfs.api import prestart_daemon
+from unionfs.fs.options import MountError
+from unionfs.image.daemons import mount_is_live, mounted_points, unmount_daemon, wait_exit
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store, fsync_dir, syncfs
 from unionfs.image.store.database import transaction
 
-MOUNT_TYPE = "fuse3.pyunion-overlayfs"
-MOUNT_SOURCE = "pyunion"
+FSNAME = "pyunion"
 ACTIVE, VIEW, COMMITTED = "active", "view", "committed"
-
-# A table of its own in the store's database, made where missing.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS snapshotter_snapshots (
-    key         TEXT PRIMARY KEY,
-    dir         TEXT NOT NULL UNIQUE,
-    parent      TEXT REFERENCES snapshotter_snapshots(key),
-    kind        TEXT NOT NULL,
-    labels      TEXT NOT NULL,
-    created     REAL NOT NULL,
-    updated     REAL NOT NULL,
-    size        INTEGER,
-    inodes      INTEGER,
-    chain_id    TEXT
-);
-CREATE INDEX IF NOT EXISTS snapshotter_snapshots_parent ON snapshotter_snapshots(parent);
-"""
-
 
 class SnapshotError(ImageError):
     """A refused call; ``code`` names the gRPC status containerd expects for it."""
@@ -103,7 +98,8 @@ class Mount:
 
 class Snapshots:
     """The snapshots of one store. Calls changing the table hold ``lock`` (callers in other
-    threads hold it around reads too: the store's sqlite connection is shared)."""
+    threads hold it around reads too: the store's sqlite connection is shared). The table is
+    part of the store's schema (a migration in unionfs/image/store/database.py)."""
 
     def __init__(self, store: Store, share_layers: bool = False) -> None:
         self.store = store
@@ -111,10 +107,14 @@ class Snapshots:
         self.dir = os.path.join(store.root, "snapshots")
         self.lock = threading.RLock()
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        with self.lock, transaction(self.db):
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
+        # unionfs.api keeps the started-ahead daemon in a global: every Mount.start() and
+        # prestart_daemon() of this process holds this lock
+        self._daemon_lock = threading.Lock()
+        self._daemons: dict[str, UnionMount] = {}  # snapshot dir -> the mount we started
+        self._removals: queue.Queue[tuple[str, int | None]] = queue.Queue()
+        threading.Thread(target=self._remove_in_background, daemon=True,
+                         name="snapshot-removal").start()
+        self._start_daemon_ahead()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -154,21 +154,115 @@ class Snapshots:
         rows = self.db.execute("SELECT * FROM snapshotter_snapshots ORDER BY created")
         return [self._info(row) for row in rows]
 
+    def _merged(self, row: sqlite3.Row) -> str:
+        return os.path.join(self.dir, row["dir"], "merged")
+
+    def _lowers(self, row: sqlite3.Row) -> list[str]:
+        """The snapshot's committed layers, top-most first (overlayfs's lowerdir order)."""
+        return [self._fs(r) for r in self._chain(row["parent"] or "")]
+
+    @staticmethod
+    def _is_stack(row: sqlite3.Row, lowers: list[str]) -> bool:
+        """Whether the snapshot needs a pyunion mount (else a plain bind mount serves)."""
+        return len(lowers) > (0 if row["kind"] == ACTIVE else 1)
+
     def mounts(self, key: str) -> list[Mount]:
         row = self._row(key)
         if row["kind"] == COMMITTED:
             raise FailedPrecondition(f"snapshot {key} is committed: it has no mounts")
-        lowers = [self._fs(r) for r in self._chain(row["parent"] or "")]
-        fs = self._fs(row)
+        lowers = self._lowers(row)
+        mode = "rw" if row["kind"] == ACTIVE else "ro"
         if not lowers:  # (a view without parent: of an empty directory, as containerd's)
-            return [Mount("bind", fs, ["rbind", "rw" if row["kind"] == ACTIVE else "ro"])]
-        if row["kind"] == VIEW and len(lowers) == 1:
+            return [Mount("bind", self._fs(row), ["rbind", mode])]
+        if not self._is_stack(row, lowers):
             return [Mount("bind", lowers[0], ["rbind", "ro"])]
-        if row["kind"] == VIEW:
-            return [Mount(MOUNT_TYPE, MOUNT_SOURCE, [f"lowerdir={':'.join(lowers)}"])]
-        work = os.path.join(self.dir, row["dir"], "work")
-        return [Mount(MOUNT_TYPE, MOUNT_SOURCE, [
-            f"lowerdir={':'.join(lowers)}", f"upperdir={fs}", f"workdir={work}"])]
+        self._ensure_mounted(row, lowers)
+        return [Mount("bind", self._merged(row), ["rbind", mode])]
+
+    # ------------------------------------------------------------------ the pyunion mounts
+
+    def _ensure_mounted(self, row: sqlite3.Row, lowers: list[str]) -> None:
+        """Mounts the snapshot's stack at its ``merged`` unless its recorded daemon serves it
+        already; a dead mount (its daemon killed, or a reboot) is taken away first."""
+        point = self._merged(row)
+        if row["mount_pid"] and mount_is_live(point, row["mount_pid"]):
+            return
+        self._forget_daemon(row["dir"])
+        if point in mounted_points():
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        os.makedirs(point, mode=0o755, exist_ok=True)
+        active = row["kind"] == ACTIVE
+        union = UnionMount(lowers, self._fs(row) if active else None, point,
+                           workdir=os.path.join(self.dir, row["dir"], "work") if active else None,
+                           readonly=not active, options=[f"fsname={FSNAME}"])
+        try:
+            with self._daemon_lock:
+                union.start()
+        except MountError as e:
+            raise ImageError(f"mounting snapshot {row['key']} failed: {e}") from None
+        finally:
+            self._start_daemon_ahead()
+        assert union._proc is not None
+        self._daemons[row["dir"]] = union
+        with transaction(self.db):
+            self.db.execute("UPDATE snapshotter_snapshots SET mount_pid = ? WHERE key = ?",
+                            (union._proc.pid, row["key"]))
+
+    def _start_daemon_ahead(self) -> None:
+        """The next mount's daemon, started now in another thread: by the next Prepare it has
+        imported pyfuse3 and trio."""
+        def start() -> None:
+            with self._daemon_lock, contextlib.suppress(OSError):
+                prestart_daemon()
+        threading.Thread(target=start, daemon=True, name="daemon-ahead").start()
+
+    def _forget_daemon(self, directory: str) -> None:
+        """Reaps a daemon we started for ``directory`` once it has exited."""
+        union = self._daemons.pop(directory, None)
+        if union is not None and union._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                union._proc.wait(timeout=10)
+            union._cleanup()
+
+    def _unmount(self, directory: str, pid: int | None) -> None:
+        """Unmounts ``STORE/snapshots/DIR/merged`` (flushed first) and waits for its daemon;
+        ImageError if it is busy."""
+        point = os.path.join(self.dir, directory, "merged")
+        if point in mounted_points():
+            if pid and mount_is_live(point, pid):
+                with contextlib.suppress(OSError):
+                    syncfs(point)
+            unmount_daemon(point, pid, f"snapshot directory {directory}")
+        self._forget_daemon(directory)
+
+    def _discard(self, directory: str, pid: int | None) -> None:
+        """Unmounts whatever is mounted in a snapshot directory that no row names any more
+        (lazily if busy, the daemon killed if it does not exit) and deletes the directory."""
+        base = os.path.join(self.dir, directory)
+        try:
+            self._unmount(directory, pid)
+        except ImageError:
+            subprocess.run(["umount", "-l", os.path.join(base, "merged")], capture_output=True)
+            wait_exit(pid)
+            if pid and mount_is_live(os.path.join(base, "merged"), pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                wait_exit(pid)
+            self._forget_daemon(directory)
+        for point in sorted((p for p in mounted_points() if p.startswith(base + os.sep)),
+                            key=len, reverse=True):  # (none that we know of)
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        self.store._remove_tree(base)
+
+    def _remove_in_background(self) -> None:
+        while True:
+            directory, pid = self._removals.get()
+            try:
+                self._discard(directory, pid)
+            except Exception:  # noqa: BLE001 (a failure leaves an orphan: Cleanup retries)
+                pass
+            finally:
+                self._removals.task_done()
 
     def usage(self, key: str) -> tuple[int, int]:
         """(bytes, inodes) of the snapshot's own content: its upper while active, as recorded
@@ -197,6 +291,8 @@ class Snapshots:
             os.mkdir(os.path.join(base, "fs"), 0o755)
             if kind == ACTIVE:
                 os.mkdir(os.path.join(base, "work"), 0o700)
+            if parent and (kind == ACTIVE or parent_row["parent"]):
+                os.mkdir(os.path.join(base, "merged"), 0o755)
             fsync_dir(base)
             fsync_dir(self.dir)  # the directory is on disk before a row names it
             now = time.time()
@@ -209,7 +305,11 @@ class Snapshots:
             except sqlite3.IntegrityError:
                 shutil.rmtree(base, ignore_errors=True)
                 raise AlreadyExists(f"snapshot {key}: already exists") from None
-            return self.mounts(key)
+            try:
+                return self.mounts(key)
+            except ImageError:  # the mount failed: no half-made snapshot stays
+                self.remove(key)
+                raise
 
     def commit(self, name: str, key: str, labels: dict[str, str]) -> None:
         with self.lock:
@@ -219,6 +319,7 @@ class Snapshots:
             if self.db.execute("SELECT 1 FROM snapshotter_snapshots WHERE key = ?",
                                (name,)).fetchone():
                 raise AlreadyExists(f"snapshot {name}: already exists")
+            self._unmount(row["dir"], row["mount_pid"])  # nothing writes the upper any more
             size, inodes = disk_usage(self._fs(row))
             chain_id = unpacked_chain_id(key)
             if chain_id and self.share_layers:
@@ -229,13 +330,15 @@ class Snapshots:
                 with transaction(self.db):
                     self.db.execute(
                         "UPDATE snapshotter_snapshots SET key = ?, kind = ?, labels = ?, "
-                        "updated = ?, size = ?, inodes = ?, chain_id = ? WHERE key = ?",
+                        "updated = ?, size = ?, inodes = ?, chain_id = ?, mount_pid = NULL "
+                        "WHERE key = ?",
                         (name, COMMITTED, json.dumps(merged), time.time(), size, inodes,
                          chain_id, key))
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"snapshot {name}: already exists") from None
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(os.path.join(self.dir, row["dir"], "work"))
+            for leftover in ("work", "merged"):
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(os.path.join(self.dir, row["dir"], leftover))
 
     def _share_with_store(self, row: sqlite3.Row, chain_id: str) -> None:
         """Where pyunion's image store has this layer (same chain id, on the same parent
@@ -297,15 +400,17 @@ class Snapshots:
                 raise FailedPrecondition(f"snapshot {key} has children ({child['key']})")
             with transaction(self.db):
                 self.db.execute("DELETE FROM snapshotter_snapshots WHERE key = ?", (key,))
-            self.store._remove_tree(os.path.join(self.dir, row["dir"]))
+            self._removals.put((row["dir"], row["mount_pid"]))
 
     def cleanup(self) -> list[str]:
-        """Deletes directories without a row (calls killed half way); returns their names."""
+        """Waits for the removals under way, then deletes directories without a row (calls
+        killed half way, removals a restart interrupted); returns their names."""
+        self._removals.join()
         with self.lock:
             known = {r[0] for r in self.db.execute("SELECT dir FROM snapshotter_snapshots")}
             removed = [name for name in os.listdir(self.dir) if name not in known]
             for name in removed:
-                self.store._remove_tree(os.path.join(self.dir, name))
+                self._discard(name, None)
             return removed
 
 
