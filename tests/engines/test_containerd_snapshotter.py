@@ -137,7 +137,7 @@ def test_rootfs_identical_to_overlayfs_snapshotters(engine, registry):
         theirs = _rootfs_tree(engine, registry.ref(name), "overlayfs")
         assert ("etc/secret" in theirs["entries"]) == (name == "base:1.0")
         assert not differences(ours, theirs), name
-    assert not engine.mounts()
+    _wait(lambda: not engine.mounts(), "the unmounts (Remove leaves them to a thread)")
 
 
 def _usage(engine: Containerd, key: str) -> int:
@@ -169,7 +169,12 @@ def test_container_writes_survive_restarts(engine, registry):
     again = engine.ctr("tasks", "start", "writer")
     assert again.stdout == "round\n"
     engine.ctr("tasks", "rm", "writer", check=False)  # (ctr deletes a task it waited for)
+    log = engine.base / "snapshotter.log"
+    mark = log.stat().st_size
     engine.ctr("containers", "rm", "writer")
+    # the garbage collection this deletion starts ends with a Cleanup; until then it would
+    # remove snapshots made directly on the socket (the next test's), unknown to containerd
+    _wait(lambda: "Cleanup" in log.read_text()[mark:], "containerd's garbage collection")
 
 
 def _mount_pids(engine: Containerd, key: str) -> list[int]:
@@ -251,7 +256,7 @@ def test_removal_leaves_no_mount_and_no_directory(engine, registry):
     listed = engine.ctr("snapshots", "--snapshotter", "pyunion", "ls").stdout.splitlines()
     assert listed[1:] == []
     assert not engine.mounts()
-    assert len(_mount_daemons(engine)) == 1  # the one started ahead for the next mount
+    assert len(_mount_daemons(engine)) == 2  # those started ahead (--daemons-ahead 2)
 
 
 def _mount_daemons(engine: Containerd) -> list[str]:
@@ -308,6 +313,11 @@ def test_layers_shared_with_pyunions_store(engine, registry):
     engine.start_snapshotter()
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
 def _cmdline(pid: str) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -348,13 +358,19 @@ def test_snapshotter_killed_in_prepare(engine, registry):
     engine.start_snapshotter(("strace", "-f", "-o", "/dev/null", "-P", str(snapshots_dir),
                               "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL"))
     before = engine.snapshot_dirs()
-    failed = engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "killed", "true",
-                        check=False)
-    assert failed.returncode != 0
+    (traced,) = _children(engine.snapshotter.pid)
+    # containerd reconnects to the restarted snapshotter after a back-off: a run may first
+    # fail with "unavailable"; the one that reaches Prepare kills the snapshotter
+    _wait(lambda: engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "killed", "true",
+                             check=False).returncode != 0 and not os.path.exists(
+                                 f"/proc/{traced}/cmdline"), "the kill in Prepare", timeout=90)
+    # strace -f stays while a process it traces does, and the snapshotter's mount daemons
+    # (left running by design) do: strace is stopped (its tracees go on, detached)
+    engine.snapshotter.kill()
     engine.snapshotter.wait(timeout=30)
     orphans = sorted(set(engine.snapshot_dirs()) - set(before))
     assert len(orphans) == 1 and orphans[0] not in _rows(engine)
-    assert sorted(os.listdir(snapshots_dir / orphans[0])) == ["fs", "merged", "work"]
+    assert sorted(os.listdir(snapshots_dir / orphans[0])) == ["fs", "work"]
 
     engine.start_snapshotter()
     assert engine.snapshot_dirs() == before == _rows(engine)

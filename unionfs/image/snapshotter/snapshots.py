@@ -22,8 +22,8 @@ the snapshotter itself and handed out as a bind mount:
   temporary mount, then the shim mounts it for runc): as bind mounts, neither starts a process
   and both share one daemon. The daemon is ``mount.pyunion``, one per mount as ``pyunion
   mount`` runs it, in its own session (a restart of the snapshotter leaves running containers
-  alone) and started ahead of need (``unionfs.api.prestart_daemon``), so that a mount costs
-  its FUSE handshake rather than a Python start. Its pid is recorded in the snapshot's row; a
+  alone) and started ahead of need (``DaemonsAhead``), so that a mount costs its FUSE
+  handshake rather than a Python start. Its pid is recorded in the snapshot's row; a
   mount whose daemon is gone (a reboot, a kill) is made again at the next ``Prepare``/``Mounts``.
   ``Commit`` unmounts first (nothing writes the upper any more); ``Remove`` deletes the row
   and leaves the unmount and the deletion of the directory to a background thread (``Cleanup``
@@ -46,8 +46,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from unionfs import api as union_api
 from unionfs.api import Mount as UnionMount
-from unionfs.api import prestart_daemon
 from unionfs.fs.options import MountError
 from unionfs.image.daemons import mount_is_live, mounted_points, unmount_daemon, wait_exit
 from unionfs.image.errors import ImageError
@@ -96,25 +96,60 @@ class Mount:
     options: list[str]
 
 
+class DaemonsAhead:
+    """``mount.pyunion`` daemons started ahead of need (``unionfs.api``'s warm daemons: each
+    has imported pyfuse3 and trio and waits for its command line), so that a snapshot's mount
+    costs its FUSE handshake (~15 ms) rather than a Python start (~0.2-0.4 s). More than one:
+    ``ctr run`` after ``ctr run`` comes sooner than a daemon starts on a loaded machine. The
+    oldest is used first; an unused one exits when the snapshotter does."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ready: list[union_api._WarmDaemon] = []
+        self._lock = threading.Lock()  # also around unionfs.api's global warm daemon
+
+    def start(self, union: UnionMount) -> None:
+        """``union.start()`` with the oldest daemon (a cold start if there is none)."""
+        try:
+            with self._lock:
+                if self._ready:
+                    union_api._warm = self._ready.pop(0)
+                union.start()
+        finally:
+            self.fill_in_background()
+
+    def fill_in_background(self) -> None:
+        threading.Thread(target=self._fill, daemon=True, name="daemons-ahead").start()
+
+    def _fill(self) -> None:
+        with self._lock:
+            while len(self._ready) < self.size:
+                try:
+                    self._ready.append(union_api._WarmDaemon())
+                except OSError:
+                    return
+
+
 class Snapshots:
     """The snapshots of one store. Calls changing the table hold ``lock`` (callers in other
     threads hold it around reads too: the store's sqlite connection is shared). The table is
     part of the store's schema (a migration in unionfs/image/store/database.py)."""
 
-    def __init__(self, store: Store, share_layers: bool = False) -> None:
+    def __init__(self, store: Store, share_layers: bool = False, daemons_ahead: int = 2
+                 ) -> None:
         self.store = store
         self.share_layers = share_layers
         self.dir = os.path.join(store.root, "snapshots")
         self.lock = threading.RLock()
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        # unionfs.api keeps the started-ahead daemon in a global: every Mount.start() and
-        # prestart_daemon() of this process holds this lock
-        self._daemon_lock = threading.Lock()
+        self.daemons_ahead = DaemonsAhead(daemons_ahead)
         self._daemons: dict[str, UnionMount] = {}  # snapshot dir -> the mount we started
         self._removals: queue.Queue[tuple[str, int | None]] = queue.Queue()
+        self._pending: set[str] = set()  # directories queued or being removed
+        self._pending_lock = threading.Lock()
         threading.Thread(target=self._remove_in_background, daemon=True,
                          name="snapshot-removal").start()
-        self._start_daemon_ahead()
+        self.daemons_ahead.fill_in_background()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -162,9 +197,9 @@ class Snapshots:
         return [self._fs(r) for r in self._chain(row["parent"] or "")]
 
     @staticmethod
-    def _is_stack(row: sqlite3.Row, lowers: list[str]) -> bool:
-        """Whether the snapshot needs a pyunion mount (else a plain bind mount serves)."""
-        return len(lowers) > (0 if row["kind"] == ACTIVE else 1)
+    def _is_stack(kind: str, lowers: list[str]) -> bool:
+        """Whether a snapshot needs a pyunion mount (else a plain bind mount serves)."""
+        return len(lowers) > (0 if kind == ACTIVE else 1)
 
     def mounts(self, key: str) -> list[Mount]:
         row = self._row(key)
@@ -174,7 +209,7 @@ class Snapshots:
         mode = "rw" if row["kind"] == ACTIVE else "ro"
         if not lowers:  # (a view without parent: of an empty directory, as containerd's)
             return [Mount("bind", self._fs(row), ["rbind", mode])]
-        if not self._is_stack(row, lowers):
+        if not self._is_stack(row["kind"], lowers):
             return [Mount("bind", lowers[0], ["rbind", "ro"])]
         self._ensure_mounted(row, lowers)
         return [Mount("bind", self._merged(row), ["rbind", mode])]
@@ -190,31 +225,28 @@ class Snapshots:
         self._forget_daemon(row["dir"])
         if point in mounted_points():
             subprocess.run(["umount", "-l", point], capture_output=True)
-        os.makedirs(point, mode=0o755, exist_ok=True)
-        active = row["kind"] == ACTIVE
-        union = UnionMount(lowers, self._fs(row) if active else None, point,
-                           workdir=os.path.join(self.dir, row["dir"], "work") if active else None,
-                           readonly=not active, options=[f"fsname={FSNAME}"])
-        try:
-            with self._daemon_lock:
-                union.start()
-        except MountError as e:
-            raise ImageError(f"mounting snapshot {row['key']} failed: {e}") from None
-        finally:
-            self._start_daemon_ahead()
-        assert union._proc is not None
-        self._daemons[row["dir"]] = union
+        pid = self._mount_stack(row["dir"], row["key"], row["kind"], lowers)
         with transaction(self.db):
             self.db.execute("UPDATE snapshotter_snapshots SET mount_pid = ? WHERE key = ?",
-                            (union._proc.pid, row["key"]))
+                            (pid, row["key"]))
 
-    def _start_daemon_ahead(self) -> None:
-        """The next mount's daemon, started now in another thread: by the next Prepare it has
-        imported pyfuse3 and trio."""
-        def start() -> None:
-            with self._daemon_lock, contextlib.suppress(OSError):
-                prestart_daemon()
-        threading.Thread(target=start, daemon=True, name="daemon-ahead").start()
+    def _mount_stack(self, directory: str, key: str, kind: str, lowers: list[str]) -> int:
+        """Mounts ``lowers`` (and for an active snapshot its ``fs`` as the upper) at
+        ``DIR/merged``; returns the daemon's pid."""
+        base = os.path.join(self.dir, directory)
+        point = os.path.join(base, "merged")
+        os.makedirs(point, mode=0o755, exist_ok=True)
+        active = kind == ACTIVE
+        union = UnionMount(lowers, os.path.join(base, "fs") if active else None, point,
+                           workdir=os.path.join(base, "work") if active else None,
+                           readonly=not active, options=[f"fsname={FSNAME}"])
+        try:
+            self.daemons_ahead.start(union)
+        except MountError as e:
+            raise ImageError(f"mounting snapshot {key} failed: {e}") from None
+        assert union._proc is not None
+        self._daemons[directory] = union
+        return union._proc.pid
 
     def _forget_daemon(self, directory: str) -> None:
         """Reaps a daemon we started for ``directory`` once it has exited."""
@@ -254,6 +286,13 @@ class Snapshots:
             subprocess.run(["umount", "-l", point], capture_output=True)
         self.store._remove_tree(base)
 
+    def _queue_removal(self, directory: str, pid: int | None) -> None:
+        with self._pending_lock:
+            if directory in self._pending:
+                return
+            self._pending.add(directory)
+        self._removals.put((directory, pid))
+
     def _remove_in_background(self) -> None:
         while True:
             directory, pid = self._removals.get()
@@ -262,7 +301,15 @@ class Snapshots:
             except Exception:  # noqa: BLE001 (a failure leaves an orphan: Cleanup retries)
                 pass
             finally:
+                with self._pending_lock:
+                    self._pending.discard(directory)
                 self._removals.task_done()
+
+    def wait_for_removals(self, timeout: float = 60) -> None:
+        """Until the removals under way are done (or ``timeout``): at the snapshotter's exit."""
+        deadline = time.monotonic() + timeout
+        while self._removals.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def usage(self, key: str) -> tuple[int, int]:
         """(bytes, inodes) of the snapshot's own content: its upper while active, as recorded
@@ -281,35 +328,43 @@ class Snapshots:
         if not key:
             raise InvalidArgument("a snapshot needs a key")
         with self.lock:
+            if self.db.execute("SELECT 1 FROM snapshotter_snapshots WHERE key = ?",
+                               (key,)).fetchone():
+                raise AlreadyExists(f"snapshot {key}: already exists")
+            lowers: list[str] = []
             if parent:
                 parent_row = self._row(parent)
                 if parent_row["kind"] != COMMITTED:
                     raise InvalidArgument(f"parent {parent} is not committed")
+                lowers = [self._fs(r) for r in self._chain(parent)]
             name = secrets.token_hex(12)
             base = os.path.join(self.dir, name)
             os.mkdir(base, 0o700)
             os.mkdir(os.path.join(base, "fs"), 0o755)
             if kind == ACTIVE:
                 os.mkdir(os.path.join(base, "work"), 0o700)
-            if parent and (kind == ACTIVE or parent_row["parent"]):
-                os.mkdir(os.path.join(base, "merged"), 0o755)
             fsync_dir(base)
             fsync_dir(self.dir)  # the directory is on disk before a row names it
+            # mounted before the row is written, so that one transaction records both: a call
+            # killed in between leaves a directory without a row, whose mount Cleanup undoes
+            pid = None
+            if self._is_stack(kind, lowers):
+                try:
+                    pid = self._mount_stack(name, key, kind, lowers)
+                except ImageError:
+                    self.store._remove_tree(base)
+                    raise
             now = time.time()
             try:
                 with transaction(self.db):
                     self.db.execute(
                         "INSERT INTO snapshotter_snapshots (key, dir, parent, kind, labels, "
-                        "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (key, name, parent or None, kind, json.dumps(labels), now, now))
+                        "created, updated, mount_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (key, name, parent or None, kind, json.dumps(labels), now, now, pid))
             except sqlite3.IntegrityError:
-                shutil.rmtree(base, ignore_errors=True)
+                self._queue_removal(name, pid)
                 raise AlreadyExists(f"snapshot {key}: already exists") from None
-            try:
-                return self.mounts(key)
-            except ImageError:  # the mount failed: no half-made snapshot stays
-                self.remove(key)
-                raise
+            return self.mounts(key)
 
     def commit(self, name: str, key: str, labels: dict[str, str]) -> None:
         with self.lock:
@@ -400,18 +455,22 @@ class Snapshots:
                 raise FailedPrecondition(f"snapshot {key} has children ({child['key']})")
             with transaction(self.db):
                 self.db.execute("DELETE FROM snapshotter_snapshots WHERE key = ?", (key,))
-            self._removals.put((row["dir"], row["mount_pid"]))
+            self._queue_removal(row["dir"], row["mount_pid"])
 
     def cleanup(self) -> list[str]:
-        """Waits for the removals under way, then deletes directories without a row (calls
-        killed half way, removals a restart interrupted); returns their names."""
-        self._removals.join()
+        """Queues for removal the directories without a row (calls killed half way, removals
+        that a restart interrupted) and returns their names. It does not wait for them:
+        containerd's garbage collection calls it after every ``ctr run --rm``, and the calls
+        after it would wait too."""
         with self.lock:
             known = {r[0] for r in self.db.execute("SELECT dir FROM snapshotter_snapshots")}
-            removed = [name for name in os.listdir(self.dir) if name not in known]
-            for name in removed:
-                self._discard(name, None)
-            return removed
+            with self._pending_lock:
+                pending = set(self._pending)
+            orphans = [name for name in os.listdir(self.dir)
+                       if name not in known and name not in pending]
+            for name in orphans:
+                self._queue_removal(name, None)
+            return orphans
 
 
 def unpacked_chain_id(key: str) -> str | None:
