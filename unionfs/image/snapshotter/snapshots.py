@@ -26,8 +26,9 @@ the snapshotter itself and handed out as a bind mount:
   handshake rather than a Python start. Its pid is recorded in the snapshot's row; a
   mount whose daemon is gone (a reboot, a kill) is made again at the next ``Prepare``/``Mounts``.
   ``Commit`` unmounts first (nothing writes the upper any more); ``Remove`` deletes the row
-  and leaves the unmount and the deletion of the directory to a background thread (``Cleanup``
-  waits for it), so that ``ctr run --rm`` does not wait for them.
+  and leaves the unmount and the deletion of the directory to a background thread (where
+  ``Cleanup`` queues orphans too; the snapshotter's exit waits for it), so that ``ctr run
+  --rm`` does not wait for them.
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ from dataclasses import dataclass, field
 from unionfs import api as union_api
 from unionfs.api import Mount as UnionMount
 from unionfs.fs.options import MountError
-from unionfs.image.daemons import mount_is_live, mounted_points, unmount_daemon, wait_exit
+from unionfs.image.daemons import (
+    mount_is_live,
+    mounted_points,
+    process_alive,
+    unmount_daemon,
+    wait_exit,
+)
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store, fsync_dir, syncfs
 from unionfs.image.store.database import transaction
@@ -276,7 +283,7 @@ class Snapshots:
         except ImageError:
             subprocess.run(["umount", "-l", os.path.join(base, "merged")], capture_output=True)
             wait_exit(pid)
-            if pid and mount_is_live(os.path.join(base, "merged"), pid):
+            if process_alive(pid, b"mount_helper"):  # still serving a detached mount
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
                 wait_exit(pid)
