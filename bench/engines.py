@@ -10,8 +10,9 @@
   snapshotter serving a fresh store) against S = overlayfs (containerd's own), the busybox
   image imported for both (``ctr images import --snapshotter S``). One private containerd
   (Debian's 1.6; config, root, state and sockets below the run directory, the CRI plugin
-  disabled, the snapshotter as ``[proxy_plugins.pyunion]``), started with the venv's ``bin``
-  first on its PATH (``mount.fuse3`` runs ``pyunion-overlayfs`` from there).
+  disabled, the snapshotter as ``[proxy_plugins.pyunion]``). The snapshotter mounts the
+  container's snapshot itself at ``Prepare`` (a daemon started ahead) and containerd's two
+  mounts of the rootfs are bind mounts of it.
 - ``engine-ctr-pull``: ``ctr images pull --plain-http --snapshotter S`` of the image rows'
   Debian bookworm minbase image (``bench.images.ensure_image``; pushed by skopeo to a loopback
   ``docker-registry``) into S = pyunion and S = overlayfs; before each sample the image is
@@ -338,8 +339,8 @@ def render(res: dict[str, Any]) -> list[str]:
             out.append(f"  FAILED: {r['error']}")
             continue
         if name == CTR_RUN:
-            out.append("  pyunion mounts twice per run: ctr reads the image's /etc/passwd "
-                       "through a temporary mount, then the shim mounts the rootfs")
+            out.append("  pyunion: one mount per run, made by the snapshotter at Prepare; "
+                       "containerd's two mounts of the rootfs are bind mounts of it")
         tools = r["tools"]
         out.append(_table(HEADER, [
             _row(ours, tools[ours]),

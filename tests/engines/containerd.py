@@ -3,8 +3,7 @@
 Everything lives below one short temporary directory (unix socket paths are limited to 108
 bytes): containerd's ``config.toml`` (root, state and socket there, the CRI plugin disabled,
 ``[proxy_plugins.pyunion]`` pointing at the snapshotter's socket), the pyunion store the
-snapshotter serves, and the logs. Both daemons run with the venv's ``bin`` first on PATH, so
-that ``mount.fuse3`` finds ``pyunion-overlayfs`` for the ``fuse3.pyunion-overlayfs`` mounts.
+snapshotter serves, and the logs (both daemons with the venv's ``bin`` first on PATH).
 ``close`` stops both (SIGTERM, then SIGKILL, by pid), unmounts what is still mounted below the
 directory and deletes it.
 """

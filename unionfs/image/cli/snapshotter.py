@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
 HELP = "Serve containerd's Snapshots API (a proxy snapshotter) over the store"
@@ -15,8 +16,10 @@ EPILOG = """containerd's config.toml:
     address = "/run/pyunion/snapshotter.sock"
 
 then: ctr images pull --snapshotter pyunion REF; ctr run --rm --snapshotter pyunion REF ID CMD.
-Mounts of more than one layer have the type fuse3.pyunion-overlayfs: containerd runs
-mount.fuse3, which runs pyunion-overlayfs, so both must be on containerd's PATH.
+The snapshotter mounts each snapshot's layer stack itself (a mount.pyunion daemon per active
+snapshot, left running across restarts of the snapshotter) and gives containerd bind mounts
+of it: it must run in containerd's mount namespace. As a systemd unit: KillMode=process, or
+a restart of the unit kills the mounts of running containers.
 
 example:
   pyunion --root /var/lib/pyunion snapshotter --address /run/pyunion/snapshotter.sock"""
@@ -39,6 +42,10 @@ def register(commands) -> None:
     p.add_argument("--share-layers", action="store_true",
                    help="make a layer that the store already has (pyunion pull) hard links to "
                    "it instead of a second copy; its files then show a link count of 2 or more")
+    p.add_argument("--daemons-ahead", type=int, default=2, metavar="N",
+                   help="mount daemons kept started ahead of need, so that a container's "
+                   "rootfs is mounted without waiting for a Python start (default: "
+                   "%(default)s; each is an idle process of about 30 MB)")
     p.add_argument("--debug", action="store_true",
                    help="log every call, its key and its duration on stderr")
     p.set_defaults(run=run)
@@ -48,6 +55,9 @@ def run(args, store: Store) -> int:
     from unionfs.image.snapshotter.service import serve
     from unionfs.image.snapshotter.snapshots import Snapshots
 
-    snapshots = Snapshots(store, share_layers=args.share_layers)
+    if args.daemons_ahead < 0:
+        raise ImageError("--daemons-ahead: expected 0 or more")
+    snapshots = Snapshots(store, share_layers=args.share_layers,
+                          daemons_ahead=args.daemons_ahead)
     snapshots.cleanup()
     return serve(snapshots, args.address, args.debug)

@@ -158,6 +158,7 @@ def serve(snapshots: snap.Snapshots, address: str, debug: bool = False) -> int:
         stop.wait()
     finally:
         server.stop(grace=5).wait()
+        snapshots.wait_for_removals()  # (the mounts of live snapshots stay: their containers)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address)
     return 0

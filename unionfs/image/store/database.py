@@ -88,6 +88,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX containers_image ON containers(image_id);
     """,
+    # The snapshotter's table (unionfs/image/snapshotter/). Stores it served before this
+    # migration have the table without ``mount_pid`` (it made the table itself): hence IF NOT
+    # EXISTS, and the column added separately.
+    """
+    CREATE TABLE IF NOT EXISTS snapshotter_snapshots (
+        key         TEXT PRIMARY KEY,
+        dir         TEXT NOT NULL UNIQUE,
+        parent      TEXT REFERENCES snapshotter_snapshots(key),
+        kind        TEXT NOT NULL,
+        labels      TEXT NOT NULL,
+        created     REAL NOT NULL,
+        updated     REAL NOT NULL,
+        size        INTEGER,
+        inodes      INTEGER,
+        chain_id    TEXT
+    );
+    CREATE INDEX IF NOT EXISTS snapshotter_snapshots_parent ON snapshotter_snapshots(parent);
+    ALTER TABLE snapshotter_snapshots ADD COLUMN mount_pid INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
