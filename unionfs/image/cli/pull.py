@@ -10,7 +10,7 @@ from typing import TextIO, TypeVar
 
 import trio
 
-from unionfs.image import reference
+from unionfs.image import events, reference
 from unionfs.image.archive.formats import Platform
 from unionfs.image.cli.common import Resolved, warn_foreign_platform
 from unionfs.image.cli.output import CliProgress
@@ -117,6 +117,7 @@ def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None
         store.collect_garbage(blocking=False)
         raise
     progress.close()
+    events.record(store, "image", "pull", _shown(ref))
     if not quiet:
         print(f"Digest: {result.manifest_digest}", file=out, flush=True)
         if status:
