@@ -89,13 +89,13 @@ def run(args, store: Store) -> int:
                        f"({container.name})")
     path = logs.log_path(records.container_dir(store, container.id))
     fifo = stdin_fifo(store, container)
-    if not args.no_stdin and container.spec.interactive and os.path.exists(fifo):
-        _feed_stdin(fifo)
     if args.sig_proxy == "true":
         _proxy_signals(store, container)
     events.record_container(store, container, "attach")
     with open(path, "ab+") as f:
         f.seek(0, os.SEEK_END)  # its output from now on, as docker's attach
+        if not args.no_stdin and container.spec.interactive and os.path.exists(fifo):
+            _feed_stdin(fifo)  # only now: what it answers is after the end just found
         while True:
             _copy(f)
             current = runtime.refresh(store, records.get(store, container.id))
