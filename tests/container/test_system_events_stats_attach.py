@@ -105,6 +105,11 @@ def test_events_record_the_lifecycle(px):
               "--filter", "event=destroy", "--format", "{{.Actor.Attributes.name}}"
               ).stdout == "once\n"
     assert px("events", "--since", until, "--until", until).stdout == ""
+    px("tag", IMAGE, "other:1")
+    px("rmi", "other:1")
+    assert px("events", "--since", until, "--until", str(time.time() + 0.001), "--filter",
+              "type=image", "--format", "{{.Action}} {{.Actor.Attributes.name}}"
+              ).stdout == "tag other:1\nuntag other:1\n"
     bad = px("events", "--filter", "nosuch=1", "--until", "0s", check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("pyunion: error: invalid filter")
 

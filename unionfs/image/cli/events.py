@@ -16,7 +16,7 @@ from unionfs.image.cli.template import print_formatted, render
 from unionfs.image.events import Event
 from unionfs.image.store import Store
 
-HELP = "Show the store's events (containers created, started, died, …; images pulled, tagged)"
+HELP = "Show the store's events (containers created, started, died, …; images pulled, …)"
 EPILOG = """examples:
   pyunion events                                  new events as they happen (Ctrl-C ends)
   pyunion events --since 10m --until 0s           the last ten minutes, then exit
@@ -24,7 +24,7 @@ EPILOG = """examples:
   pyunion events --since 1h --until 0s --format '{{.Action}} {{.Actor.Attributes.name}}'
 Filters: container=NAME|ID, event=ACTION, type=container|image, image=NAME, label=KEY[=VALUE].
 Recorded are a container's create, start, die (exitCode), kill (signal), stop, pause,
-unpause, rename (oldName), restart, attach, destroy; an image's pull and tag.
+unpause, rename (oldName), restart, attach, destroy; an image's pull, tag, untag, delete.
 """
 FILTERS = ("container", "event", "type", "image", "label")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from unionfs.image import events
 from unionfs.image.cli.common import image_names, image_users, short_name
 from unionfs.image.cli.output import human_size
 from unionfs.image.store import Store
@@ -53,5 +54,7 @@ def prune_images(store: Store, all_images: bool) -> tuple[list[str], list[str], 
             db.execute("DELETE FROM repo_digests WHERE image_id = ?", (image_id,))
             db.execute("DELETE FROM image_layers WHERE image_id = ?", (image_id,))
             db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+    for image_id in victims:
+        events.record(store, "image", "delete", image_id)
     store.collect_garbage(blocking=True)
     return untagged, victims, before - layer_bytes()
