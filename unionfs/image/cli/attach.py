@@ -39,7 +39,8 @@ def register(commands) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("--no-stdin", action="store_true", help="do not attach stdin")
-    p.add_argument("--sig-proxy", default="true", choices=("true", "false"),
+    p.add_argument("--sig-proxy", default="true", nargs="?", const="true",
+                   choices=("true", "false"), metavar="true|false",
                    help="pass the signals attach gets on to the container (default true)")
     p.set_defaults(run=run)
 
