@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,8 @@ def test_session_against_podman(tools, tmp_path):
     failures: list[str] = []
 
     def both(*args: str, same: bool = True, stdout: bool = True, input: bytes | None = None,
-             status: int | None = None, compare=None) -> dict[str, Outcome]:
+             status: int | None = None, compare=None,
+             same_status: bool = True) -> dict[str, Outcome]:
         """Runs one command in both; compares status (and stdout, or ``compare``'s view)."""
         def fill(tool: str) -> list[str]:
             return [a.replace("{OUT}", str(work[tool])).replace("{TOOL}", tool)
@@ -142,7 +144,7 @@ def test_session_against_podman(tools, tmp_path):
         if status is not None and p.status != status:
             failures.append(f"{what}: pyunion exited {p.status}, expected {status}: "
                             f"{p.stderr.decode(errors='replace').strip()}")
-        if same and p.status != d.status:
+        if same and same_status and p.status != d.status:
             failures.append(f"{what}: exit status pyunion {p.status} != podman {d.status}\n"
                             f"  pyunion: {p.stderr.decode(errors='replace').strip()}\n"
                             f"  podman: {d.stderr.decode(errors='replace').strip()}")
@@ -153,7 +155,11 @@ def test_session_against_podman(tools, tmp_path):
                                 f"  podman: {view(d)!r}")
         return got
 
+    began = str(int(time.time()) - 1)
     both("pull", "-q", image, stdout=False, status=0)
+    # usage errors: 125 for every command
+    both("ps", "--bogus", stdout=False, status=125)
+    both("logs", "--tail", "x", "web", stdout=False, status=125)
     both("images", "--format", "{{.Repository}}:{{.Tag}}", status=0,
          compare=lambda o: sorted(o.stdout.split()))
     both("images", compare=lambda o: _columns(o.stdout.splitlines()[0]))
@@ -167,6 +173,14 @@ def test_session_against_podman(tools, tmp_path):
     both("images", "--format", "{{.Repository}}:{{.Tag}}",
          compare=lambda o: sorted(o.stdout.split()))
     both("run", "--rm", f"{host}/copy-podman:1", "cat", "/srv/tree/y/z", status=0)
+    # pull -a: every tag of the repository; search HOST/TERM: that registry's catalog
+    both("push", "-q", "--tls-verify=false", image, f"{host}/library/busybox:extra",
+         stdout=False, status=0)
+    both("pull", "-q", "--all-tags", f"{host}/library/busybox", stdout=False, status=0)
+    both("images", "--format", "{{.Repository}}:{{.Tag}}",
+         compare=lambda o: sorted(o.stdout.split()))
+    both("search", f"{host}/copy", status=0,
+         compare=lambda o: [line.split()[0] for line in o.stdout.splitlines()])
     # run: output, the process's status, docker's 125/126/127
     both("run", "--rm", image, "echo", "hello", status=0)
     both("run", "--rm", "-e", "X=from-e", "-w", "/srv", image, "sh", "-c", "echo $X; pwd")
@@ -194,6 +208,7 @@ def test_session_against_podman(tools, tmp_path):
     both("exec", "-i", "web", "cat", input=b"through stdin\n")
     both("exec", "web", "no-such-command", stdout=False, status=127)
     both("exec", "nosuch", "true", stdout=False)
+    both("stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", "web", status=0)
     both("cp", "web:/srv/lower/a.txt", "{OUT}/a.txt", status=0)
     both("cp", "web:/srv/tree", "{OUT}", status=0)
     both("cp", "{OUT}/a.txt", "web:/tmp/copied", status=0)
@@ -211,6 +226,14 @@ def test_session_against_podman(tools, tmp_path):
     both("unpause", "web", status=0)
     both("top", "web", stdout=False, status=0)
     both("rename", "web", "web2", stdout=False, status=0)
+    # events: podman 4.3 records them, but its reader of the events file stops at the "push"
+    # event the session's push wrote (a status it cannot parse back), listing nothing after
+    # it; so only pyunion's is checked here (test_system_events_stats_attach has the rest)
+    seen = both("events", "--since", began, "--until", str(int(time.time()) + 1), "--filter",
+                "container=web", "--filter", "event=start", "--format", "{{.Status}}",
+                status=0, same=False)["pyunion"].stdout
+    if seen != b"start\n":
+        failures.append(f"events of web: {seen!r}")
     both("restart", "-t", "1", "web2", stdout=False, status=0)
     both("kill", "web2", stdout=False, status=0)
     both("wait", "web2", status=0)
@@ -222,6 +245,25 @@ def test_session_against_podman(tools, tmp_path):
     both("rm", "web2", stdout=False, status=0)
     both("rm", "web2", stdout=False, status=1)
     both("ps", "-a", "--format", "{{.Names}}")
+    # attach: output from then on, the exit status; stdin of a -i container
+    both("run", "-d", "--name", "late", image, "sh", "-c", "sleep 3; echo late; exit 4",
+         stdout=False, status=0)
+    # (podman 4.3's attach exits 0 and ends with an empty line; docker's exits with the
+    # container's status, as pyunion's)
+    both("attach", "late", status=4, same_status=False,
+         compare=lambda o: o.stdout.rstrip(b"\n"))
+    both("run", "-d", "-i", "--name", "reader", image, "sh", "-c", "read a; echo got $a",
+         stdout=False, status=0)
+    both("attach", "reader", input=b"hello\n", status=0,
+         compare=lambda o: o.stdout.rstrip(b"\n"))
+    # system df (podman counts an image per name, docker and pyunion per id) and prune
+    both("system", "df", status=0, compare=lambda o: [
+        re.split(r"\s{2,}", line)[:3] for line in o.stdout.decode().splitlines()[:4]
+        if not line.startswith("Images")])
+    both("system", "prune", "-f", stdout=False, status=0)
+    both("ps", "-a", "--format", "{{.Names}}")
+    both("system", "prune", "-a", "-f", stdout=False, status=0)
+    both("images", "-q")
     assert not failures, f"{len(failures)} differences:\n" + "\n".join(failures)
     # the files cp wrote, byte for byte, modes too
     for rel in ("a.txt", "tree/x", "tree/y/z"):

@@ -1,9 +1,10 @@
 """``pyunion``: the image manager's command line, one module per command.
 
-Errors are one line on stderr (``pyunion: error: ...``) with exit status 1; usage errors exit 2.
-``run`` exits 125 for both, as docker's ``run`` does, so that pyunion's own failures stay apart
-from the container's statuses (126: its command cannot be invoked, 127: not found; otherwise its
-process's own status).
+Errors are one line on stderr (``pyunion: error: ...``) with exit status 1; usage errors (an
+unknown option, a missing argument: argparse's) exit 125, as docker's and podman's do for every
+command. ``run`` and ``exec`` exit 125 for their own failures too, as docker's do, so that
+pyunion's failures stay apart from the container's statuses (126: its command cannot be
+invoked, 127: not found; otherwise its process's own status).
 """
 
 from __future__ import annotations
@@ -44,15 +45,16 @@ COMMANDS = {
     "pull": "pull", "push": "push", "search": "search", "login": "login", "logout": "login",
     "info": "info", "exec": "exec", "cp": "cp", "kill": "control", "restart": "control",
     "pause": "control", "unpause": "control", "rename": "control", "top": "top", "port": "top",
-    "version": "version", "snapshotter": "snapshotter",
-    "build": "build",
+    "version": "version", "snapshotter": "snapshotter", "events": "events", "stats": "stats",
+    "attach": "attach", "build": "build",
 }
 # Commands that mount a union: its daemon is started first (unionfs.api.prestart_daemon), so
 # that the daemon's interpreter start-up and imports run beside this command's own.
 MOUNTING_COMMANDS = {"run", "start", "mount", "mount-image"}
-# The exit status of a command's failures (usage errors included) where it is not 1:
-# run's (docker's), exec's (podman's; 126 and 127 stay the command's own).
+# The exit status of a command's failures where it is not 1: run's (docker's), exec's
+# (podman's; 126 and 127 stay the command's own).
 FAILURE_STATUS = {"run": 125, "exec": 125}
+USAGE_STATUS = 125  # docker's and podman's for a usage error of any command
 
 # ``pyunion image …`` and ``pyunion container …``: docker's management groups, each word an
 # alias of a top-level command: word -> (the command, defaults its parser gets in the group).
@@ -71,15 +73,21 @@ GROUPS: dict[str, dict[str, tuple[str, dict]]] = {
         **{word: (word, {}) for word in (
             "create", "run", "start", "stop", "wait", "logs", "rm", "exec", "cp", "kill",
             "restart", "pause", "unpause", "rename", "top", "port", "diff", "commit", "export",
-            "mount", "umount")},
+            "mount", "umount", "stats", "attach")},
+    },
+    "system": {
+        "df": ("system-df", {}), "prune": ("system-prune", {}), "events": ("events", {}),
+        "info": ("info", {}),
     },
 }
 GROUP_HELP = {"image": "Manage images (ls, rm, inspect, history, pull, push, tag, save, load, "
                        "import, prune)",
               "container": "Manage containers (ls, rm, inspect, logs, exec, cp, prune, …: "
-                           "the container commands)"}
+                           "the container commands)",
+              "system": "Manage the store (df, prune, events, info)"}
 # the module of a command that is only in a group
-GROUP_ONLY = {"prune": "prune", "container-prune": "container_prune"}
+GROUP_ONLY = {"prune": "prune", "container-prune": "container_prune", "system-df": "system",
+              "system-prune": "system"}
 
 
 def _command_words(argv: list[str]) -> list[str]:
@@ -223,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:  # the command's own usage, not the top-level one
             innermost_parser(parser, argv).error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as e:
-        if e.code == 2 and failure != 1:  # a usage error (argparse has printed it)
-            return failure
+        if e.code == 2:  # a usage error (argparse has printed it)
+            return USAGE_STATUS
         raise
     store = Store(args.root or default_root())
     try:

@@ -75,3 +75,29 @@ def image_users(store: Store, image_id: str) -> list[str]:
         if mount_is_live(row["mountpoint"], row["pid"]):
             users.append(f"mounted at {row['mountpoint']}")
     return users
+
+
+def image_platform(store: Store, image_id: str) -> str:
+    """``os/architecture[/variant]`` as the image's config records it."""
+    import json
+
+    with open(store.blob_path(image_id), "rb") as f:
+        config = json.load(f)
+    return "/".join(str(config[key]) for key in ("os", "architecture", "variant")
+                    if config.get(key))
+
+
+def warn_foreign_platform(store: Store, image_id: str) -> None:
+    """docker's warning, on stderr, for an image of another platform than this machine's."""
+    from unionfs.image.archive.formats import Platform
+
+    host = Platform.host()
+    found = image_platform(store, image_id)
+    parts = found.split("/")
+    if len(parts) < 2 or (parts[0], parts[1]) == (host.os, host.architecture):
+        return
+    import sys
+
+    print(f"WARNING: The requested image's platform ({found}) does not match the detected "
+          f"host platform ({host.os}/{host.architecture}) and no specific platform was "
+          "requested", file=sys.stderr, flush=True)

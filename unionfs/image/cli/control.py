@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from unionfs.image import events
 from unionfs.image.cli.run import start_detached
 from unionfs.image.container import records, restart, runtime
 from unionfs.image.errors import Conflict, ImageError
@@ -90,6 +91,7 @@ def run_kill(args, store: Store) -> int:
             restart.mark_stopped(store, container)
         if not runtime.send_signal(store, container, number):
             raise ImageError(f"cannot signal {container.name}: the runtime refused")
+        events.record_container(store, container, "kill", signal=number)
 
     return _each(args.containers, kill)
 
@@ -100,6 +102,7 @@ def run_restart(args, store: Store) -> int:
         if container.state == "running":
             runtime.stop(store, container, args.time)
         start_detached(store, records.get(store, container.id))
+        events.record_container(store, container, "restart")
 
     return _each(args.containers, restart)
 
@@ -111,10 +114,14 @@ def run_pause(args, store: Store) -> int:
             raise Conflict(f"container {container.name} is "
                            + ("already paused" if args.paused else "not paused"))
         runtime.pause(store, container, args.paused)
+        events.record_container(store, container, "pause" if args.paused else "unpause")
 
     return _each(args.containers, pause)
 
 
 def run_rename(args, store: Store) -> int:
-    records.rename(store, records.get(store, args.container), args.new_name)
+    container = records.get(store, args.container)
+    records.rename(store, container, args.new_name)
+    events.record_container(store, records.get(store, container.id), "rename",
+                            oldName=container.name)
     return 0

@@ -10,7 +10,14 @@ import re
 import sys
 
 from unionfs.image import reference
-from unionfs.image.cli.common import ID_PREFIX, Resolved, resolve, short_id, short_name
+from unionfs.image.cli.common import (
+    ID_PREFIX,
+    Resolved,
+    resolve,
+    short_id,
+    short_name,
+    warn_foreign_platform,
+)
 from unionfs.image.container import lifecycle
 from unionfs.image.container.bundle import check_spec
 from unionfs.image.container.records import Container, RunSpec
@@ -175,6 +182,7 @@ def create_from_args(args, store: Store) -> Container:
         raise ImageError("-p/--publish needs a bridge network, which pyunion does not set up "
                          "yet: use --network host, where the ports are the host's")
     found = find_image(store, args.image, args.pull, args.quiet, args.lazy)
+    warn_foreign_platform(store, found.image_id)
     label = short_name(found.name) if found.name else short_id(found.image_id)
     return lifecycle.create(store, found.image_id, label, args.name, spec_from_args(args))
 

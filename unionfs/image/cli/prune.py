@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from unionfs.image.cli.common import image_users
+from unionfs.image import events
+from unionfs.image.cli.common import image_names, image_users, short_name
 from unionfs.image.cli.output import human_size
 from unionfs.image.store import Store
 
@@ -20,32 +21,40 @@ def register(image_commands) -> None:
     p.set_defaults(run=run)
 
 
-def _layer_bytes(store: Store) -> int:
-    row = store.db.execute("SELECT COALESCE(SUM(tar_size), 0) FROM layers").fetchone()
-    return row[0]
-
-
 def run(args, store: Store) -> int:
     if not args.force and sys.stdin.isatty():
         answer = input("WARNING! This will remove all dangling images.\n"
                        "Are you sure you want to continue? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             return 0
-    condition = "" if args.all else "WHERE id NOT IN (SELECT image_id FROM tags)"
+    _, victims, freed = prune_images(store, args.all)
+    if victims:
+        print("Deleted Images:")
+        for image_id in victims:
+            print(f"deleted: {image_id}")
+        print()
+    print(f"Total reclaimed space: {human_size(freed)}")
+    return 0
+
+
+def prune_images(store: Store, all_images: bool) -> tuple[list[str], list[str], int]:
+    """Deletes the dangling images (``all_images``: every image no container or mount
+    uses): the names untagged, the ids deleted, the layer bytes freed."""
+    def layer_bytes() -> int:
+        return store.db.execute("SELECT COALESCE(SUM(tar_size), 0) FROM layers").fetchone()[0]
+
+    condition = "" if all_images else "WHERE id NOT IN (SELECT image_id FROM tags)"
     candidates = [r["id"] for r in store.db.execute(f"SELECT id FROM images {condition}")]
     victims = [i for i in candidates if not image_users(store, i)]
-    before = _layer_bytes(store)
+    untagged = [short_name(n) for i in victims for n in image_names(store, i)]
+    before = layer_bytes()
     with store.transaction() as db:
         for image_id in victims:
             db.execute("DELETE FROM tags WHERE image_id = ?", (image_id,))
             db.execute("DELETE FROM repo_digests WHERE image_id = ?", (image_id,))
             db.execute("DELETE FROM image_layers WHERE image_id = ?", (image_id,))
             db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+    for image_id in victims:
+        events.record(store, "image", "delete", image_id)
     store.collect_garbage(blocking=True)
-    if victims:
-        print("Deleted Images:")
-        for image_id in victims:
-            print(f"deleted: {image_id}")
-        print()
-    print(f"Total reclaimed space: {human_size(before - _layer_bytes(store))}")
-    return 0
+    return untagged, victims, before - layer_bytes()

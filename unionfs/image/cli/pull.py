@@ -10,15 +10,17 @@ from typing import TextIO, TypeVar
 
 import trio
 
-from unionfs.image import reference
+from unionfs.image import events, reference
 from unionfs.image.archive.formats import Platform
-from unionfs.image.cli.common import Resolved
+from unionfs.image.cli.common import Resolved, warn_foreign_platform
 from unionfs.image.cli.output import CliProgress
+from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
 from unionfs.image.reference import Reference
 from unionfs.image.registry.client import RegistryClient, RegistryError
 from unionfs.image.registry.config import RegistrySettings
 from unionfs.image.registry.pull import Puller, PullResult
+from unionfs.image.registry.search import tags
 from unionfs.image.store import Store
 
 HELP = "Download an image from a registry"
@@ -27,6 +29,7 @@ EPILOG = """examples:
   pyunion pull debian:bookworm                 docker.io/library/debian:bookworm
   pyunion pull registry.lan:5000/app@sha256:4f2a...
   pyunion pull --platform linux/arm64 alpine
+  pyunion pull -a 127.0.0.1:5000/app             every tag of the repository
 """
 T = TypeVar("T")
 
@@ -56,6 +59,8 @@ def register(commands) -> None:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the platform to pick from a multi-platform image")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the progress output")
+    p.add_argument("-a", "--all-tags", action="store_true",
+                   help="pull every tag of the repository (the name takes no tag)")
     add_lazy_option(p)
     add_registry_options(p)
     p.set_defaults(run=run)
@@ -90,9 +95,12 @@ def _shown(ref: Reference) -> str:
 
 def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None,
                insecure: bool = False, quiet: bool = False,
-               out: TextIO | None = None, lazy: bool = False) -> PullResult:
+               out: TextIO | None = None, lazy: bool = False,
+               status: bool = True) -> PullResult:
     """Pulls ``ref``, telling ``out`` (stdout by default) what happens as docker does: the
-    registry, each layer (on stderr), the digest and a ``Status:`` line."""
+    registry, each layer (on stderr), the digest and (if ``status``) a ``Status:`` line:
+    "Downloaded newer image" when anything was fetched or the tag now names another image,
+    "Image is up to date" otherwise."""
     out = out or sys.stdout
     if not quiet:
         print(f"{ref.tag or ref.digest}: Pulling from {ref.short_repository}", file=out,
@@ -109,19 +117,64 @@ def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None
         store.collect_garbage(blocking=False)
         raise
     progress.close()
+    events.record(store, "image", "pull", _shown(ref))
     if not quiet:
-        print(f"Digest: {result.manifest_digest}", file=out)
-        print("Status: " + (f"Downloaded newer image for {_shown(ref)}" if result.downloaded
-                            else f"Image is up to date for {_shown(ref)}"), file=out, flush=True)
+        print(f"Digest: {result.manifest_digest}", file=out, flush=True)
+        if status:
+            print_status(_shown(ref), result.updated, out)
     return result
+
+
+def print_status(shown: str, updated: bool, out: TextIO) -> None:
+    print("Status: " + (f"Downloaded newer image for {shown}" if updated
+                        else f"Image is up to date for {shown}"), file=out, flush=True)
 
 
 def run(args, store: Store) -> int:
     ref = reference.parse(args.image)
     platform = Platform.parse(args.platform) if args.platform else None
-    pull_image(store, ref, platform=platform, insecure=args.insecure, quiet=args.quiet,
-               lazy=args.lazy)
+    if args.all_tags:
+        return _pull_all_tags(args, store, ref, platform)
+    result = pull_image(store, ref, platform=platform, insecure=args.insecure,
+                        quiet=args.quiet, lazy=args.lazy)
+    if platform is None:
+        warn_foreign_platform(store, result.image_id)
     print(ref.name if ref.tag else f"{ref.repository}@{ref.digest}")
+    return 0
+
+
+def _pull_all_tags(args, store: Store, ref: Reference, platform: Platform | None) -> int:
+    """docker's ``pull -a``: each tag in turn (one that fails is skipped with a warning),
+    one ``Status:`` line for the repository."""
+    named = reference.parse(args.image, default_tag=False)
+    if named.tag or named.digest:
+        raise ImageError("tag can't be used with --all-tags/-a")
+
+    def list_tags(client: RegistryClient) -> Awaitable[list[str]]:
+        return tags(client, ref.path)
+
+    found = sorted(trio.run(_through_mirrors, ref, args.insecure, list_tags))
+    if not found:
+        raise ImageError(f"{ref.repository}: the registry lists no tags")
+    out = sys.stdout
+    updated = pulled = False
+    for tag in found:
+        try:
+            result = pull_image(store, ref.with_tag(tag), platform=platform,
+                                insecure=args.insecure, quiet=args.quiet, lazy=args.lazy,
+                                status=False)
+        except (RegistryError, ImageError) as e:
+            print(f"pyunion: warning: pulling tag {tag}: {e}", file=sys.stderr, flush=True)
+            continue
+        pulled = True
+        updated = updated or result.updated
+        if platform is None:
+            warn_foreign_platform(store, result.image_id)
+    if not pulled:
+        raise ImageError(f"{ref.repository}: no tag could be pulled")
+    if not args.quiet:
+        print_status(ref.short_repository, updated, out)
+    print(ref.repository)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from unionfs.image import events
 from unionfs.image.cli.common import image_names, image_users, resolve, short_id, short_name
 from unionfs.image.container.records import running_users_of_image
 from unionfs.image.errors import Conflict, ImageError
@@ -59,6 +60,10 @@ def remove_image(store: Store, text: str, force: bool) -> list[str]:
             db.execute("DELETE FROM image_layers WHERE image_id = ?", (image_id,))
             db.execute("DELETE FROM images WHERE id = ?", (image_id,))
             lines.append(f"Deleted: {image_id}")
+    for name in to_untag:
+        events.record(store, "image", "untag", image_id, name=short_name(name))
+    if delete:
+        events.record(store, "image", "delete", image_id)
     return lines
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from unionfs.image import reference
+from unionfs.image import events, reference
 from unionfs.image.cli.common import resolve
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
@@ -40,4 +40,5 @@ def run(args, store: Store) -> int:
     with store.transaction() as db:
         db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
                    (target.name, image.image_id, time.time()))
+    events.record(store, "image", "tag", image.image_id, name=target.short_name)
     return 0

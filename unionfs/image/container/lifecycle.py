@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+from unionfs.image import events
 from unionfs.image.container import records, restart, rootfs, runtime
 from unionfs.image.container.initlayer import build_init_layer, restore_parent_times
 from unionfs.image.container.records import Container, RunSpec
@@ -21,12 +22,13 @@ def create(store: Store, image_id: str, image_name: str, name: str | None,
         build_init_layer(init, image, spec)
         restore_parent_times(init, image)
     except OSError as e:
-        remove(store, container, force=True)
+        remove(store, container, force=True, quiet=True)
         raise ImageError(f"cannot prepare the container's init layer: {e}") from None
+    events.record_container(store, container, "create")
     return container
 
 
-def remove(store: Store, container: Container, *, force: bool) -> None:
+def remove(store: Store, container: Container, *, force: bool, quiet: bool = False) -> None:
     """Removes a container: refused while it runs unless forced (then it is killed)."""
     container = runtime.refresh(store, container)
     if container.state == "running":
@@ -42,3 +44,5 @@ def remove(store: Store, container: Container, *, force: bool) -> None:
     runtime.delete_runtime_state(store, container)
     records.delete_record(store, container.id)  # a leftover directory is garbage from now on
     shutil.rmtree(records.container_dir(store, container.id), ignore_errors=True)
+    if not quiet:
+        events.record_container(store, container, "destroy")

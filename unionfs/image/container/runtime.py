@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from unionfs.image import events
 from unionfs.image.container import logs, records, restart, rootfs
 from unionfs.image.container.bundle import image_config, write_bundle
 from unionfs.image.container.records import Container
@@ -150,9 +151,11 @@ def execute(store: Store, container: Container, *, log_path: str | None = None) 
         os.unlink(os.path.join(directory, PAUSED_MARK))
     records.update(store, container.id, state="running", started=time.time(), finished=None,
                    exit_code=None, monitor_pid=os.getpid())
+    events.record_container(store, container, "start")
     code, failure = _run_runtime(store, container, command, log_path)
     records.update(store, container.id, state="exited", exit_code=code, finished=time.time(),
                    pid=None, monitor_pid=None)
+    events.record_container(store, records.get(store, container.id), "die", exitCode=code)
     if os.path.exists(os.path.join(store.root, "runtime", container.id)):
         delete_runtime_state(store, container)  # runc run deletes it itself when it can
     with contextlib.suppress(ImageError):
@@ -181,12 +184,31 @@ def _run_runtime(store: Store, container: Container, command: list[str],
         return _run_relayed(store, container, command, None, None, 2)
     writer = logs.LogWriter(log_path or logs.log_path(directory))
     tee = log_path is None
+    stdin = None if tee else _detached_stdin(directory, container)
     try:
-        return _run_relayed(store, container, command, subprocess.DEVNULL if not tee else None,
+        return _run_relayed(store, container, command, stdin,
                             logs.sink(writer, "stdout", 1 if tee else None),
                             logs.sink(writer, "stderr", 2 if tee else None))
     finally:
         writer.close()
+        if stdin not in (None, subprocess.DEVNULL):
+            os.close(stdin)
+
+
+STDIN_FIFO = "stdin"  # a detached -i container's stdin, which ``attach`` writes to
+
+
+def _detached_stdin(directory: str, container: Container) -> int:
+    """A detached container's stdin: /dev/null, or for ``-i`` a FIFO that ``attach`` writes
+    to (opened read-write here, so that it never reads as ended between two attaches)."""
+    if not container.spec.interactive:
+        return subprocess.DEVNULL
+    path = _fresh(directory, STDIN_FIFO)
+    try:
+        os.mkfifo(path, 0o600)
+        return os.open(path, os.O_RDWR)
+    except OSError:
+        return subprocess.DEVNULL
 
 
 def _run_relayed(store: Store, container: Container, command: list[str], stdin: int | None,
@@ -302,6 +324,7 @@ def stop(store: Store, container: Container, timeout: float) -> None:
     if not _wait_exited(store, container, timeout):
         send_signal(store, container, signal.SIGKILL)
         _wait_exited(store, container, 30)
+    events.record_container(store, container, "stop")
 
 
 def _wait_exited(store: Store, container: Container, timeout: float) -> bool:

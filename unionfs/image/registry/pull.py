@@ -64,6 +64,7 @@ class PullResult:
     manifest_digest: str
     downloaded: bool          # False when every layer was already in the store
     bytes_received: int
+    updated: bool = False     # something new: layers fetched, a new image, or the tag moved
 
 
 async def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
@@ -338,16 +339,27 @@ class Puller:
                 return None
         return row["id"]
 
+    def _tagged_image(self) -> str | None:
+        """The image the reference's tag names in the store before this pull."""
+        if not self.ref.tag:
+            return None
+        row = self.store.db.execute("SELECT image_id FROM tags WHERE name = ?",
+                                    (self.ref.name,)).fetchone()
+        return row["image_id"] if row else None
+
     async def pull(self) -> PullResult:
         data, media_type, manifest_digest, manifest = await self.resolve()
         stored = self._already_stored(manifest_digest)
+        before = self._tagged_image()
         if stored is not None:  # up to date: no config or layer is fetched again
             with self.store.transaction() as db:
                 if self.ref.tag:
                     db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
                                (self.ref.name, stored, time.time()))
             self._record_repo_digest(stored, self.repo_digest)
-            return PullResult(stored, self.repo_digest, False, self.client.bytes_received)
+            # docker's "Downloaded newer image" whenever the tag now names another image
+            return PullResult(stored, self.repo_digest, False, self.client.bytes_received,
+                              updated=bool(self.ref.tag) and before != stored)
         if not isinstance(manifest.get("layers"), list) or not isinstance(
                 manifest.get("config"), dict):
             raise RegistryError(f"{self.ref.name}: the manifest lacks config or layers")
@@ -368,7 +380,8 @@ class Puller:
             added, downloaded = await self._add_layers(adder, layers)
             image_id = await trio.to_thread.run_sync(adder.record, spec, added)
         self._record_repo_digest(image_id, self.repo_digest)
-        return PullResult(image_id, self.repo_digest, downloaded, self.client.bytes_received)
+        return PullResult(image_id, self.repo_digest, downloaded, self.client.bytes_received,
+                          updated=True)  # an image the store did not have whole
 
     async def _add_layers(self, adder: ImageAdder,
                           layers: list[LayerSpec]) -> tuple[list[AddedLayer], bool]:
