@@ -72,13 +72,20 @@ GROUPS: dict[str, dict[str, tuple[str, dict]]] = {
             "restart", "pause", "unpause", "rename", "top", "port", "diff", "commit", "export",
             "mount", "umount")},
     },
+    "network": {
+        "create": ("network-create", {}), "ls": ("network-ls", {}),
+        "list": ("network-ls", {}), "rm": ("network-rm", {}), "remove": ("network-rm", {}),
+        "inspect": ("network-inspect", {}),
+    },
 }
 GROUP_HELP = {"image": "Manage images (ls, rm, inspect, history, pull, push, tag, save, load, "
                        "import, prune)",
               "container": "Manage containers (ls, rm, inspect, logs, exec, cp, prune, …: "
-                           "the container commands)"}
+                           "the container commands)",
+              "network": "Manage bridge networks (create, ls, rm, inspect)"}
 # the module of a command that is only in a group
-GROUP_ONLY = {"prune": "prune", "container-prune": "container_prune"}
+GROUP_ONLY = {"prune": "prune", "container-prune": "container_prune",
+              **{f"network-{word}": "network" for word in ("create", "ls", "rm", "inspect")}}
 
 
 def _command_words(argv: list[str]) -> list[str]:
