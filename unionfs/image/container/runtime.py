@@ -184,6 +184,8 @@ def _execute(store: Store, container: Container, point: str,
     records.update(store, container.id, state="running", started=time.time(), finished=None,
                    exit_code=None, monitor_pid=os.getpid())
     code, failure = _run_runtime(store, container, command, log_path)
+    if attached is not None:
+        detach_network(store, container)  # before "exited": whoever waits finds it gone
     records.update(store, container.id, state="exited", exit_code=code, finished=time.time(),
                    pid=None, monitor_pid=None)
     if os.path.exists(os.path.join(store.root, "runtime", container.id)):
