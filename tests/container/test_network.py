@@ -283,3 +283,62 @@ def test_against_podman(npx, netns, podman_netns):
                 "ipam_options"):
         assert mine["inspect"][key] == theirs["inspect"][key], key
     assert set(mine["inspect"]) == set(theirs["inspect"])
+
+
+# --------------------------------------------------------------------------- ordinary users
+
+SLIRP_SESSION = """
+set -e
+{p} import -q rootfs base:1
+{p} run -d --name web --network slirp4netns -p 8089:80 base:1 busybox httpd -f -p 80 -h /srv
+{p} port web
+{p} ps --format '{{{{.Ports}}}}'
+{fetch} http://127.0.0.1:8089/a.txt
+{p} run --rm --network slirp4netns base:1 sh -c 'cat /etc/resolv.conf; busybox ip -o -4 addr'
+{p} rm -f web >/dev/null
+{p} run --rm --network bridge base:1 true || echo "bridge refused: $?"
+"""
+
+
+def test_an_ordinary_user_publishes_a_port_with_slirp4netns() -> None:
+    """As uid 65534 in a private network namespace (and a /dev with /dev/net/tun): a port
+    forwarded by slirp4netns, its addresses in the container, nothing left running after rm."""
+    from tests.cli_helpers import NOBODY, public_dir
+    from tests.test_rootless_images import PYUNION, WITH_USER_DEVICES
+
+    devices = [a.replace('&& exec "$@"', '&& mkdir /dev/net && mknod -m 666 /dev/net/tun c '
+                         '10 200 && exec "$@"') if "mknod" in a else a
+               for a in WITH_USER_DEVICES]
+    harness = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+               *devices]
+    with public_dir() as pub:
+        rootfs = pub / "rootfs"
+        for d in ("bin", "etc", "srv"):
+            (rootfs / d).mkdir(parents=True)
+        (rootfs / "srv/a.txt").write_text("alpha\n")
+        (rootfs / "bin/busybox").write_bytes(Path("/bin/busybox").read_bytes())
+        os.chmod(rootfs / "bin/busybox", 0o755)
+        for applet in ("sh", "cat"):
+            os.symlink("busybox", rootfs / "bin" / applet)
+        (rootfs / "etc/passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
+        for dirpath, dirnames, filenames in os.walk(pub):
+            for name in [*dirnames, *filenames, "."]:
+                os.chown(os.path.join(dirpath, name), NOBODY, NOBODY, follow_symlinks=False)
+        env = {**os.environ, "HOME": str(pub), "XDG_DATA_HOME": str(pub / "data"),
+               "XDG_RUNTIME_DIR": str(pub), "PYTHONPATH": os.getcwd()}
+        env.pop("PYUNION_ROOT", None)
+        fetch = f"{sys.executable} -c '{FETCH}'"
+        session = SLIRP_SESSION.format(p=PYUNION, fetch=fetch)
+        try:
+            result = subprocess.run([*harness, "sh", "-c", session], cwd=pub, env=env,
+                                    capture_output=True, text=True, timeout=180)
+            out = result.stdout
+            assert result.returncode == 0, out + result.stderr
+            assert "80/tcp -> 0.0.0.0:8089\n0.0.0.0:8089->80/tcp\nalpha\n" in out
+            assert "nameserver 10.0.2.3\n" in out and "inet 10.0.2.100/24" in out
+            assert "bridge refused: 125" in out and "--network slirp4netns" in result.stderr
+            assert not pids_with_cmdline("slirp4netns", str(pub)), "slirp4netns left"
+        finally:
+            for pid in pids_with_cmdline(str(pub)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

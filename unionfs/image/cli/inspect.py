@@ -190,6 +190,13 @@ def network_settings(store: Store, container) -> dict:
         if container.state == "running" else None
     settings: dict = {"SandboxKey": "", "Ports": {}, "IPAddress": "", "IPPrefixLen": 0,
                       "Gateway": "", "MacAddress": "", "Networks": {}}
+    if attached is None and container.state == "running" and \
+            container.spec.network == network.SLIRP:
+        from unionfs.image.container import slirp
+
+        settings.update(IPAddress=slirp.ADDRESS, IPPrefixLen=24, Gateway=slirp.GATEWAY,
+                        Ports=_ports(network.published_ports(store, container.id,
+                                                             network.SLIRP)))
     if attached is None:
         return settings
     net = network.get(store, attached.network)
@@ -197,14 +204,19 @@ def network_settings(store: Store, container) -> dict:
              "IPPrefixLen": net.subnet.prefixlen, "Gateway": net.gateway,
              "MacAddress": attached.mac_address,
              "Aliases": [container.name] if net.dns_enabled else []}
-    ports: dict[str, list] = {}
-    for p in attached.port_list:
-        ports.setdefault(f"{p.container_port}/{p.protocol}", []).append(
-            {"HostIp": p.host_ip or "0.0.0.0", "HostPort": str(p.host_port)})
-    settings.update(SandboxKey=attached.netns, Ports=ports, IPAddress=attached.address,
+    settings.update(SandboxKey=attached.netns, Ports=_ports(attached.port_list),
+                    IPAddress=attached.address,
                     IPPrefixLen=net.subnet.prefixlen, Gateway=net.gateway,
                     MacAddress=attached.mac_address, Networks={net.name: entry})
     return settings
+
+
+def _ports(published: list) -> dict:
+    ports: dict[str, list] = {}
+    for p in published:
+        ports.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            {"HostIp": p.host_ip or "0.0.0.0", "HostPort": str(p.host_port)})
+    return ports
 
 
 def _process_pid(store: Store, container) -> int:

@@ -130,8 +130,9 @@ def _row(store: Store, c: Container, no_trunc: bool) -> dict:
 
 def _ports(store: Store, c: Container) -> str:
     """docker's PORTS: ``0.0.0.0:8080->80/tcp, …`` while it runs on a bridge."""
-    attached = network.attachment(store, c.id) if c.state == "running" else None
-    return ", ".join(p.shown() for p in attached.port_list) if attached else ""
+    if c.state != "running":
+        return ""
+    return ", ".join(p.shown() for p in network.published_ports(store, c.id, c.spec.network))
 
 
 def run(args, store: Store) -> int:

@@ -67,9 +67,8 @@ def run_port(args, store: Store) -> int:
     """docker's lines: ``80/tcp -> 0.0.0.0:8080``, or ``0.0.0.0:8080`` for one port asked;
     only a running container on a bridge network has any."""
     container = runtime.refresh(store, records.get(store, args.container))
-    attached = network.attachment(store, container.id) if container.state == "running" \
-        else None
-    ports = attached.port_list if attached else []
+    ports = network.published_ports(store, container.id, container.spec.network) \
+        if container.state == "running" else []
     if args.port:
         number, _, protocol = args.port.partition("/")
         ports = [p for p in ports if str(p.container_port) == number

@@ -13,6 +13,7 @@ import os
 import socket
 from typing import Any
 
+from unionfs.image.container import slirp
 from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.container.initlayer import INIT_TARGET
 from unionfs.image.container.network import Attachment, resolv_conf
@@ -388,9 +389,14 @@ def write_bundle(directory: str, container: Container, rootfs: str,
     spec = container.spec
     hostname = spec.hostname or (socket.gethostname() if spec.network == "host"
                                  else container.id[:12])
+    if spec.network == slirp.MODE:  # its addresses are always slirp4netns's
+        attached = Attachment(slirp.MODE, "", slirp.ADDRESS, "", [], options={
+            "container_name": container.name, "dns": {"servers": [slirp.DNS], "search": []}})
     etc = write_etc_files(directory, hostname, spec.extra_hosts, attached)
     document = build_config(container, rootfs, config, etc,
                             attached.netns if attached else None)
+    if spec.network == slirp.MODE:
+        document["hooks"] = {"createRuntime": [slirp.hook(directory, spec.publish)]}
     temp = os.path.join(bundle, "config.json.tmp")
     with open(temp, "w") as f:
         json.dump(document, f, indent=1)

@@ -39,6 +39,7 @@ DEFAULT_NETWORK = "pyunion"
 # docker's name of its default network; podman takes it for its own default too
 DEFAULT_ALIASES = ("bridge", DEFAULT_NETWORK)
 MODES = ("host", "none")     # besides network names
+SLIRP = "slirp4netns"        # a network of the container's own, for ordinary users too
 SUBNET_POOL = ipaddress.ip_network("10.90.0.0/16")   # /24 subnets, the default's first
 STATE_FILE = "network.json"
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -244,11 +245,15 @@ def check_mode(store: Store, text: str) -> str:
     existing network (``bridge``: the default, made if need be)."""
     if text in MODES:
         return text
-    network = get(store, text)
+    if text == SLIRP:
+        from unionfs.image.container import slirp
+
+        slirp.binary()
+        return text
     if os.geteuid() != 0:
-        raise ImageError("bridge networks need root (netavark): an ordinary user's containers "
-                         "use --network host or none")
-    return network.name
+        raise ImageError(f"bridge networks need root (netavark): an ordinary user's "
+                         f"containers use --network {SLIRP} (-p works there), host or none")
+    return get(store, text).name
 
 
 def parse_port(text: str) -> Port:
@@ -459,6 +464,16 @@ def teardown(store: Store, container_id: str) -> None:
                 _ip_netns("delete", found.netns)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def published_ports(store: Store, container_id: str, mode: str) -> list[Port]:
+    """The ports forwarded to a running container (a bridge's or slirp4netns's)."""
+    if mode == SLIRP:
+        from unionfs.image.container import slirp
+
+        return slirp.ports(os.path.join(store.root, "containers", container_id))
+    found = attachment(store, container_id)
+    return found.port_list if found else []
 
 
 def resolv_conf(found: Attachment | None) -> bytes | None:

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from unionfs.image.container import logs, network, records, restart, rootfs
+from unionfs.image.container import logs, network, records, restart, rootfs, slirp
 from unionfs.image.container.bundle import image_config, write_bundle
 from unionfs.image.container.records import Container
 from unionfs.image.container.runtime_output import StderrRelay, start_failure
@@ -154,8 +154,8 @@ def execute(store: Store, container: Container, *, log_path: str | None = None) 
 
 def _attach_network(store: Store, container: Container) -> network.Attachment | None:
     """The container's namespace on its bridge network (None: the host's network, or none)."""
-    if container.spec.network in network.MODES:
-        return None
+    if container.spec.network in (*network.MODES, network.SLIRP):
+        return None  # slirp4netns: started by the runtime's hook (slirp.py)
     return network.setup(store, container.id, container.name, container.spec.network,
                          container.spec.publish)
 
@@ -164,6 +164,7 @@ def detach_network(store: Store, container: Container) -> None:
     """Tears down the container's network, if it has one; a failure is reported, not
     raised (the container has ended either way)."""
     try:
+        slirp.stop(records.container_dir(store, container.id))
         network.teardown(store, container.id)
     except (ImageError, OSError, subprocess.SubprocessError) as e:
         print(f"pyunion: warning: {container.name}: {e}", file=sys.stderr)
@@ -184,7 +185,7 @@ def _execute(store: Store, container: Container, point: str,
     records.update(store, container.id, state="running", started=time.time(), finished=None,
                    exit_code=None, monitor_pid=os.getpid())
     code, failure = _run_runtime(store, container, command, log_path)
-    if attached is not None:
+    if attached is not None or container.spec.network == network.SLIRP:
         detach_network(store, container)  # before "exited": whoever waits finds it gone
     records.update(store, container.id, state="exited", exit_code=code, finished=time.time(),
                    pid=None, monitor_pid=None)
