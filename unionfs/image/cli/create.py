@@ -38,10 +38,12 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]",
                    help="bind-mount a host path")
     p.add_argument("--read-only", action="store_true", help="mount the rootfs read-only")
-    p.add_argument("--network", "--net", default="host", metavar="host|none|bridge|NAME",
+    p.add_argument("--network", "--net", default="host",
+                   metavar="host|none|bridge|NAME|slirp4netns",
                    help="host (the default: the host's network), none (loopback only), bridge "
                         "(the default network, pyunion) or a network's name (root only; see "
-                        "pyunion network)")
+                        "pyunion network), slirp4netns (a network of its own, for ordinary "
+                        "users too)")
     p.add_argument("--entrypoint", help="override the image's entrypoint")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
