@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -230,6 +231,8 @@ def podman_netns(base_tar) -> Iterator[tuple[Podman, Netns]]:
     conf = Path(podman.env["CONTAINERS_CONF"])
     conf.write_text(conf.read_text().replace('netns = "host"', 'netns = "bridge"')
                     + 'network_backend = "netavark"\n')
+    run_dir = Path("/run/containers/networks")   # rootful podman's netavark files
+    existing = set(run_dir.iterdir()) if run_dir.is_dir() else set()
     space = Netns()
     try:
         subprocess.run(podman.command("load", "-q", "-i", str(base_tar)), env=podman.env,
@@ -241,6 +244,11 @@ def podman_netns(base_tar) -> Iterator[tuple[Podman, Netns]]:
                            env=podman.env, capture_output=True, timeout=120)
         podman.close()
         space.close()
+        for made in (set(run_dir.iterdir()) if run_dir.is_dir() else set()) - existing:
+            if made.is_dir():
+                shutil.rmtree(made, ignore_errors=True)
+            else:
+                made.unlink(missing_ok=True)
 
 
 def test_against_podman(npx, netns, podman_netns):
