@@ -32,6 +32,9 @@ pytestmark = pytest.mark.timeout(240)
 
 FETCH = ("import sys, urllib.request\n"
          "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())")
+HOLD = ("import socket, sys, time\ns = socket.socket()\n"
+        "s.bind(('0.0.0.0', int(sys.argv[1])))\ns.listen()\nprint('ready', flush=True)\n"
+        "time.sleep(60)")
 HTTPD = ("busybox", "httpd", "-f", "-p", "80", "-h", "/srv/lower")   # serves a.txt: "alpha"
 
 
@@ -128,6 +131,20 @@ def test_published_port_and_names_on_a_user_network(npx, netns):
     assert npx("port", "web").stdout == "80/tcp -> 0.0.0.0:8080\n"
     assert npx("port", "web", "80").stdout == "0.0.0.0:8080\n"
     assert npx("ps", "--format", "{{.Ports}}").stdout == "0.0.0.0:8080->80/tcp\n"
+    # the host port is taken: by that container, or by a socket of the host's
+    taken = npx("run", "--rm", "--network", "backend", "-p", "8080:81", IMAGE, "true",
+                check=False)
+    assert taken.returncode == 125 and "port is already allocated" in taken.stderr, taken
+    holder = subprocess.Popen([*netns.enter, sys.executable, "-c", HOLD, "8090"],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
+        held = npx("run", "--rm", "--network", "backend", "-p", "8090:80", IMAGE, "true",
+                   check=False)
+        assert held.returncode == 125 and "Address already in use" in held.stderr, held
+    finally:
+        holder.kill()
+        holder.wait()
     # a network in use stays; with its container gone it goes, and nothing of it is left
     used = npx("network", "rm", "backend", check=False)
     assert used.returncode == 1 and "is being used" in used.stderr

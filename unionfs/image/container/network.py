@@ -382,14 +382,32 @@ def _free_port(protocol: str, host_ip: str) -> int:
         return s.getsockname()[1]
 
 
-def _used_addresses(store: Store, network: str) -> set[str]:
-    used = set()
+def _attachments(store: Store) -> list[Attachment]:
+    """Every container's network of this boot."""
     containers = os.path.join(store.root, "containers")
-    for entry in os.listdir(containers) if os.path.isdir(containers) else []:
-        found = attachment(store, entry)
-        if found is not None and found.network == network:
-            used.add(found.address)
-    return used
+    found = [attachment(store, entry) for entry in
+             (os.listdir(containers) if os.path.isdir(containers) else [])]
+    return [a for a in found if a is not None]
+
+
+def _check_host_port(store: Store, port: Port) -> None:
+    """docker's "port is already allocated": another container's, or a socket of the host's
+    (netavark's rules would hide it, or it theirs)."""
+    for other in _attachments(store):
+        for taken in other.port_list:
+            overlapping = not taken.host_ip or not port.host_ip or taken.host_ip == port.host_ip
+            if (taken.host_port, taken.protocol) == (port.host_port, port.protocol) \
+                    and overlapping:
+                raise Conflict(f"Bind for {port.host_ip or '0.0.0.0'}:{port.host_port} failed: "
+                               f"port is already allocated (container "
+                               f"{other.container_name})")
+    kind = socket.SOCK_DGRAM if port.protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((port.host_ip or "0.0.0.0", port.host_port))
+        except OSError as e:
+            raise Conflict(f"cannot publish {port.host_ip or '0.0.0.0'}:{port.host_port}: "
+                           f"{e.strerror}") from None
 
 
 def setup(store: Store, container_id: str, name: str, network_name: str,
@@ -400,7 +418,8 @@ def setup(store: Store, container_id: str, name: str, network_name: str,
     network = get(store, network_name)
     with _lock(store):
         forget_previous_boot(store)
-        used = _used_addresses(store, network.name) | {network.gateway}
+        used = {a.address for a in _attachments(store) if a.network == network.name} \
+            | {network.gateway}
         address = next((str(a) for a in network.subnet.hosts() if str(a) not in used), None)
         if address is None:
             raise ImageError(f"network {network.name} has no free address left")
@@ -408,6 +427,8 @@ def setup(store: Store, container_id: str, name: str, network_name: str,
         for port in ports:
             if port.host_port == 0:
                 port.host_port = _free_port(port.protocol, port.host_ip)
+            else:
+                _check_host_port(store, port)
         netns = f"/run/netns/pyunion-{container_id[:24]}"
         aliases = [name] if network.dns_enabled else []
         options = {
