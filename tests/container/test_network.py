@@ -236,6 +236,10 @@ def test_bad_network_input(npx):
     inspected = json.loads(npx("network", "inspect", "n1").stdout)[0]
     assert inspected["subnets"] == [{"subnet": "10.91.7.0/24", "gateway": "10.91.7.254"}]
     assert npx("network", "ls", "-q").stdout == "n1\npyunion\n"
+    npx("create", "--name", "user", "--network", "n1", IMAGE)
+    npx("network", "create", "n3")
+    assert npx("network", "prune", "-f").stdout == "n3\n"   # n1 is used, pyunion stays
+    npx("rm", "user")
     npx("network", "rm", "n1")
 
 

@@ -75,17 +75,18 @@ GROUPS: dict[str, dict[str, tuple[str, dict]]] = {
     "network": {
         "create": ("network-create", {}), "ls": ("network-ls", {}),
         "list": ("network-ls", {}), "rm": ("network-rm", {}), "remove": ("network-rm", {}),
-        "inspect": ("network-inspect", {}),
+        "inspect": ("network-inspect", {}), "prune": ("network-prune", {}),
     },
 }
 GROUP_HELP = {"image": "Manage images (ls, rm, inspect, history, pull, push, tag, save, load, "
                        "import, prune)",
               "container": "Manage containers (ls, rm, inspect, logs, exec, cp, prune, …: "
                            "the container commands)",
-              "network": "Manage bridge networks (create, ls, rm, inspect)"}
+              "network": "Manage bridge networks (create, ls, rm, inspect, prune)"}
 # the module of a command that is only in a group
 GROUP_ONLY = {"prune": "prune", "container-prune": "container_prune",
-              **{f"network-{word}": "network" for word in ("create", "ls", "rm", "inspect")}}
+              **{f"network-{word}": "network"
+                 for word in ("create", "ls", "rm", "inspect", "prune")}}
 
 
 def _command_words(argv: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ CREATE_HELP = "Create a bridge network (containers on it reach each other by nam
 LS_HELP = "List networks"
 RM_HELP = "Remove networks"
 INSPECT_HELP = "Display a network's configuration"
+PRUNE_HELP = "Remove the networks no container uses (the default one stays)"
 EPILOG = """examples:
   pyunion network create --subnet 10.91.0.0/24 backend
   pyunion run -d --network backend --name web -p 8080:80 app:2.0 httpd -f
@@ -51,6 +52,10 @@ def register(commands) -> None:
                     help="remove the containers on it first")
     rm.add_argument("networks", nargs="+", metavar="NETWORK")
     rm.set_defaults(run=run_rm)
+    pr = commands.add_parser("network-prune", help=PRUNE_HELP, description=PRUNE_HELP)
+    pr.add_argument("-f", "--force", action="store_true", help="do not ask (pyunion never "
+                    "asks: accepted for docker's command line)")
+    pr.set_defaults(run=run_prune)
     i = commands.add_parser("network-inspect", help=INSPECT_HELP, description=INSPECT_HELP)
     i.add_argument("-f", "--format", help="a Go template, or json")
     i.add_argument("networks", nargs="+", metavar="NETWORK")
@@ -126,6 +131,14 @@ def run_rm(args, store: Store) -> int:
             print(f"pyunion: error: {e}", file=sys.stderr)
             status = 1
     return status
+
+
+def run_prune(args, store: Store) -> int:
+    for network in networks.all_networks(store):
+        if network.name != networks.DEFAULT_NETWORK and not users(store, network):
+            networks.remove(store, network, [])
+            print(network.name)
+    return 0
 
 
 def run_inspect(args, store: Store) -> int:
