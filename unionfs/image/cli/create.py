@@ -6,6 +6,7 @@ The options here are shared with ``run``.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -38,9 +39,10 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]",
                    help="bind-mount a host path")
     p.add_argument("--read-only", action="store_true", help="mount the rootfs read-only")
-    p.add_argument("--network", "--net", default="host",
+    p.add_argument("--network", "--net", default=os.environ.get("PYUNION_NETWORK") or "host",
                    metavar="host|none|bridge|NAME|slirp4netns",
-                   help="host (the default: the host's network), none (loopback only), bridge "
+                   help="host (the default, or $PYUNION_NETWORK's: the host's network), none "
+                        "(loopback only), bridge "
                         "(the default network, pyunion) or a network's name (root only; see "
                         "pyunion network), slirp4netns (a network of its own, for ordinary "
                         "users too)")
