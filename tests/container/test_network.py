@@ -325,6 +325,7 @@ set -e
 {p} ps --format '{{{{.Ports}}}}'
 {fetch} http://127.0.0.1:8089/a.txt
 {p} run --rm --network slirp4netns base:1 sh -c 'cat /etc/resolv.conf; busybox ip -o -4 addr'
+{p} run --rm --network slirp4netns -p 8089:80 base:1 true 2>&1 || echo "taken: $?"
 {p} rm -f web >/dev/null
 {p} run --rm --network bridge base:1 true || echo "bridge refused: $?"
 """
@@ -366,6 +367,7 @@ def test_an_ordinary_user_publishes_a_port_with_slirp4netns() -> None:
             assert result.returncode == 0, out + result.stderr
             assert "80/tcp -> 0.0.0.0:8089\n0.0.0.0:8089->80/tcp\nalpha\n" in out
             assert "nameserver 10.0.2.3\n" in out and "inet 10.0.2.100/24" in out
+            assert "Address already in use\ntaken: 125\n" in out
             assert "bridge refused: 125" in out and "--network slirp4netns" in result.stderr
             assert not pids_with_cmdline("slirp4netns", str(pub)), "slirp4netns left"
         finally:

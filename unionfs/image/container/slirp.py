@@ -92,6 +92,21 @@ def start(directory: str, pid: int, publish: list[str]) -> None:
         json.dump([p.__dict__ for p in ports], f)
 
 
+def check_ports(publish: list[str]) -> None:
+    """Refuses a host port that a socket of the host holds, before the runtime starts (the
+    hook's failure would only be the runtime's)."""
+    for port in map(parse_port, publish):
+        if port.host_port == 0:
+            continue
+        kind = socket.SOCK_DGRAM if port.protocol == "udp" else socket.SOCK_STREAM
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((port.host_ip or "0.0.0.0", port.host_port))
+            except OSError as e:
+                raise ImageError(f"cannot publish {port.host_ip or '0.0.0.0'}:"
+                                 f"{port.host_port}: {e.strerror}") from None
+
+
 def _free_port(port: Port) -> int:
     kind = socket.SOCK_DGRAM if port.protocol == "udp" else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as s:
@@ -157,7 +172,8 @@ def main(argv: list[str]) -> int:
     try:
         start(directory, int(state["pid"]), publish)
     except (ImageError, OSError, ValueError) as e:
-        print(f"pyunion: error: {e}", file=sys.stderr)
+        # no newline: the runtime quotes it in its own one-line error
+        print(f"slirp4netns: {e}", file=sys.stderr, end="")
         stop(directory)
         return 1
     return 0
