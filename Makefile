@@ -30,7 +30,8 @@ PLAIN_VENV := .venv-plain
 # Debian packages: FUSE itself and what pyfuse3 builds against; the reference
 # implementations the differential tests and the benchmark compare against.
 BUILD_PACKAGES := fuse3 libfuse3-dev pkg-config python3-venv python3-dev patch gcc meson ninja-build
-TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap catatonit podman containerd rootlesskit
+TEST_PACKAGES  := fuse-overlayfs attr umoci skopeo busybox-static zstd runc docker-registry apache2-utils uidmap catatonit podman containerd rootlesskit \
+                  netavark aardvark-dns iproute2 iptables slirp4netns
 # The Debian builds of tests/build (apt-get install, gcc multi-stage): debootstrap makes the image.
 BUILD_TEST_PACKAGES := debootstrap
 # The stress suite (tests/stress): fio's verify workloads, strace (kills at chosen syscalls),

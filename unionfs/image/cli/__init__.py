@@ -79,15 +79,23 @@ GROUPS: dict[str, dict[str, tuple[str, dict]]] = {
         "df": ("system-df", {}), "prune": ("system-prune", {}), "events": ("events", {}),
         "info": ("info", {}),
     },
+    "network": {
+        "create": ("network-create", {}), "ls": ("network-ls", {}),
+        "list": ("network-ls", {}), "rm": ("network-rm", {}), "remove": ("network-rm", {}),
+        "inspect": ("network-inspect", {}), "prune": ("network-prune", {}),
+    },
 }
 GROUP_HELP = {"image": "Manage images (ls, rm, inspect, history, pull, push, tag, save, load, "
                        "import, prune)",
               "container": "Manage containers (ls, rm, inspect, logs, exec, cp, prune, …: "
                            "the container commands)",
-              "system": "Manage the store (df, prune, events, info)"}
+              "system": "Manage the store (df, prune, events, info)",
+              "network": "Manage bridge networks (create, ls, rm, inspect, prune)"}
 # the module of a command that is only in a group
 GROUP_ONLY = {"prune": "prune", "container-prune": "container_prune", "system-df": "system",
-              "system-prune": "system"}
+              "system-prune": "system",
+              **{f"network-{word}": "network"
+                 for word in ("create", "ls", "rm", "inspect", "prune")}}
 
 
 def _command_words(argv: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ The options here are shared with ``run``.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -18,7 +19,7 @@ from unionfs.image.cli.common import (
     short_name,
     warn_foreign_platform,
 )
-from unionfs.image.container import lifecycle
+from unionfs.image.container import lifecycle, network
 from unionfs.image.container.bundle import check_spec
 from unionfs.image.container.records import Container, RunSpec
 from unionfs.image.errors import ImageError, NotFound
@@ -45,8 +46,13 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]",
                    help="bind-mount a host path")
     p.add_argument("--read-only", action="store_true", help="mount the rootfs read-only")
-    p.add_argument("--network", choices=("host", "none"), default="host",
-                   help="host (the default: the host's network) or none (loopback only)")
+    p.add_argument("--network", "--net", default=os.environ.get("PYUNION_NETWORK") or "host",
+                   metavar="host|none|bridge|NAME|slirp4netns",
+                   help="host (the default, or $PYUNION_NETWORK's: the host's network), none "
+                        "(loopback only), bridge "
+                        "(the default network, pyunion) or a network's name (root only; see "
+                        "pyunion network), slirp4netns (a network of its own, for ordinary "
+                        "users too)")
     p.add_argument("--entrypoint", help="override the image's entrypoint")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
@@ -58,9 +64,10 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
                    help="pull the image: if it is missing (the default), always, never, or "
                         "if the registry has a newer one")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the pull output")
-    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR",
-                   help="accepted and discarded, as docker does with --network host: the "
-                        "container's ports are the host's (pyunion sets up no bridge yet)")
+    p.add_argument("-p", "--publish", action="append", default=[],
+                   metavar="[IP:][HOST:]CTR[/udp]",
+                   help="forward a host port to the container's (a bridge network; HOST left "
+                        "out: a free one); discarded with --network host, as docker does")
     p.add_argument("--env-file", action="append", default=[], metavar="FILE",
                    help="read KEY=VALUE lines (and KEY: the caller's value) from a file")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE",
@@ -173,18 +180,28 @@ def find_image(store: Store, text: str, policy: str, quiet: bool = False,
     return image_for_container(store, reference.parse(text), policy, local, quiet, lazy)
 
 
-def create_from_args(args, store: Store) -> Container:
-    spec_from_args(args)  # bad options are refused before anything is pulled
-    if args.publish and args.network == "host":
+def network_options(args, store: Store) -> tuple[str, list[str]]:
+    """``--network`` as the spec keeps it (a network's name for a bridge) and the ``-p`` kept:
+    none with the host's network (docker's warning), refused with no network."""
+    mode = network.check_mode(store, args.network)
+    for text in args.publish:
+        network.parse_port(text)
+    if args.publish and mode == "host":
         print("pyunion: warning: published ports are discarded when using host network mode "
               "(the container's ports are the host's)", file=sys.stderr)
-    elif args.publish:
-        raise ImageError("-p/--publish needs a bridge network, which pyunion does not set up "
-                         "yet: use --network host, where the ports are the host's")
+        return mode, []
+    if args.publish and mode == "none":
+        raise ImageError("-p/--publish needs a bridge network: --network none has none")
+    return mode, list(args.publish)
+
+
+def create_from_args(args, store: Store) -> Container:
+    spec = spec_from_args(args)  # bad options are refused before anything is pulled
+    spec.network, spec.publish = network_options(args, store)
     found = find_image(store, args.image, args.pull, args.quiet, args.lazy)
     warn_foreign_platform(store, found.image_id)
     label = short_name(found.name) if found.name else short_id(found.image_id)
-    return lifecycle.create(store, found.image_id, label, args.name, spec_from_args(args))
+    return lifecycle.create(store, found.image_id, label, args.name, spec)
 
 
 def register(commands) -> None:

@@ -146,6 +146,7 @@ def describe_container(store: Store, container) -> dict:
             "CapAdd": spec.cap_add, "CapDrop": spec.cap_drop, "ExtraHosts": spec.extra_hosts,
             "Init": spec.init, "Memory": spec.memory or 0,
             "NanoCpus": int((spec.cpus or 0) * 1e9),
+            "PortBindings": _port_bindings(spec.publish),
         },
         "GraphDriver": {"Name": "pyunion", "Data": {
             "LowerDir": ":".join(rootfs.lowers(store, container)),
@@ -153,6 +154,7 @@ def describe_container(store: Store, container) -> dict:
             "WorkDir": os.path.join(directory, "work"),
             "MergedDir": container.mountpoint or os.path.join(directory, "merged")}},
         "Mounts": [_mount(v) for v in spec.volumes],
+        "NetworkSettings": network_settings(store, container),
         "Config": {
             "Hostname": spec.hostname or container.id[:12], "User": spec.user or
             config.get("User", ""), "Tty": spec.tty, "OpenStdin": spec.interactive,
@@ -164,6 +166,57 @@ def describe_container(store: Store, container) -> dict:
             "Labels": {**(config.get("Labels") or {}), **spec.labels},
         },
     }
+
+
+def _port_bindings(publish: list[str]) -> dict:
+    """docker's ``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`` (HostPort "" for a free
+    port chosen at start)."""
+    from unionfs.image.container.network import parse_port
+
+    bindings: dict[str, list] = {}
+    for text in publish:
+        p = parse_port(text)
+        bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            {"HostIp": p.host_ip, "HostPort": str(p.host_port or "")})
+    return bindings
+
+
+def network_settings(store: Store, container) -> dict:
+    """docker's NetworkSettings: the address, gateway, MAC and ports of a running container
+    on a bridge (empty otherwise), and the namespace as SandboxKey."""
+    from unionfs.image.container import network
+
+    attached = network.attachment(store, container.id) \
+        if container.state == "running" else None
+    settings: dict = {"SandboxKey": "", "Ports": {}, "IPAddress": "", "IPPrefixLen": 0,
+                      "Gateway": "", "MacAddress": "", "Networks": {}}
+    if attached is None and container.state == "running" and \
+            container.spec.network == network.SLIRP:
+        from unionfs.image.container import slirp
+
+        settings.update(IPAddress=slirp.ADDRESS, IPPrefixLen=24, Gateway=slirp.GATEWAY,
+                        Ports=_ports(network.published_ports(store, container.id,
+                                                             network.SLIRP)))
+    if attached is None:
+        return settings
+    net = network.get(store, attached.network)
+    entry = {"NetworkID": net.id, "IPAddress": attached.address,
+             "IPPrefixLen": net.subnet.prefixlen, "Gateway": net.gateway,
+             "MacAddress": attached.mac_address,
+             "Aliases": [container.name] if net.dns_enabled else []}
+    settings.update(SandboxKey=attached.netns, Ports=_ports(attached.port_list),
+                    IPAddress=attached.address,
+                    IPPrefixLen=net.subnet.prefixlen, Gateway=net.gateway,
+                    MacAddress=attached.mac_address, Networks={net.name: entry})
+    return settings
+
+
+def _ports(published: list) -> dict:
+    ports: dict[str, list] = {}
+    for p in published:
+        ports.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            {"HostIp": p.host_ip or "0.0.0.0", "HostPort": str(p.host_port)})
+    return ports
 
 
 def _process_pid(store: Store, container) -> int:

@@ -11,7 +11,7 @@ from unionfs.image.cli.common import resolve
 from unionfs.image.cli.filters import label_matches, matches, parse_filters
 from unionfs.image.cli.output import human_duration, print_table
 from unionfs.image.cli.template import print_formatted
-from unionfs.image.container import records, rootfs, runtime
+from unionfs.image.container import network, records, rootfs, runtime
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
@@ -123,8 +123,16 @@ def _row(store: Store, c: Container, no_trunc: bool) -> dict:
             "Status": status_text(c, store), "Names": c.name, "State": _state(store, c),
             "ExitCode": c.exit_code, "Labels": ",".join(f"{k}={v}" for k, v in
                                                         sorted(c.spec.labels.items())),
-            "Mounts": c.mountpoint if mounted else "", "Ports": "", "Networks": c.spec.network,
+            "Mounts": c.mountpoint if mounted else "", "Ports": _ports(store, c),
+            "Networks": c.spec.network,
             "Size": "", "LocalVolumes": "0"}
+
+
+def _ports(store: Store, c: Container) -> str:
+    """docker's PORTS: ``0.0.0.0:8080->80/tcp, …`` while it runs on a bridge."""
+    if c.state != "running":
+        return ""
+    return ", ".join(p.shown() for p in network.published_ports(store, c.id, c.spec.network))
 
 
 def run(args, store: Store) -> int:

@@ -1,5 +1,5 @@
 """``pyunion top`` (a container's processes, as the host's ``ps`` shows them) and ``pyunion
-port`` (its published ports: none, while containers share the host's network or have none)."""
+port`` (its published ports: a bridge network's ``-p``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import json
 import subprocess
 
-from unionfs.image.container import records, runtime
+from unionfs.image.container import network, records, runtime
 from unionfs.image.errors import Conflict, ImageError
 from unionfs.image.store import Store
 
@@ -64,7 +64,20 @@ def run_top(args, store: Store) -> int:
 
 
 def run_port(args, store: Store) -> int:
-    container = records.get(store, args.container)
+    """docker's lines: ``80/tcp -> 0.0.0.0:8080``, or ``0.0.0.0:8080`` for one port asked;
+    only a running container on a bridge network has any."""
+    container = runtime.refresh(store, records.get(store, args.container))
+    ports = network.published_ports(store, container.id, container.spec.network) \
+        if container.state == "running" else []
     if args.port:
-        raise ImageError(f"no public port '{args.port}' published for {container.name}")
+        number, _, protocol = args.port.partition("/")
+        ports = [p for p in ports if str(p.container_port) == number
+                 and p.protocol == (protocol or "tcp")]
+        if not ports:
+            raise ImageError(f"no public port '{args.port}' published for {container.name}")
+        for p in ports:
+            print(f"{p.host_ip or '0.0.0.0'}:{p.host_port}")
+        return 0
+    for p in ports:
+        print(f"{p.container_port}/{p.protocol} -> {p.host_ip or '0.0.0.0'}:{p.host_port}")
     return 0

@@ -13,8 +13,10 @@ import os
 import socket
 from typing import Any
 
+from unionfs.image.container import slirp
 from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.container.initlayer import INIT_TARGET
+from unionfs.image.container.network import Attachment, resolv_conf
 from unionfs.image.container.records import Container, RunSpec
 from unionfs.image.errors import ImageError
 
@@ -136,9 +138,10 @@ def _passwd_by_uid(rootfs: str, uid: int) -> list[str] | None:
     return None
 
 
-def write_etc_files(directory: str, hostname: str,
-                    extra_hosts: list[str] | None = None) -> dict[str, str]:
-    """resolv.conf (the host's), hosts and hostname, as docker supplies them."""
+def write_etc_files(directory: str, hostname: str, extra_hosts: list[str] | None = None,
+                    attached: Attachment | None = None) -> dict[str, str]:
+    """resolv.conf (the host's; on a bridge, see network.resolv_conf), hosts and hostname, as
+    docker supplies them."""
     files = {}
     resolv = os.path.join(directory, "resolv.conf")
     try:
@@ -146,13 +149,16 @@ def write_etc_files(directory: str, hostname: str,
             data = f.read()
     except OSError:
         data = b""
+    data = resolv_conf(attached) or data
     with open(resolv, "wb") as f:
         f.write(data)
     files["/etc/resolv.conf"] = resolv
     hosts = os.path.join(directory, "hosts")
     with open(hosts, "w") as f:
         f.write("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                f"127.0.1.1\t{hostname}\n" + "".join(map(_host_line, extra_hosts or [])))
+                + (f"{attached.address}\t{hostname} {attached.container_name}\n" if attached else
+                   f"127.0.1.1\t{hostname}\n")
+                + "".join(map(_host_line, extra_hosts or [])))
     files["/etc/hosts"] = hosts
     name_file = os.path.join(directory, "hostname")
     with open(name_file, "w") as f:
@@ -292,7 +298,8 @@ def _volume(text: str) -> dict[str, Any]:
 
 
 def build_config(container: Container, rootfs: str, config: dict[str, Any],
-                 etc_files: dict[str, str]) -> dict[str, Any]:
+                 etc_files: dict[str, str], netns: str | None = None) -> dict[str, Any]:
+    """The runtime's config.json; ``netns``: the network namespace to join (a bridge's)."""
     spec = container.spec
     hostname = spec.hostname or container.id[:12]
     if spec.network == "host":
@@ -316,7 +323,7 @@ def build_config(container: Container, rootfs: str, config: dict[str, Any],
     mounts += [_volume(v) for v in spec.volumes]
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if spec.network != "host":
-        namespaces.append({"type": "network"})
+        namespaces.append({"type": "network", **({"path": netns} if netns else {})})
     caps = capabilities(spec)
     linux: dict[str, Any] = {"namespaces": namespaces, "maskedPaths": MASKED_PATHS,
                              "readonlyPaths": READONLY_PATHS}
@@ -374,7 +381,7 @@ def _make_rootless(linux: dict[str, Any], mounts: list[dict[str, Any]]) -> None:
 
 
 def write_bundle(directory: str, container: Container, rootfs: str,
-                 config: dict[str, Any]) -> str:
+                 config: dict[str, Any], attached: Attachment | None = None) -> str:
     """Writes ``<directory>/bundle/config.json`` and the supplied /etc files; returns the
     bundle path."""
     bundle = os.path.join(directory, "bundle")
@@ -382,8 +389,14 @@ def write_bundle(directory: str, container: Container, rootfs: str,
     spec = container.spec
     hostname = spec.hostname or (socket.gethostname() if spec.network == "host"
                                  else container.id[:12])
-    etc = write_etc_files(directory, hostname, spec.extra_hosts)
-    document = build_config(container, rootfs, config, etc)
+    if spec.network == slirp.MODE:  # its addresses are always slirp4netns's
+        attached = Attachment(slirp.MODE, "", slirp.ADDRESS, "", [], options={
+            "container_name": container.name, "dns": {"servers": [slirp.DNS], "search": []}})
+    etc = write_etc_files(directory, hostname, spec.extra_hosts, attached)
+    document = build_config(container, rootfs, config, etc,
+                            attached.netns if attached else None)
+    if spec.network == slirp.MODE:
+        document["hooks"] = {"createRuntime": [slirp.hook(directory, spec.publish)]}
     temp = os.path.join(bundle, "config.json.tmp")
     with open(temp, "w") as f:
         json.dump(document, f, indent=1)

@@ -42,6 +42,7 @@ def remove(store: Store, container: Container, *, force: bool, quiet: bool = Fal
         container = records.get(store, container.id)
     rootfs.unmount(store, container)
     runtime.delete_runtime_state(store, container)
+    runtime.detach_network(store, container)  # a run killed with its monitor leaves it
     records.delete_record(store, container.id)  # a leftover directory is garbage from now on
     shutil.rmtree(records.container_dir(store, container.id), ignore_errors=True)
     if not quiet:

@@ -36,7 +36,8 @@ class RunSpec:
     hostname: str | None = None
     volumes: list[str] = field(default_factory=list)
     read_only: bool = False
-    network: str = "host"
+    network: str = "host"    # host, none, or a network's name
+    publish: list[str] = field(default_factory=list)   # -p [IP:][HOST:]CTR[/PROTO]
     tty: bool = False
     interactive: bool = False
     runtime: str = "runc"

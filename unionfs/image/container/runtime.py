@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from unionfs.image import events
-from unionfs.image.container import logs, records, restart, rootfs
+from unionfs.image.container import logs, network, records, restart, rootfs, slirp
 from unionfs.image.container.bundle import image_config, write_bundle
 from unionfs.image.container.records import Container
 from unionfs.image.container.runtime_output import StderrRelay, start_failure
@@ -129,6 +129,7 @@ def refresh(store: Store, container: Container) -> Container:
                    monitor_pid=None,
                    exit_code=container.exit_code if container.exit_code is not None else -1)
     delete_runtime_state(store, container)
+    detach_network(store, container)
     return records.get(store, container.id)
 
 
@@ -140,8 +141,44 @@ def execute(store: Store, container: Container, *, log_path: str | None = None) 
     """Runs the container's process to its end under this process (the monitor); its exit
     status. StartFailed if the runtime could not start it."""
     point = rootfs.mount(store, container)
+    try:
+        attached = _attach_network(store, container)
+    except ImageError:
+        with contextlib.suppress(ImageError):
+            rootfs.unmount(store, records.get(store, container.id))
+        raise
+    try:
+        return _execute(store, container, point, attached, log_path)
+    finally:
+        detach_network(store, container)
+
+
+def _attach_network(store: Store, container: Container) -> network.Attachment | None:
+    """The container's namespace on its bridge network (None: the host's network, or none)."""
+    if container.spec.network == network.SLIRP:
+        slirp.check_ports(container.spec.publish)
+        return None  # started by the runtime's hook (slirp.py)
+    if container.spec.network in network.MODES:
+        return None
+    return network.setup(store, container.id, container.name, container.spec.network,
+                         container.spec.publish)
+
+
+def detach_network(store: Store, container: Container) -> None:
+    """Tears down the container's network, if it has one; a failure is reported, not
+    raised (the container has ended either way)."""
+    try:
+        slirp.stop(records.container_dir(store, container.id))
+        network.teardown(store, container.id)
+    except (ImageError, OSError, subprocess.SubprocessError) as e:
+        print(f"pyunion: warning: {container.name}: {e}", file=sys.stderr)
+
+
+def _execute(store: Store, container: Container, point: str,
+             attached: network.Attachment | None, log_path: str | None) -> int:
     directory = records.container_dir(store, container.id)
-    bundle = write_bundle(directory, container, point, image_config(store, container.image_id))
+    bundle = write_bundle(directory, container, point, image_config(store, container.image_id),
+                          attached)
     if os.path.exists(os.path.join(store.root, "runtime", container.id)):
         delete_runtime_state(store, container)  # a stale state from a crashed run
     command = runtime_command(store, container) + [
@@ -153,6 +190,8 @@ def execute(store: Store, container: Container, *, log_path: str | None = None) 
                    exit_code=None, monitor_pid=os.getpid())
     events.record_container(store, container, "start")
     code, failure = _run_runtime(store, container, command, log_path)
+    if attached is not None or container.spec.network == network.SLIRP:
+        detach_network(store, container)  # before "exited": whoever waits finds it gone
     records.update(store, container.id, state="exited", exit_code=code, finished=time.time(),
                    pid=None, monitor_pid=None)
     events.record_container(store, records.get(store, container.id), "die", exitCode=code)
