@@ -39,6 +39,8 @@ MARK = "user.pyunion.lazy"
 LAYER_MARK = "layer"  # MARK's value on the root of a lazy layer (its files': their TOC name)
 READAHEAD = 512 << 10  # compressed bytes after a file whose whole files come with it
 READAHEAD_FILES = 64
+DEFAULT_RATE = 4 << 20  # bytes a second at which the rest of a lazy layer follows
+QUIET = 1.0  # seconds without a file fetched on demand before the background goes on
 _FREE = trio.Lock()
 log = logging.getLogger("pyunion")
 
@@ -185,6 +187,7 @@ def _syncfs(path: str) -> None:
 
 _layers: weakref.WeakKeyDictionary[UnionFS, dict[int, LazyLayer | None]] = \
     weakref.WeakKeyDictionary()
+_demand: weakref.WeakKeyDictionary[UnionFS, float] = weakref.WeakKeyDictionary()
 
 
 def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
@@ -204,6 +207,52 @@ def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
     return known[layer]
 
 
+class _Throttle:
+    """Keeps a background download to ``rate`` bytes a second, and holds it while files are
+    being fetched on demand (until ``QUIET`` seconds have passed without one)."""
+
+    def __init__(self, fs: UnionFS, rate: int) -> None:
+        self.fs, self.rate = fs, rate
+        self.due = trio.current_time()
+
+    async def __call__(self, nbytes: int) -> None:
+        while (wait := _demand.get(self.fs, -QUIET) + QUIET - trio.current_time()) > 0:
+            await trio.sleep(wait)
+        self.due = max(self.due, trio.current_time()) + nbytes / self.rate
+        await trio.sleep_until(self.due)
+
+
+async def complete_in_background(fs: UnionFS) -> None:
+    """The mount's task for the rest of its lazy layers (started with the loop, cancelled
+    with it: nothing outlives the mount). Each layer's prefetch starts at once; then, after
+    ``QUIET`` seconds without a file fetched on demand, each layer's blob follows at the
+    mount's ``lazy_rate`` (or the one its pull recorded, or ``DEFAULT_RATE``) and the layer
+    becomes an ordinary one (``unionfs.image.lazy.complete_in_background``). A failure is
+    logged and leaves the layer lazy, as does a mount that ends first (the download so far
+    is kept in the store, resumed by the next mount or pull)."""
+    layers = [found for i in range(len(fs.stack.roots))
+              if (found := _lazy_layer(fs, i)) is not None]
+    if not layers:
+        return
+    _demand[fs] = trio.current_time()  # (the mount's first reads come first)
+    from unionfs.image.lazy import complete_in_background as complete_layer
+
+    for lazy in layers:
+        rate = fs.config.lazy_rate
+        if rate is None:
+            rate = int(lazy.record.get("rate", DEFAULT_RATE))
+        if rate <= 0:
+            continue
+        throttle = _Throttle(fs, rate)
+        await throttle(0)
+        try:
+            if await complete_layer(lazy.root, lazy.record, await lazy._client(), throttle):
+                log.info("lazy layer %s: complete", lazy.record["digest"][:19])
+        except Exception as e:  # noqa: BLE001 - the mount goes on; the layer stays lazy
+            log.warning("the background fetch of %s stopped: %s", lazy.record["digest"][:19],
+                        e or type(e).__name__)
+
+
 async def ensure_present(fs: UnionFS, node: Node) -> None:
     """Makes sure the lower file whose data ``node`` uses has its data (see the module)."""
     if node.kind != stat.S_IFREG or not node.data_in_lower or not node.lowers:
@@ -220,6 +269,7 @@ async def ensure_present(fs: UnionFS, node: Node) -> None:
         log.warning("lazy file %s: not in its layer's record", name)
         raise pyfuse3.FUSEError(errno.EIO)
     lock = lazy.locks.setdefault(name, trio.Lock())
+    _demand[fs] = trio.current_time()
     async with lock:
         if _mark(real) is None:  # fetched while this open waited
             return

@@ -57,6 +57,8 @@ def register(commands) -> None:
                    help="the platform to pick from a multi-platform image")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the progress output")
     add_lazy_option(p)
+    add_lazy_rate_option(p, "the rest of a lazy layer follows while it is mounted "
+                            "(default 4M)")
     add_registry_options(p)
     p.set_defaults(run=run)
 
@@ -65,6 +67,20 @@ def add_lazy_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lazy", action="store_true",
                    help="fetch only the TOC of eStargz layers now, each file on its first "
                         "use (the registry must serve Range requests)")
+
+
+def add_lazy_rate_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--lazy-rate", type=_rate, metavar="RATE",
+                   help=f"bytes a second at which {what} (e.g. 4M, 512k; 0: not at all)")
+
+
+def _rate(text: str) -> int:
+    from unionfs.fs.options import MountError, parse_rate
+
+    try:
+        return parse_rate(text)
+    except MountError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 async def _through_mirrors(ref: Reference, insecure: bool,
@@ -90,7 +106,8 @@ def _shown(ref: Reference) -> str:
 
 def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None,
                insecure: bool = False, quiet: bool = False,
-               out: TextIO | None = None, lazy: bool = False) -> PullResult:
+               out: TextIO | None = None, lazy: bool = False,
+               lazy_rate: int | None = None) -> PullResult:
     """Pulls ``ref``, telling ``out`` (stdout by default) what happens as docker does: the
     registry, each layer (on stderr), the digest and a ``Status:`` line."""
     out = out or sys.stdout
@@ -100,7 +117,9 @@ def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None
     progress = CliProgress(quiet)
 
     def pull(client: RegistryClient) -> Awaitable[PullResult]:
-        return Puller(store, client, ref, platform, progress, lazy=lazy).pull()
+        puller = Puller(store, client, ref, platform, progress, lazy=lazy)
+        puller.lazy_rate = lazy_rate
+        return puller.pull()
 
     try:
         result = trio.run(_through_mirrors, ref, insecure, pull)
@@ -120,7 +139,7 @@ def run(args, store: Store) -> int:
     ref = reference.parse(args.image)
     platform = Platform.parse(args.platform) if args.platform else None
     pull_image(store, ref, platform=platform, insecure=args.insecure, quiet=args.quiet,
-               lazy=args.lazy)
+               lazy=args.lazy, lazy_rate=args.lazy_rate)
     print(ref.name if ref.tag else f"{ref.repository}@{ref.digest}")
     return 0
 
