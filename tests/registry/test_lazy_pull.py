@@ -503,3 +503,24 @@ def test_a_lazy_layer_directory_is_the_one_a_full_pull_makes(
     with mounted_image(cli, store, proxy.ref(name), tmp_path / "mnt") as mnt:
         assert (mnt / "opt/odd/hard").read_bytes() == b"x" * 1000
         assert not (mnt / "etc/secret").exists() and os.listdir(mnt / "home") == ["new.txt"]
+
+
+def test_prefetch_from_puts_the_files_a_command_opens_first(
+        cli: Cli, images: ImageSet, estargz_pushed: Registry, proxy: MisbehavingProxy,
+        store: Path, tmp_path: Path):
+    command = "cat /etc/app.conf /opt/app/data/two.txt >/dev/null"
+    cli.run(images.store, "push", "-q", "--format", "estargz", "--prefetch-from", command,
+            "--image", "app:2.0", estargz_pushed.ref("lazy-prefetch-from:2.0"))
+    assert cli.run(images.store, "ps", "-a", "-q").stdout.strip() == ""  # (removed)
+    ref = proxy.ref("lazy-prefetch-from:2.0")
+    cli.pull(store, ref, *LAZY)
+    first = set()
+    for record in (store / "lazy").iterdir():  # each layer's files before its landmark
+        first |= set(json.loads(record.read_text())["prefetch"])
+    assert {"etc/app.conf", "opt/app/data/two.txt", "bin/busybox"} <= first  # (sh, cat)
+    assert "etc/secret" not in first and "opt/app/run" not in first  # never opened
+    with mounted_image(cli, store, ref, tmp_path / "mnt") as mnt:
+        wait_for(lambda: not {"etc/app.conf", "opt/app/data/two.txt"}
+                 & set(marked_files(store).values()), 30, interval=0.05,
+                 what="the prefetch of the files the command opened")
+        assert (mnt / "etc/app.conf").read_bytes() == b"version=2\n"

@@ -258,6 +258,8 @@ async def ensure_present(fs: UnionFS, node: Node) -> None:
     if node.kind != stat.S_IFREG or not node.data_in_lower or not node.lowers:
         return
     layer, path = node.lowers[0]
+    if fs.config.open_log:
+        _log_open(fs, path)
     lazy = _lazy_layer(fs, layer)
     if lazy is None:
         return
@@ -279,6 +281,27 @@ async def ensure_present(fs: UnionFS, node: Node) -> None:
             log.warning("lazy file %s: the registry did not answer within %ss", name,
                         fs.config.lazy_timeout)
             raise pyfuse3.FUSEError(errno.EIO)
+
+
+_opened: weakref.WeakKeyDictionary[UnionFS, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _log_open(fs: UnionFS, path: str) -> None:
+    """Appends ``/path`` to the mount's ``open_log`` the first time the lower file is used."""
+    seen = _opened.setdefault(fs, set())
+    if path in seen or "\n" in path:  # (one path a line)
+        return
+    seen.add(path)
+    assert fs.config.open_log is not None
+    try:
+        fd = os.open(fs.config.open_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, ("/" + path.lstrip("/")).encode("utf-8", "surrogateescape") + b"\n")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.warning("open_log %s: %s", fs.config.open_log, e.strerror)
 
 
 def _mark(real: str) -> str | None:

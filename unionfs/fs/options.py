@@ -65,6 +65,9 @@ class MountConfig:
     # Bytes a second at which the rest of a lazily pulled layer follows in the background
     # (fs/lazy.py); None: the rate its pull recorded (or the default), 0: none.
     lazy_rate: int | None = None
+    # A file the daemon appends the path of each lower file first opened to, once each
+    # (``push --prefetch-from``: what a command uses at start-up).
+    open_log: str | None = None
     # FUSE passthrough: auto (where granted), on (or fail), off; $PYUNION_PASSTHROUGH sets
     # the default for every mount of a process tree (a test run without it, say).
     passthrough: str = field(
@@ -116,7 +119,7 @@ PASSTHROUGH_MODES = ("auto", "on", "off")  # (see passthrough.py)
 _VALUE_OPTIONS = ("lowerdir", "upperdir", "workdir", "fsname", "subtype", "timeout",
                   "redirect_dir", "index", "xino", "metacopy", "uuid", "nfs_export", "stats",
                   "xattr_permissions", "uidmapping", "gidmapping", "passthrough",
-                  "lazy_timeout", "lazy_rate")
+                  "lazy_timeout", "lazy_rate", "open_log")
 
 
 def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) -> None:
@@ -151,6 +154,8 @@ def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) ->
             config.lazy_timeout = _seconds(value)
         elif key == "lazy_rate":
             config.lazy_rate = parse_rate(value)
+        elif key == "open_log":
+            config.open_log = os.path.abspath(value or "")
         elif key == "redirect_dir":
             if value not in REDIRECT_MODES:
                 modes = ", ".join(REDIRECT_MODES)
