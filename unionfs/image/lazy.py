@@ -182,7 +182,7 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
         final_record = record_path(store.layer_path(chain_id))
         os.makedirs(os.path.dirname(final_record), exist_ok=True)
         with open(space.new_path("lazy-record"), "w") as f:
-            json.dump(record, f)
+            f.write(json.dumps(record))  # (json.dump encodes in Python: 10 times slower)
         syncfs(target)
         os.rename(space.new_path("lazy-record"), final_record)  # before the layer's row
         digests = LayerDigests(blob_digest=layer.digest, blob_size=layer.size,

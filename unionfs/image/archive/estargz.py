@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -138,6 +139,7 @@ def _modtime(member: tarfile.TarInfo) -> str:
     return text + (f".{fraction:09d}".rstrip("0") if fraction else "") + "Z"
 
 
+@functools.lru_cache(maxsize=4096)  # (a layer's files share a few times)
 def modtime_ns(text: str) -> int:
     """The nanoseconds since the epoch of a TOC ``modtime`` (0 if it is not RFC 3339)."""
     found = re.fullmatch(r"(.+?)(?:\.(\d{1,9})\d*)?(Z|[+-]\d\d:\d\d)", text or "")
