@@ -380,9 +380,15 @@ def test_the_background_fetch_keeps_its_rate_ends_with_the_mount_and_survives_a_
         data = (again / "opt/big.bin").read_bytes()
     assert hashlib.sha256(data).digest() == hashlib.sha256(big_content()).digest()
     kept = partial_download(store)
-    cli.pull(store, ref)  # an ordinary pull resumes the download and completes the layers
+    cli.run(store, "mount-image", "--lazy-rate", "1G", ref, mnt)  # resumed, at full speed
+    try:
+        wait_for(lambda: not list((store / "lazy").iterdir()), 60, interval=0.05,
+                 what="the background completion")
+    finally:
+        unmount(cli, store, mnt)
     assert any(wanted == f"bytes={kept}-" for _, _, wanted, _ in proxy.requests)
-    assert marked_files(store) == {} and not list((store / "lazy").iterdir())
+    assert marked_files(store) == {} and partial_download(store) == 0
+    assert "Image is up to date" in cli.pull(store, ref).stdout
 
 
 def _odd_layer() -> bytes:

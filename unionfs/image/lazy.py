@@ -312,35 +312,57 @@ def _fill(path: str, name: str, data) -> None:
         os.close(fd)
 
 
+class LayerCompleted(Exception):
+    """Raised by a throttle: the layer became whole meanwhile (a pull completed it)."""
+
+
 async def complete_in_background(layer_root: str, record: dict, client,
                                  throttle: Callable[[int], Awaitable[None]]) -> bool:
     """Makes the lazy layer at ``layer_root`` (``<store>/layers/<hex>``) an ordinary one from
-    a mount daemon: its blob downloaded into ``<store>/downloads`` as ``pull`` downloads it
-    (resumed where a killed daemon left it, checked against its digest), ``throttle``
-    awaited after each piece, then ``complete_lazy_layer`` (the diff_id checked over the whole
-    tar). Until that ends the layer stays a valid lazy one. False if it was complete already.
-    """
+    a mount daemon: its blob downloaded by the pull's code into
+    ``<store>/downloads/<hex>.lazy.partial`` (resumed where an earlier mount left it, checked
+    against its digest), ``throttle`` awaited after each piece, then ``complete_lazy_layer``
+    (the diff_id checked over the whole tar). Until that ends the layer stays a valid lazy
+    one. One daemon at a time downloads a layer (the others wait for its lock, and take over
+    if its mount ends first); an ordinary pull meanwhile downloads on its own, not held up.
+    False if the layer was (or became) whole otherwise."""
     from unionfs.image.registry.pull import Puller  # (which imports this module)
+    from unionfs.image.store.locks import FileLock
 
     store = Store(os.path.dirname(os.path.dirname(os.path.normpath(layer_root))))
     chain_id = "sha256:" + os.path.basename(os.path.normpath(layer_root))
+    layer = LayerSpec(record["digest"][7:], "", record["digest"], int(record["size"]),
+                      record["diff_id"])
+    partial = os.path.join(store.root, "downloads", record["digest"][7:] + ".lazy.partial")
+    os.makedirs(os.path.dirname(partial), mode=0o700, exist_ok=True)
+    lock = FileLock(partial.removesuffix(".partial") + ".lock", remove_when_free=True)
+    await trio.to_thread.run_sync(lambda: lock.acquire(exclusive=True), abandon_on_cancel=True)
     try:
         if not is_incomplete(store, chain_id):
-            return False
-        layer = LayerSpec(record["digest"][7:], "", record["digest"], int(record["size"]),
-                          record["diff_id"])
-        ref = reference.parse(f"{record['registry']}/{record['repository']}")
-        puller = Puller(store, client, ref, None, Progress())
-        puller.throttle = throttle
-        path = await puller.download(layer)
-        try:
-            await trio.to_thread.run_sync(complete_lazy_layer, store, layer, chain_id, path,
-                                          abandon_on_cancel=True)
-        finally:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                os.unlink(partial)
+            return False
+        puller = Puller(store, client, reference.parse(
+            f"{record['registry']}/{record['repository']}"), None, Progress())
+
+        async def throttled(nbytes: int) -> None:
+            if not is_incomplete(store, chain_id):
+                raise LayerCompleted
+            await throttle(nbytes)
+
+        puller.throttle = throttled
+        try:
+            await puller._fetch_to(partial, layer)
+        except LayerCompleted:
+            os.unlink(partial)
+            return False
+        await trio.to_thread.run_sync(complete_lazy_layer, store, layer, chain_id, partial,
+                                      abandon_on_cancel=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
         return True
     finally:
+        lock.release()
         store.close()
 
 
