@@ -530,3 +530,23 @@ def test_prefetch_from_puts_the_files_a_command_opens_first(
                  & set(marked_files(store).values()), 30, interval=0.05,
                  what="the prefetch of the files the command opened")
         assert (mnt / "etc/app.conf").read_bytes() == b"version=2\n"
+
+
+def test_an_ordinary_pull_is_not_held_up_by_a_slow_background_fetch(
+        cli: Cli, proxy: MisbehavingProxy, store: Path, tmp_path: Path):
+    ref = proxy.ref(BIG)
+    cli.pull(store, ref, *LAZY)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli.run(store, "mount-image", "--lazy-rate", "256k", ref, mnt)  # 50 MiB: minutes
+    try:
+        wait_for(lambda: partial_download(store) > 0, 30, interval=0.05,
+                 what="the background download")
+        assert "Completed" in cli.pull(store, ref).stderr  # at full speed, on its own
+        assert marked_files(store) == {} and not list((store / "lazy").iterdir())
+        wait_for(lambda: partial_download(store) == 0, 30, interval=0.05,
+                 what="the background download to stop and go")
+        assert hashlib.sha256((mnt / "opt/big.bin").read_bytes()).digest() == \
+            hashlib.sha256(big_content()).digest()
+    finally:
+        unmount(cli, store, mnt)
