@@ -265,6 +265,11 @@ stat -c 'owner %n %u %g %a' mnt/etc/secret
 cat mnt/etc/passwd
 {{p}} umount-image mnt
 {{p}} run --rm {ref} cat /etc/secret /etc/app.conf
+{{p}} mount-image --lazy-rate 1G {ref} mnt
+for i in $(seq 300); do {{p}} images | grep -q '(lazy ' || break; sleep 0.1; done
+{{p}} umount-image mnt
+{{p}} images | grep -q '(lazy ' && echo still lazy
+{{p}} save --format oci-dir -o saved {ref} && echo saved
 """
 
 
@@ -280,6 +285,7 @@ def test_an_ordinary_user_pulls_lazily(proxy: MisbehavingProxy) -> None:
         assert "s3cret" in lines and "version=2" in lines and "root:x:0:0:root:/root:/bin/sh" \
             in lines
         assert any(wanted is not None for _, _, wanted, _ in proxy.requests)
+        assert "still lazy" not in lines and "saved" in lines  # completed by the daemon
 
 
 def test_a_corrupt_toc_fails_the_pull_and_changes_nothing(cli: Cli, proxy: MisbehavingProxy,
