@@ -14,6 +14,7 @@ from unionfs.image import reference
 from unionfs.image.archive.formats import Platform
 from unionfs.image.cli.common import Resolved
 from unionfs.image.cli.output import CliProgress
+from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
 from unionfs.image.reference import Reference
 from unionfs.image.registry.client import RegistryClient, RegistryError
@@ -136,6 +137,8 @@ def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None
 
 
 def run(args, store: Store) -> int:
+    if args.lazy_rate is not None and not args.lazy:
+        raise ImageError("--lazy-rate needs --lazy")
     ref = reference.parse(args.image)
     platform = Platform.parse(args.platform) if args.platform else None
     pull_image(store, ref, platform=platform, insecure=args.insecure, quiet=args.quiet,
