@@ -14,6 +14,12 @@ each chunk against its digest before a byte is written, writes the placeholders,
 filesystem once, then clears their marks; from then on each is an ordinary lower file
 (passthrough and the rest work unchanged). A registry that does not answer within the mount's
 ``lazy_timeout`` makes the open fail with EIO, never hang.
+
+``complete_in_background``, a task of the mount's loop, starts each lazy layer's prefetch and
+then, while no file is being fetched on demand, downloads each lazy layer's blob at the
+mount's ``lazy_rate`` and makes the layer an ordinary one (``unionfs.image.lazy``). With
+``open_log``, the path of each lower file whose data is used is logged once
+(``push --prefetch-from``).
 """
 
 from __future__ import annotations
@@ -276,7 +282,10 @@ async def ensure_present(fs: UnionFS, node: Node) -> None:
         if _mark(real) is None:  # fetched while this open waited
             return
         with trio.move_on_after(fs.config.lazy_timeout) as scope:
-            await lazy.fetch(real, name)
+            try:
+                await lazy.fetch(real, name)
+            finally:  # (the background waits QUIET seconds from the end of a long fetch)
+                _demand[fs] = trio.current_time()
         if scope.cancelled_caught:
             log.warning("lazy file %s: the registry did not answer within %ss", name,
                         fs.config.lazy_timeout)

@@ -2,14 +2,17 @@
 
 At pull, each eStargz layer's footer and TOC are fetched with Range requests and the TOC is
 checked against the digest in the (verified) manifest. The layer directory is then made from
-the TOC by the ordinary unpacker, fed a tar of the TOC's entries with every regular file empty
-(so whiteouts, opaque directories, owners, xattrs and the parents' attributes come out exactly
-as for a full pull); each file with content is then grown to its size (sparse) and marked with
-``unionfs.fs.lazy.MARK``. The record ``<store>/lazy/<chain hex>.json`` says where each file's
-chunks are; the mount fetches a file on its first use (``unionfs.fs.lazy``).
+the TOC's entries, handed as tar members straight to the unpacker's writer (no tar is written
+or parsed; whiteouts, opaque directories, owners, xattrs and the parents' attributes come out
+exactly as for a full pull), except that each file with content is made sparse, of its size,
+and marked with ``unionfs.fs.lazy.MARK`` (``_PlaceholderWriter``). The record
+``<store>/lazy/<chain hex>.json`` says where each file's chunks are; the mount fetches a file
+on its first use (``unionfs.fs.lazy``).
 
-The layer's blob is not in the store until the layer is pulled whole, so ``save`` and ``push``
-of an image with an incomplete lazy layer are refused (``refuse_incomplete``).
+The layer's blob is not in the store until the layer is complete (``complete_lazy_layer``:
+by an ordinary pull, or by a mount's background fetch, ``complete_in_background``), so
+``save`` and ``push`` of an image with an incomplete lazy layer are refused
+(``refuse_incomplete``).
 """
 
 from __future__ import annotations
