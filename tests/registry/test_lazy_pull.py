@@ -6,9 +6,17 @@ ordinary pull where the registry ignores Range."""
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
+import io
+import json
 import os
+import signal
+import sqlite3
+import stat
 import subprocess
+import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +38,7 @@ from unionfs.fs.lazy import MARK
 
 APP = "lazy-app:2.0"
 BIG = "lazy-big:1.0"
+LAZY = ("--lazy", "--lazy-rate", "0")  # no background fetch: the mounts fetch on demand only
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +85,7 @@ def test_lazy_pull_fetches_tocs_then_each_file_on_first_read(
         cli: Cli, proxy: MisbehavingProxy, estargz_pushed: Registry, store: Path,
         tmp_path: Path):
     ref = proxy.ref(APP)
-    result = cli.pull(store, ref, "--lazy")
+    result = cli.pull(store, ref, *LAZY)
     assert "Pulled lazily" in result.stdout + result.stderr
     config_gets = blob_gets_without_range(proxy)
     assert len(config_gets) == 1  # the config; every layer byte came by Range
@@ -114,7 +123,7 @@ def test_large_file_arrives_chunk_by_chunk_verified(cli: Cli, proxy: Misbehaving
     ref = proxy.ref(BIG)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    cli.run(store, "mount-image", "--lazy", ref, mnt)  # pulls lazily: the store lacks it
+    cli.run(store, "mount-image", "--lazy", "--lazy-rate", "0", ref, mnt)  # pulls lazily
     try:
         assert len(blob_gets_without_range(proxy)) == 1  # the config
         data = (mnt / "opt/big.bin").read_bytes()
@@ -126,7 +135,7 @@ def test_large_file_arrives_chunk_by_chunk_verified(cli: Cli, proxy: Misbehaving
 def test_corrupt_chunk_is_never_served(cli: Cli, proxy: MisbehavingProxy, store: Path,
                                        tmp_path: Path):
     ref = proxy.ref(APP)
-    cli.pull(store, ref, "--lazy")
+    cli.pull(store, ref, *LAZY)
     placeholder = next(p for p, n in marked_files(store).items() if n == "etc/passwd")
     proxy.mode = "corrupt"
     with mounted_image(cli, store, ref, tmp_path / "mnt") as mnt:
@@ -143,7 +152,7 @@ def test_corrupt_chunk_is_never_served(cli: Cli, proxy: MisbehavingProxy, store:
 def test_silent_registry_fails_a_read_with_eio_after_the_timeout(
         cli: Cli, proxy: MisbehavingProxy, store: Path, tmp_path: Path, mode: str):
     ref = proxy.ref(APP)
-    cli.pull(store, ref, "--lazy")
+    cli.pull(store, ref, *LAZY)
     proxy.mode = mode
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -161,7 +170,7 @@ def test_registry_ignoring_range_gets_an_ordinary_pull(cli: Cli, proxy: Misbehav
                                                        store: Path, tmp_path: Path):
     proxy.mode = "ignore_range"
     ref = proxy.ref(APP)
-    result = cli.pull(store, ref, "--lazy")
+    result = cli.pull(store, ref, *LAZY)
     lines = [line for line in result.stderr.splitlines() if "Range" in line]
     assert len(lines) == 1 and "not lazily" in lines[0]
     assert marked_files(store) == {}
@@ -172,7 +181,7 @@ def test_registry_ignoring_range_gets_an_ordinary_pull(cli: Cli, proxy: Misbehav
 def test_save_and_push_refuse_an_incomplete_lazy_image(cli: Cli, proxy: MisbehavingProxy,
                                                        store: Path, tmp_path: Path):
     ref = proxy.ref(APP)
-    cli.pull(store, ref, "--lazy")
+    cli.pull(store, ref, *LAZY)
     for args in (("save", "--format", "oci-dir", "-o", tmp_path / "out", ref),
                  ("push", "--image", ref, proxy.ref("elsewhere:1"))):
         result = cli.run(store, *args, check=False)
@@ -186,6 +195,7 @@ def test_run_lazy_starts_a_container_from_a_lazily_pulled_image(cli: Cli,
                                                                 proxy: MisbehavingProxy,
                                                                 store: Path):
     ref = proxy.ref(APP)
+    cli.pull(store, ref, *LAZY)  # (no background fetch: what the run used is all there is)
     result = cli.run(store, "run", "--rm", "--lazy", "-q", ref, "/opt/app/run")
     assert result.stdout == "app\ntwo\n"
     waiting = set(marked_files(store).values())
@@ -196,7 +206,7 @@ def test_run_lazy_starts_a_container_from_a_lazily_pulled_image(cli: Cli,
 def test_an_ordinary_pull_completes_a_lazy_image(cli: Cli, proxy: MisbehavingProxy,
                                                  store: Path, tmp_path: Path):
     ref = proxy.ref(APP)
-    cli.pull(store, ref, "--lazy")
+    cli.pull(store, ref, *LAZY)
     with mounted_image(cli, store, ref, tmp_path / "mnt") as mnt:
         (mnt / "etc/passwd").read_bytes()  # one file fetched lazily, the rest not
     result = cli.pull(store, ref)
@@ -213,7 +223,7 @@ def test_an_ordinary_pull_completes_a_lazy_image(cli: Cli, proxy: MisbehavingPro
 def test_removing_a_lazy_image_forgets_its_lazy_records(cli: Cli, proxy: MisbehavingProxy,
                                                         store: Path):
     ref = proxy.ref(APP)
-    cli.pull(store, ref, "--lazy")
+    cli.pull(store, ref, *LAZY)
     assert len(list((store / "lazy").iterdir())) == 2
     cli.run(store, "rmi", ref)
     assert list((store / "lazy").iterdir()) == []
@@ -222,9 +232,9 @@ def test_removing_a_lazy_image_forgets_its_lazy_records(cli: Cli, proxy: Misbeha
 
 def test_a_second_lazy_image_shares_the_lazy_base_layer(cli: Cli, proxy: MisbehavingProxy,
                                                         store: Path):
-    cli.pull(store, proxy.ref(APP), "--lazy")
+    cli.pull(store, proxy.ref(APP), *LAZY)
     waiting = marked_files(store)
-    result = cli.pull(store, proxy.ref(BIG), "--lazy")
+    result = cli.pull(store, proxy.ref(BIG), *LAZY)
     assert "Already exists" in result.stdout + result.stderr
     assert len(blob_gets_without_range(proxy)) == 2  # the two configs
     assert set(waiting) <= set(marked_files(store))
@@ -237,7 +247,7 @@ def test_prefetched_files_arrive_before_their_first_use(cli: Cli, images: ImageS
     cli.run(images.store, "push", "-q", "--format", "estargz", "--prefetch", "/etc/app.conf",
             "--image", "app:2.0", estargz_pushed.ref("lazy-prefetch:2.0"))
     ref = proxy.ref("lazy-prefetch:2.0")
-    cli.pull(store, ref, "--lazy")
+    cli.pull(store, ref, *LAZY)
     assert "etc/app.conf" in marked_files(store).values()
     with mounted_image(cli, store, ref, tmp_path / "mnt") as mnt:
         assert (mnt / "opt/app/data/two.txt").read_bytes() == b"two\n"  # the layer's first use
@@ -255,6 +265,11 @@ stat -c 'owner %n %u %g %a' mnt/etc/secret
 cat mnt/etc/passwd
 {{p}} umount-image mnt
 {{p}} run --rm {ref} cat /etc/secret /etc/app.conf
+{{p}} mount-image --lazy-rate 1G {ref} mnt
+for i in $(seq 300); do {{p}} images | grep -q '(lazy ' || break; sleep 0.1; done
+{{p}} umount-image mnt
+{{p}} images | grep -q '(lazy ' && echo still lazy
+{{p}} save --format oci-dir -o saved {ref} && echo saved
 """
 
 
@@ -270,6 +285,7 @@ def test_an_ordinary_user_pulls_lazily(proxy: MisbehavingProxy) -> None:
         assert "s3cret" in lines and "version=2" in lines and "root:x:0:0:root:/root:/bin/sh" \
             in lines
         assert any(wanted is not None for _, _, wanted, _ in proxy.requests)
+        assert "still lazy" not in lines and "saved" in lines  # completed by the daemon
 
 
 def test_a_corrupt_toc_fails_the_pull_and_changes_nothing(cli: Cli, proxy: MisbehavingProxy,
@@ -281,3 +297,262 @@ def test_a_corrupt_toc_fails_the_pull_and_changes_nothing(cli: Cli, proxy: Misbe
     assert "eStargz" in result.stderr or "TOC" in result.stderr
     assert cli.image_ids(store) == []
     assert not (store / "layers").exists() or list((store / "layers").iterdir()) == []
+
+
+def layer_dirs(store: Path, ref: str) -> list[Path]:
+    """The image's layer directories, top-most first (as overlayfs's lowerdir)."""
+    with sqlite3.connect(store / "db.sqlite") as db:
+        image = db.execute("SELECT image_id FROM tags WHERE name = ?", (ref,)).fetchone()[0]
+        rows = db.execute("SELECT chain_id FROM image_layers WHERE image_id = ? "
+                          "ORDER BY position DESC", (image,)).fetchall()
+    return [store / "layers" / chain[7:] for chain, in rows]
+
+
+def mount_pid(store: Path, mnt: Path) -> int:
+    with sqlite3.connect(store / "db.sqlite") as db:
+        return db.execute("SELECT pid FROM mounts WHERE mountpoint = ?",
+                          (os.path.realpath(mnt),)).fetchone()[0]
+
+
+def partial_download(store: Path) -> int:
+    """Bytes of the background download in the store so far (0 if none)."""
+    found = list((store / "downloads").glob("*.partial")) if (store / "downloads").exists() \
+        else []
+    return max((p.stat().st_size for p in found), default=0)
+
+
+def test_the_rest_follows_in_the_background_and_the_layer_becomes_ordinary(
+        cli: Cli, proxy: MisbehavingProxy, estargz_pushed: Registry, store: Path,
+        tmp_path: Path):
+    ref = proxy.ref(APP)
+    cli.pull(store, ref, "--lazy")  # the default rate
+    assert "(lazy " in cli.run(store, "images").stdout
+    with mounted_image(cli, store, ref, tmp_path / "mnt") as mnt:
+        wait_for(lambda: not list((store / "lazy").iterdir()), 60, interval=0.05,
+                 what="the background completion of the lazy layers")
+        assert marked_files(store) == {}
+        assert "(lazy)" not in cli.run(store, "df", "-v").stdout
+        assert "(lazy " not in cli.run(store, "images").stdout
+        view = rootfs_view(mnt)
+    for layer in layer_dirs(store, ref):
+        assert MARK not in os.listxattr(layer)
+    whole_gets = [p for p in blob_gets_without_range(proxy)]
+    assert len(whole_gets) == 3  # the config, then each layer's blob once
+
+    full = tmp_path / "full-store"
+    cli.pull(full, estargz_pushed.ref(APP))
+    with mounted_image(cli, full, estargz_pushed.ref(APP), tmp_path / "full") as mnt:
+        expected = rootfs_view(mnt)
+    assert_same_rootfs(view, expected, "the completed lazy mount's and a full pull's rootfs")
+    (tmp_path / "ovl").mkdir()
+    with mounts.overlay_mounted(layer_dirs(store, ref), None, None, tmp_path / "ovl") as ovl:
+        assert_same_rootfs(rootfs_view(ovl), expected,
+                           "kernel overlayfs over the completed layers and a full pull")
+    cli.run(store, "save", "--format", "oci-dir", "-o", tmp_path / "saved", ref)
+    cli.run(store, "push", "--image", ref, estargz_pushed.ref("lazy-completed:1"))
+    assert "Image is up to date" in cli.pull(store, ref).stdout
+
+
+def test_the_background_fetch_keeps_its_rate_ends_with_the_mount_and_survives_a_crash(
+        cli: Cli, proxy: MisbehavingProxy, store: Path, tmp_path: Path):
+    ref = proxy.ref(BIG)
+    rate = 1 << 20
+    cli.pull(store, ref, *LAZY)
+    waiting = marked_files(store)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for ending in ("umount", "crash"):
+        cli.run(store, "mount-image", "--lazy-rate", "1M", ref, mnt)
+        try:
+            pid = mount_pid(store, mnt)
+            before = partial_download(store)
+            wait_for(lambda b=before: partial_download(store) > b, 30, interval=0.05,
+                     what="the background download")
+            start, first = time.monotonic(), partial_download(store)
+            time.sleep(2)
+            grown = partial_download(store) - first
+            assert 0 < grown <= rate * (time.monotonic() - start) + (256 << 10)
+            if ending == "crash":
+                os.kill(pid, signal.SIGKILL)
+            else:
+                cli.run(store, "umount-image", mnt)
+            wait_for(lambda p=pid: not os.path.exists(f"/proc/{p}"), 30, interval=0.05,
+                     what="the mount daemon's end")
+        finally:
+            unmount(cli, store, mnt)
+        assert marked_files(store) == waiting  # still a valid lazy layer, nothing changed
+        assert len(list((store / "lazy").iterdir())) == 2
+    with mounted_image(cli, store, ref, tmp_path / "again") as again:  # (its pull's rate 0)
+        data = (again / "opt/big.bin").read_bytes()
+    assert hashlib.sha256(data).digest() == hashlib.sha256(big_content()).digest()
+    kept = partial_download(store)
+    cli.run(store, "mount-image", "--lazy-rate", "1G", ref, mnt)  # resumed, at full speed
+    try:
+        wait_for(lambda: not list((store / "lazy").iterdir()), 60, interval=0.05,
+                 what="the background completion")
+    finally:
+        unmount(cli, store, mnt)
+    assert any(wanted == f"bytes={kept}-" for _, _, wanted, _ in proxy.requests)
+    assert marked_files(store) == {} and partial_download(store) == 0
+    assert "Image is up to date" in cli.pull(store, ref).stdout
+
+
+def _odd_layer() -> bytes:
+    """A gzip layer tar with what a layer directory must get right: a whiteout, an opaque
+    directory, implicit parents (with and without a lower directory), xattrs (one not UTF-8),
+    a set-uid file and a hard link to it, a fifo, a device, long and non-ASCII names."""
+    out = io.BytesIO()
+
+    def add(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", **attrs) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.mtime, info.mode = kind, len(data), 1_600_000_000, 0o644
+        for key, value in attrs.items():
+            setattr(info, key, value)
+        tar.addfile(info, io.BytesIO(data) if data else None)
+
+    with tarfile.open(fileobj=out, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        add("etc/", tarfile.DIRTYPE, mode=0o755, mtime=1_500_000_000)
+        add("etc/.wh.secret")
+        add("home/.wh..wh..opq")
+        add("home/new.txt", data=b"new\n", uid=1000, gid=1000)
+        add("opt/odd/", tarfile.DIRTYPE, mode=0o750, uid=7, gid=8, pax_headers={
+            "SCHILY.xattr.user.note": "hello",
+            "SCHILY.xattr.user.bin": b"\xff\xfe".decode("utf-8", "surrogateescape")})
+        add("opt/odd/setuid", data=b"x" * 1000, mode=0o4755,
+            pax_headers={"SCHILY.xattr.user.file": "v"})
+        add("opt/odd/hard", tarfile.LNKTYPE, linkname="opt/odd/setuid")
+        add("opt/odd/fifo", tarfile.FIFOTYPE, mode=0o600)
+        add("opt/odd/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666)
+        add("opt/odd/" + "d" * 120, data=b"long name\n")
+        add("opt/odd/naïve-é.txt", data=b"accents\n", mtime=1_234_567_890)
+        add("opt/odd/empty")
+        add("opt/odd/link", tarfile.SYMTYPE, linkname="setuid")
+        add("var/deep/er/file", data=b"deep\n", mode=0o600)
+    return out.getvalue()
+
+
+def _odd_image(cli: Cli, images: ImageSet, registry: Registry, layout: Path) -> str:
+    """base:1.0 plus ``_odd_layer``, pushed to ``registry`` as ``lazy-odd:1`` (plain gzip)."""
+    from tests.registry.test_interop import OCI_INDEX, OCI_MANIFEST, _blob
+
+    cli.run(images.store, "save", "--format", "oci-dir", "-o", layout, "base:1.0")
+    blobs = layout / "blobs" / "sha256"
+    base = json.loads((blobs / images["base:1.0"].manifest[7:]).read_bytes())
+    config = json.loads((blobs / base["config"]["digest"][7:]).read_bytes())
+    layer = _odd_layer()
+    config["rootfs"]["diff_ids"].append(
+        "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest())
+    config.pop("history", None)
+    base["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                           **_blob(layout, layer)})
+    base["config"] = {"mediaType": base["config"]["mediaType"],
+                      **_blob(layout, json.dumps(config).encode())}
+    descriptor = {"mediaType": OCI_MANIFEST, **_blob(layout, json.dumps(base).encode()),
+                  "annotations": {"org.opencontainers.image.ref.name": "odd"}}
+    (layout / "index.json").write_text(json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]}))
+    cli.skopeo("copy", "--dest-tls-verify=false", f"oci:{layout}:odd",
+               f"docker://{registry.ref('lazy-odd-plain:1')}")
+    source = layout.parent / "source-store"
+    cli.pull(source, registry.ref("lazy-odd-plain:1"))
+    cli.run(source, "push", "-q", "--format", "estargz", "--image",
+            registry.ref("lazy-odd-plain:1"), registry.ref("lazy-odd:1"))
+    return "lazy-odd:1"
+
+
+def layer_tree(root: Path, made_after: int) -> dict[str, tuple]:
+    """Everything of a layer directory: each entry's type, mode, owner, size, mtime (but
+    the time of the unpacking, ``made_after`` or later, that a whiteout or a directory no
+    layer names gets), device, link target, xattrs (but the lazy mark) and content (None for
+    a placeholder), and which entries share an inode."""
+    tree: dict[str, tuple] = {}
+    inodes: dict[int, str] = {}
+    for top, dirs, names in os.walk(root):
+        for name in ["", *dirs, *names] if top == str(root) else [*dirs, *names]:
+            path = os.path.join(top, name) if name else top
+            st = os.lstat(path)
+            xattrs = {k: os.getxattr(path, k, follow_symlinks=False)
+                      for k in os.listxattr(path, follow_symlinks=False) if k != MARK}
+            marked = MARK in os.listxattr(path, follow_symlinks=False)
+            content = "placeholder" if marked else None
+            if stat.S_ISREG(st.st_mode) and not marked:
+                content = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            first = inodes.setdefault(st.st_ino, os.path.relpath(path, root))
+            tree[os.path.relpath(path, root)] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_size,
+                st.st_mtime_ns if st.st_mtime_ns < made_after else "now", st.st_rdev,
+                st.st_nlink, sorted(xattrs.items()), content, first)
+    return tree
+
+
+def test_a_lazy_layer_directory_is_the_one_a_full_pull_makes(
+        cli: Cli, images: ImageSet, estargz_pushed: Registry, proxy: MisbehavingProxy,
+        store: Path, tmp_path: Path):
+    name = _odd_image(cli, images, estargz_pushed, tmp_path / "layout")
+    made_after = time.time_ns()
+    cli.pull(store, proxy.ref(name), *LAZY)
+    full = tmp_path / "full-store"
+    cli.pull(full, estargz_pushed.ref(name))
+    lazy_layers = layer_dirs(store, proxy.ref(name))
+    full_layers = layer_dirs(full, estargz_pushed.ref(name))
+    assert [p.name for p in lazy_layers] == [p.name for p in full_layers]
+    marked = marked_files(store)
+    assert any(n == "opt/odd/setuid" for n in marked.values())
+    for lazy, whole in zip(lazy_layers, full_layers, strict=True):
+        a, b = layer_tree(lazy, made_after), layer_tree(whole, made_after)
+        assert sorted(a) == sorted(b)
+        different = {path: [(x, y) for x, y in zip(a[path], b[path], strict=True) if x != y]
+                     for path in a if a[path] != b[path]
+                     and a[path][8] != "placeholder"}  # (compared below)
+        assert {path: (*a[path][:8], a[path][9]) for path in a if a[path][8] == "placeholder"}\
+            == {path: (*b[path][:8], b[path][9]) for path in a if a[path][8] == "placeholder"}
+        assert different == {}
+    odd = layer_tree(lazy_layers[0], made_after)
+    assert stat.S_ISCHR(odd["etc/secret"][0]) and odd["opt/odd/hard"][-1] == "opt/odd/setuid"
+    assert ("user.bin", b"\xff\xfe") in odd["opt/odd"][7]
+    with mounted_image(cli, store, proxy.ref(name), tmp_path / "mnt") as mnt:
+        assert (mnt / "opt/odd/hard").read_bytes() == b"x" * 1000
+        assert not (mnt / "etc/secret").exists() and os.listdir(mnt / "home") == ["new.txt"]
+
+
+def test_prefetch_from_puts_the_files_a_command_opens_first(
+        cli: Cli, images: ImageSet, estargz_pushed: Registry, proxy: MisbehavingProxy,
+        store: Path, tmp_path: Path):
+    command = "cat /etc/app.conf /opt/app/data/two.txt >/dev/null"
+    cli.run(images.store, "push", "-q", "--format", "estargz", "--prefetch-from", command,
+            "--image", "app:2.0", estargz_pushed.ref("lazy-prefetch-from:2.0"))
+    assert cli.run(images.store, "ps", "-a", "-q").stdout.strip() == ""  # (removed)
+    ref = proxy.ref("lazy-prefetch-from:2.0")
+    cli.pull(store, ref, *LAZY)
+    first = set()
+    for record in (store / "lazy").iterdir():  # each layer's files before its landmark
+        first |= set(json.loads(record.read_text())["prefetch"])
+    assert {"etc/app.conf", "opt/app/data/two.txt", "bin/busybox"} <= first  # (sh, cat)
+    assert "etc/secret" not in first and "opt/app/run" not in first  # never opened
+    with mounted_image(cli, store, ref, tmp_path / "mnt") as mnt:
+        wait_for(lambda: not {"etc/app.conf", "opt/app/data/two.txt"}
+                 & set(marked_files(store).values()), 30, interval=0.05,
+                 what="the prefetch of the files the command opened")
+        assert (mnt / "etc/app.conf").read_bytes() == b"version=2\n"
+
+
+def test_an_ordinary_pull_is_not_held_up_by_a_slow_background_fetch(
+        cli: Cli, proxy: MisbehavingProxy, store: Path, tmp_path: Path):
+    ref = proxy.ref(BIG)
+    cli.pull(store, ref, *LAZY)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli.run(store, "mount-image", "--lazy-rate", "256k", ref, mnt)  # 50 MiB: minutes
+    try:
+        wait_for(lambda: partial_download(store) > 0, 30, interval=0.05,
+                 what="the background download")
+        assert "Completed" in cli.pull(store, ref).stderr  # at full speed, on its own
+        assert marked_files(store) == {} and not list((store / "lazy").iterdir())
+        wait_for(lambda: partial_download(store) == 0, 30, interval=0.05,
+                 what="the background download to stop and go")
+        assert hashlib.sha256((mnt / "opt/big.bin").read_bytes()).digest() == \
+            hashlib.sha256(big_content()).digest()
+    finally:
+        unmount(cli, store, mnt)

@@ -21,6 +21,7 @@ import time
 import pyfuse3
 import trio
 
+from unionfs.fs import lazy
 from unionfs.fs.copyup import finish_interrupted_copy_ups
 from unionfs.fs.operations import UnionOperations
 from unionfs.fs.options import MountConfig, MountError, validate
@@ -128,9 +129,10 @@ def start(config: MountConfig) -> UnionFS:
         raise
 
 
-async def _serve() -> None:
+async def _serve(fs: UnionFS) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(lazy.complete_in_background, fs)  # (nothing without lazy layers)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -156,7 +158,7 @@ def serve(fs: UnionFS) -> None:
     """Runs the request loop until unmounted or signalled, then unmounts."""
     unmounted = False
     try:
-        trio.run(_serve)
+        trio.run(_serve, fs)
     finally:
         try:
             pyfuse3.close(unmount=True)

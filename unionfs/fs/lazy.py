@@ -14,6 +14,12 @@ each chunk against its digest before a byte is written, writes the placeholders,
 filesystem once, then clears their marks; from then on each is an ordinary lower file
 (passthrough and the rest work unchanged). A registry that does not answer within the mount's
 ``lazy_timeout`` makes the open fail with EIO, never hang.
+
+``complete_in_background``, a task of the mount's loop, starts each lazy layer's prefetch and
+then, while no file is being fetched on demand, downloads each lazy layer's blob at the
+mount's ``lazy_rate`` and makes the layer an ordinary one (``unionfs.image.lazy``). With
+``open_log``, the path of each lower file whose data is used is logged once
+(``push --prefetch-from``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ MARK = "user.pyunion.lazy"
 LAYER_MARK = "layer"  # MARK's value on the root of a lazy layer (its files': their TOC name)
 READAHEAD = 512 << 10  # compressed bytes after a file whose whole files come with it
 READAHEAD_FILES = 64
+DEFAULT_RATE = 4 << 20  # bytes a second at which the rest of a lazy layer follows
+QUIET = 1.0  # seconds without a file fetched on demand before the background goes on
 _FREE = trio.Lock()
 log = logging.getLogger("pyunion")
 
@@ -185,6 +193,7 @@ def _syncfs(path: str) -> None:
 
 _layers: weakref.WeakKeyDictionary[UnionFS, dict[int, LazyLayer | None]] = \
     weakref.WeakKeyDictionary()
+_demand: weakref.WeakKeyDictionary[UnionFS, float] = weakref.WeakKeyDictionary()
 
 
 def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
@@ -204,11 +213,59 @@ def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
     return known[layer]
 
 
+class _Throttle:
+    """Keeps a background download to ``rate`` bytes a second, and holds it while files are
+    being fetched on demand (until ``QUIET`` seconds have passed without one)."""
+
+    def __init__(self, fs: UnionFS, rate: int) -> None:
+        self.fs, self.rate = fs, rate
+        self.due = trio.current_time()
+
+    async def __call__(self, nbytes: int) -> None:
+        while (wait := _demand.get(self.fs, -QUIET) + QUIET - trio.current_time()) > 0:
+            await trio.sleep(wait)
+        self.due = max(self.due, trio.current_time()) + nbytes / self.rate
+        await trio.sleep_until(self.due)
+
+
+async def complete_in_background(fs: UnionFS) -> None:
+    """The mount's task for the rest of its lazy layers (started with the loop, cancelled
+    with it: nothing outlives the mount). Each layer's prefetch starts at once; then, after
+    ``QUIET`` seconds without a file fetched on demand, each layer's blob follows at the
+    mount's ``lazy_rate`` (or the one its pull recorded, or ``DEFAULT_RATE``) and the layer
+    becomes an ordinary one (``unionfs.image.lazy.complete_in_background``). A failure is
+    logged and leaves the layer lazy, as does a mount that ends first (the download so far
+    is kept in the store, resumed by the next mount or pull)."""
+    layers = [found for i in range(len(fs.stack.roots))
+              if (found := _lazy_layer(fs, i)) is not None]
+    if not layers:
+        return
+    _demand[fs] = trio.current_time()  # (the mount's first reads come first)
+    from unionfs.image.lazy import complete_in_background as complete_layer
+
+    for lazy in layers:
+        rate = fs.config.lazy_rate
+        if rate is None:
+            rate = int(lazy.record.get("rate", DEFAULT_RATE))
+        if rate <= 0:
+            continue
+        throttle = _Throttle(fs, rate)
+        await throttle(0)
+        try:
+            if await complete_layer(lazy.root, lazy.record, await lazy._client(), throttle):
+                log.info("lazy layer %s: complete", lazy.record["digest"][:19])
+        except Exception as e:  # noqa: BLE001 - the mount goes on; the layer stays lazy
+            log.warning("the background fetch of %s stopped: %s", lazy.record["digest"][:19],
+                        e or type(e).__name__)
+
+
 async def ensure_present(fs: UnionFS, node: Node) -> None:
     """Makes sure the lower file whose data ``node`` uses has its data (see the module)."""
     if node.kind != stat.S_IFREG or not node.data_in_lower or not node.lowers:
         return
     layer, path = node.lowers[0]
+    if fs.config.open_log:
+        _log_open(fs, path)
     lazy = _lazy_layer(fs, layer)
     if lazy is None:
         return
@@ -220,15 +277,40 @@ async def ensure_present(fs: UnionFS, node: Node) -> None:
         log.warning("lazy file %s: not in its layer's record", name)
         raise pyfuse3.FUSEError(errno.EIO)
     lock = lazy.locks.setdefault(name, trio.Lock())
+    _demand[fs] = trio.current_time()
     async with lock:
         if _mark(real) is None:  # fetched while this open waited
             return
         with trio.move_on_after(fs.config.lazy_timeout) as scope:
-            await lazy.fetch(real, name)
+            try:
+                await lazy.fetch(real, name)
+            finally:  # (the background waits QUIET seconds from the end of a long fetch)
+                _demand[fs] = trio.current_time()
         if scope.cancelled_caught:
             log.warning("lazy file %s: the registry did not answer within %ss", name,
                         fs.config.lazy_timeout)
             raise pyfuse3.FUSEError(errno.EIO)
+
+
+_opened: weakref.WeakKeyDictionary[UnionFS, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _log_open(fs: UnionFS, path: str) -> None:
+    """Appends ``/path`` to the mount's ``open_log`` the first time the lower file is used."""
+    seen = _opened.setdefault(fs, set())
+    if path in seen or "\n" in path:  # (one path a line)
+        return
+    seen.add(path)
+    assert fs.config.open_log is not None
+    try:
+        fd = os.open(fs.config.open_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, ("/" + path.lstrip("/")).encode("utf-8", "surrogateescape") + b"\n")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.warning("open_log %s: %s", fs.config.open_log, e.strerror)
 
 
 def _mark(real: str) -> str | None:

@@ -62,6 +62,12 @@ class MountConfig:
     nonempty: bool = False
     # How long an open of a lazily pulled file waits for its registry (fs/lazy.py) before EIO.
     lazy_timeout: float = 30.0
+    # Bytes a second at which the rest of a lazily pulled layer follows in the background
+    # (fs/lazy.py); None: the rate its pull recorded (or the default), 0: none.
+    lazy_rate: int | None = None
+    # A file the daemon appends the path of each lower file first opened to, once each
+    # (``push --prefetch-from``: what a command uses at start-up).
+    open_log: str | None = None
     # FUSE passthrough: auto (where granted), on (or fail), off; $PYUNION_PASSTHROUGH sets
     # the default for every mount of a process tree (a test run without it, say).
     passthrough: str = field(
@@ -113,7 +119,7 @@ PASSTHROUGH_MODES = ("auto", "on", "off")  # (see passthrough.py)
 _VALUE_OPTIONS = ("lowerdir", "upperdir", "workdir", "fsname", "subtype", "timeout",
                   "redirect_dir", "index", "xino", "metacopy", "uuid", "nfs_export", "stats",
                   "xattr_permissions", "uidmapping", "gidmapping", "passthrough",
-                  "lazy_timeout")
+                  "lazy_timeout", "lazy_rate", "open_log")
 
 
 def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) -> None:
@@ -146,6 +152,10 @@ def apply_options(config: MountConfig, options: list[tuple[str, str | None]]) ->
             config.timeout = _seconds(value)
         elif key == "lazy_timeout":
             config.lazy_timeout = _seconds(value)
+        elif key == "lazy_rate":
+            config.lazy_rate = parse_rate(value)
+        elif key == "open_log":
+            config.open_log = os.path.abspath(value or "")
         elif key == "redirect_dir":
             if value not in REDIRECT_MODES:
                 modes = ", ".join(REDIRECT_MODES)
@@ -218,6 +228,17 @@ def _on_off(key: str, value: str | None) -> bool:
     if value in ("on", "off"):
         return value == "on"
     raise MountError(f"{key}={value}: expected 'on' or 'off'")
+
+
+_RATE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_rate(value: str | None) -> int:
+    """Bytes a second: ``0``, ``500000``, ``512k``, ``4M`` (binary units)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", value or "")
+    if found is None:
+        raise MountError(f"lazy_rate={value}: expected bytes a second (e.g. 4M, 512k, 0)")
+    return int(float(found.group(1)) * _RATE_UNITS[found.group(2).lower()])
 
 
 def _seconds(value: str | None) -> float:

@@ -2,36 +2,44 @@
 
 At pull, each eStargz layer's footer and TOC are fetched with Range requests and the TOC is
 checked against the digest in the (verified) manifest. The layer directory is then made from
-the TOC by the ordinary unpacker, fed a tar of the TOC's entries with every regular file empty
-(so whiteouts, opaque directories, owners, xattrs and the parents' attributes come out exactly
-as for a full pull); each file with content is then grown to its size (sparse) and marked with
-``unionfs.fs.lazy.MARK``. The record ``<store>/lazy/<chain hex>.json`` says where each file's
-chunks are; the mount fetches a file on its first use (``unionfs.fs.lazy``).
+the TOC's entries, handed as tar members straight to the unpacker's writer (no tar is written
+or parsed; whiteouts, opaque directories, owners, xattrs and the parents' attributes come out
+exactly as for a full pull), except that each file with content is made sparse, of its size,
+and marked with ``unionfs.fs.lazy.MARK`` (``_PlaceholderWriter``). The record
+``<store>/lazy/<chain hex>.json`` says where each file's chunks are; the mount fetches a file
+on its first use (``unionfs.fs.lazy``).
 
-The layer's blob is not in the store until the layer is pulled whole, so ``save`` and ``push``
-of an image with an incomplete lazy layer are refused (``refuse_incomplete``).
+The layer's blob is not in the store until the layer is complete (``complete_lazy_layer``:
+by an ordinary pull, or by a mount's background fetch, ``complete_in_background``), so
+``save`` and ``push`` of an image with an incomplete lazy layer are refused
+(``refuse_incomplete``).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
-import datetime
 import hashlib
 import io
 import json
 import os
 import shutil
+import sys
 import tarfile
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
+
+import trio
 
 from unionfs.fs.lazy import LAYER_MARK, MARK, record_path
+from unionfs.image import reference
 from unionfs.image.archive import estargz
 from unionfs.image.archive.compression import DecompressingReader
 from unionfs.image.archive.formats import LayerSpec
-from unionfs.image.archive.unpack import normalize_name, unpack_layer
+from unionfs.image.archive.unpack import LayerDigests, LayerError, LayerWriter, normalize_name
 from unionfs.image.errors import ImageError
+from unionfs.image.progress import Progress
 from unionfs.image.store import Store, Workspace, syncfs
 from unionfs.image.store.adding import AddedLayer, ImageAdder
 
@@ -52,40 +60,91 @@ class LazyToc:
     tar_size: int | None = None  # the uncompressed size its descriptor declares, if it does
 
 
-def _mtime(entry: dict) -> int:
-    text = entry.get("modtime") or ""
+def _members(toc: LazyToc) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+    """Each entry of the TOC as the tar member a full pull's unpacker reads for it (a regular
+    file's data None: it is not here), the TOC itself last (as in the blob)."""
+    for entry in toc.document["entries"]:
+        if not isinstance(entry, dict) or entry.get("type") not in _TAR_TYPES:
+            continue
+        info = tarfile.TarInfo(str(entry.get("name", "")).rstrip("/") or ".")
+        info.type = _TAR_TYPES[entry["type"]]
+        info.mode = estargz.entry_mode(entry)
+        info.uid, info.gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))
+        info.uname, info.gname = entry.get("userName", ""), entry.get("groupName", "")
+        mtime_ns = estargz.modtime_ns(str(entry.get("modtime", "")))
+        info.mtime = mtime_ns // 10**9
+        if mtime_ns % 10**9:  # as the PAX header of the blob's tar has it
+            info.pax_headers["mtime"] = str(Decimal(mtime_ns).scaleb(-9))
+        info.linkname = str(entry.get("linkName", ""))
+        info.devmajor = int(entry.get("devMajor", 0))
+        info.devminor = int(entry.get("devMinor", 0))
+        if info.type == tarfile.REGTYPE:
+            info.size = int(entry.get("size", 0))
+        for key, value in (entry.get("xattrs") or {}).items():
+            info.pax_headers["SCHILY.xattr." + key] = base64.b64decode(value).decode(
+                "utf-8", "surrogateescape")
+        yield info, None
+    info = tarfile.TarInfo(estargz.TOC_NAME)
+    info.size, info.mode = len(toc.toc_json), 0o644
+    yield info, toc.toc_json
+
+
+class _PlaceholderWriter(LayerWriter):
+    """The unpacker, whose regular files of ``placeholders`` ({name: TOC name}) are made
+    sparse, of their size, and marked as waiting for their data (``MARK``); the
+    ``landmarks`` get their one known byte."""
+
+    def __init__(self, *args, placeholders: dict[str, str], landmarks: set[str],
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.placeholders = placeholders
+        self.landmarks = landmarks
+
+    def _create_file(self, member: tarfile.TarInfo, open_data, parent_fd: int,
+                     name: str) -> None:
+        path = normalize_name(member.name)
+        if path in self.landmarks:
+            return super()._create_file(member, lambda: io.BytesIO(estargz.LANDMARK_CONTENT),
+                                        parent_fd, name)
+        toc_name = self.placeholders.get(path)
+        if toc_name is None:
+            return super()._create_file(member, open_data, parent_fd, name)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=parent_fd)
+        try:
+            os.ftruncate(fd, member.size)
+            os.setxattr(fd, MARK, toc_name.encode())
+            self._set_fd_attrs(member, fd)
+        finally:
+            os.close(fd)
+
+
+def _build_layer_dir(store: Store, toc: LazyToc, target: str, placeholders: dict[str, str],
+                     landmarks: set[str], parents: list[str], wait_for_parents,
+                     what: str) -> int:
+    """Makes the layer directory from the TOC's entries, straight through the unpacker's
+    writer (no tar is written or parsed): the tree a full pull makes, but for the
+    placeholders. Returns the number of entries."""
+    writer = _PlaceholderWriter(target, store.whiteout_format, store.limits, parents,
+                                wait_for_parents, placeholders=placeholders,
+                                landmarks=landmarks)
+    count = 0
     try:
-        return int(datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return 0
-
-
-def _tar_of(toc: LazyToc) -> bytes:
-    """A tar of every entry of the TOC, regular files empty, the TOC itself last (as in the
-    blob, so the tree is the one a full pull makes)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
-                      errors="surrogateescape") as tar:
-        for entry in toc.document["entries"]:
-            if not isinstance(entry, dict) or entry.get("type") not in _TAR_TYPES:
-                continue
-            info = tarfile.TarInfo(str(entry.get("name", "")).rstrip("/") or ".")
-            info.type = _TAR_TYPES[entry["type"]]
-            info.mode = estargz.entry_mode(entry)
-            info.uid, info.gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))
-            info.uname, info.gname = entry.get("userName", ""), entry.get("groupName", "")
-            info.mtime = _mtime(entry)
-            info.linkname = str(entry.get("linkName", ""))
-            info.devmajor = int(entry.get("devMajor", 0))
-            info.devminor = int(entry.get("devMinor", 0))
-            for key, value in (entry.get("xattrs") or {}).items():
-                info.pax_headers["SCHILY.xattr." + key] = base64.b64decode(value).decode(
-                    "utf-8", "surrogateescape")
-            tar.addfile(info)
-        info = tarfile.TarInfo(estargz.TOC_NAME)
-        info.size, info.mode = len(toc.toc_json), 0o644
-        tar.addfile(info, io.BytesIO(toc.toc_json))
-    return out.getvalue()
+        for member, data in _members(toc):
+            count += 1
+            if count > store.limits.max_layer_entries:
+                raise LayerError(f"{what}: number of entries exceeds the limit of "
+                                 f"{store.limits.max_layer_entries:,}")
+            writer.add(member, (lambda d=data: io.BytesIO(d)) if data is not None
+                       else lambda: None)
+        writer.finish()
+    except LayerError as e:
+        raise LayerError(f"{what}: {e}" if not str(e).startswith(what) else str(e)) from None
+    except OSError as e:
+        raise LayerError(f"{what}: cannot unpack: {e.strerror or e}") from None
+    finally:
+        writer.close()
+    return count
 
 
 def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list[str],
@@ -106,25 +165,13 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
         target = space.new_path("lazy-" + layer.diff_id[7:])
         os.mkdir(target, 0o755)
         parents = [store.layer_path(c) for c in reversed(chain[:-1])]
-        digests = unpack_layer(io.BytesIO(_tar_of(toc)), target,
-                               whiteout_format=store.whiteout_format, limits=store.limits,
-                               what=f"{what} layer {layer.diff_id[7:19]}", parents=parents,
-                               before_finish=wait_for_parents)
-        lazy_bytes = 0
-        for name, found in files.items():
-            size = int(found.entry.get("size", 0))
-            if size <= 0 or not found.chunks:
-                continue
-            path = os.path.join(target, normalize_name(name))
-            before = os.stat(path, follow_symlinks=False)
-            if _is_landmark(name, found):  # its one byte is known: written now
-                with open(path, "wb") as f:
-                    f.write(estargz.LANDMARK_CONTENT)
-            else:
-                os.truncate(path, size)
-                os.setxattr(path, MARK, name.encode(), follow_symlinks=False)
-                lazy_bytes += size
-            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
+        landmarks = {name for name, found in files.items() if _is_landmark(name, found)}
+        placeholders = {normalize_name(name): name for name, found in files.items()
+                        if int(found.entry.get("size", 0)) > 0 and found.chunks
+                        and name not in landmarks}
+        entries = _build_layer_dir(store, toc, target, placeholders, landmarks, parents,
+                                   wait_for_parents, f"{what} layer {layer.diff_id[7:19]}")
+        lazy_bytes = sum(int(files[name].entry.get("size", 0)) for name in placeholders.values())
         landmark = files.get(estargz.PREFETCH_LANDMARK)
         prefetch = sorted((f.chunks[0].start, name) for name, f in files.items()
                           if landmark and landmark.chunks and f.chunks
@@ -138,11 +185,12 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
         final_record = record_path(store.layer_path(chain_id))
         os.makedirs(os.path.dirname(final_record), exist_ok=True)
         with open(space.new_path("lazy-record"), "w") as f:
-            json.dump(record, f)
+            f.write(json.dumps(record))  # (json.dump encodes in Python: 10 times slower)
         syncfs(target)
         os.rename(space.new_path("lazy-record"), final_record)  # before the layer's row
-        if toc.tar_size:  # the size of the layer's tar, not of the one made from the TOC
-            digests = dataclasses.replace(digests, tar_size=toc.tar_size)
+        digests = LayerDigests(blob_digest=layer.digest, blob_size=layer.size,
+                               diff_id=layer.diff_id, tar_size=toc.tar_size or declared,
+                               compression="gzip", entries=entries)
         ImageAdder(store, space)._install_layer(chain, layer.diff_id, target, digests)
     return added
 
@@ -176,6 +224,17 @@ def presence(store: Store, chain_id: str) -> tuple[int, int] | None:
                 os.getxattr(path, MARK, follow_symlinks=False)
                 missing += os.lstat(path).st_size
     return max(total - missing, 0), total
+
+
+def image_presence(store: Store, image_id: str) -> tuple[int, int] | None:
+    """(bytes present, bytes in all) of the image's lazy layers' files; None for an image
+    with no lazy layer."""
+    rows = store.db.execute("SELECT DISTINCT chain_id FROM image_layers WHERE image_id = ?",
+                            (image_id,)).fetchall()
+    found = [p for r in rows if (p := presence(store, r["chain_id"])) is not None]
+    if not found:
+        return None
+    return sum(p for p, _ in found), sum(t for _, t in found)
 
 
 def refuse_incomplete(store: Store, image_id: str, what: str) -> None:
@@ -221,6 +280,7 @@ def complete_lazy_layer(store: Store, layer: LayerSpec, chain_id: str,
             syncfs(root)
             if not os.path.exists(store.blob_path(layer.digest)):
                 shutil.copyfile(blob_path, store.blob_path(layer.digest) + ".partial")
+                os.chmod(store.blob_path(layer.digest) + ".partial", 0o644)  # (any umask)
                 os.rename(store.blob_path(layer.digest) + ".partial",
                           store.blob_path(layer.digest))
             syncfs(store.blobs_dir)
@@ -253,3 +313,84 @@ def _fill(path: str, name: str, data) -> None:
             os.removexattr(fd, MARK)
     finally:
         os.close(fd)
+
+
+class LayerCompleted(Exception):
+    """Raised by a throttle: the layer became whole meanwhile (a pull completed it)."""
+
+
+async def complete_in_background(layer_root: str, record: dict, client,
+                                 throttle: Callable[[int], Awaitable[None]]) -> bool:
+    """Makes the lazy layer at ``layer_root`` (``<store>/layers/<hex>``) an ordinary one from
+    a mount daemon: its blob downloaded by the pull's code into
+    ``<store>/downloads/<hex>.lazy.partial`` (resumed where an earlier mount left it, checked
+    against its digest), ``throttle`` awaited after each piece, then ``complete_lazy_layer``
+    (the diff_id checked over the whole tar). Until that ends the layer stays a valid lazy
+    one. One daemon at a time downloads a layer (the others wait for its lock, and take over
+    if its mount ends first); an ordinary pull meanwhile downloads on its own, not held up.
+    False if the layer was (or became) whole otherwise."""
+    from unionfs.image.registry.pull import Puller  # (which imports this module)
+    from unionfs.image.store.locks import FileLock
+
+    store = Store(os.path.dirname(os.path.dirname(os.path.normpath(layer_root))))
+    chain_id = "sha256:" + os.path.basename(os.path.normpath(layer_root))
+    layer = LayerSpec(record["digest"][7:], "", record["digest"], int(record["size"]),
+                      record["diff_id"])
+    partial = os.path.join(store.root, "downloads", record["digest"][7:] + ".lazy.partial")
+    os.makedirs(os.path.dirname(partial), mode=0o700, exist_ok=True)
+    lock = FileLock(partial.removesuffix(".partial") + ".lock", remove_when_free=True)
+    await trio.to_thread.run_sync(lambda: lock.acquire(exclusive=True), abandon_on_cancel=True)
+    try:
+        if not is_incomplete(store, chain_id):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+            return False
+        puller = Puller(store, client, reference.parse(
+            f"{record['registry']}/{record['repository']}"), None, Progress())
+
+        async def throttled(nbytes: int) -> None:
+            if not is_incomplete(store, chain_id):
+                raise LayerCompleted
+            await throttle(nbytes)
+
+        puller.throttle = throttled
+        try:
+            await puller._fetch_to(partial, layer)
+        except LayerCompleted:
+            os.unlink(partial)
+            return False
+        await trio.to_thread.run_sync(complete_lazy_layer, store, layer, chain_id, partial,
+                                      abandon_on_cancel=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        return True
+    finally:
+        lock.release()
+        store.close()
+
+
+def files_opened_by(store: Store, image_id: str, image_name: str, command: str,
+                    workdir: str) -> list[str]:
+    """The image's files that ``command`` (run by ``/bin/sh -c`` in a container of the image,
+    to its end) opens, in the order of their first use: the daemon of the container's
+    rootfs mount logs them (``-o open_log``). For ``push --prefetch-from``."""
+    from unionfs.image.container import lifecycle, records, rootfs, runtime
+    from unionfs.image.container.records import RunSpec
+
+    opened = os.path.join(workdir, "opened")
+    spec = RunSpec(entrypoint=["/bin/sh"], command=["-c", command], network="host")
+    container = lifecycle.create(store, image_id, image_name, None, spec)
+    try:
+        rootfs.mount(store, container, extra_options=[f"open_log={opened}"])
+        code = runtime.execute(store, records.get(store, container.id),
+                               log_path=os.path.join(workdir, "prefetch-from.log"))
+    finally:
+        lifecycle.remove(store, records.get(store, container.id), force=True)
+    if code != 0:
+        print(f"pyunion: --prefetch-from: the command exited with status {code} (the files "
+              "it opened come first all the same)", file=sys.stderr, flush=True)
+    try:
+        with open(opened, encoding="utf-8", errors="surrogateescape") as f:
+            return list(dict.fromkeys(line.rstrip("\n") for line in f if line.strip()))
+    except FileNotFoundError:
+        return []

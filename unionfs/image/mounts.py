@@ -26,7 +26,8 @@ def layer_dirs(store: Store, image_id: str) -> list[str]:
 
 
 def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str,
-                nonempty: bool = False, lazy_timeout: float | None = None) -> str:
+                nonempty: bool = False, lazy_timeout: float | None = None,
+                lazy_rate: int | None = None) -> str:
     target = os.path.realpath(mountpoint)
     if not os.path.isdir(target):
         raise ImageError(f"mount point {mountpoint} is not a directory")
@@ -40,6 +41,8 @@ def mount_image(store: Store, image_id: str, short_name: str, mountpoint: str,
         ["nonempty"] if nonempty else [])
     if lazy_timeout is not None:
         options.append(f"lazy_timeout={lazy_timeout}")
+    if lazy_rate is not None:
+        options.append(f"lazy_rate={lazy_rate}")
     mount = Mount(lowers, None, target, readonly=True, options=options)
     try:
         mount.start()

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import io
 import json
+import re
 import struct
 import tarfile
 import zlib
@@ -27,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from unionfs.image.archive.unpack import _xattrs, normalize_name
+from unionfs.image.archive.unpack import _ns_times, _xattrs, normalize_name
 
 TOC_NAME = "stargz.index.json"
 PREFETCH_LANDMARK = ".prefetch.landmark"
@@ -128,8 +130,29 @@ def parse_footer(data: bytes) -> int:
 
 
 def _modtime(member: tarfile.TarInfo) -> str:
-    moment = datetime.datetime.fromtimestamp(int(member.mtime), datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339, in UTC, with the nanoseconds of a PAX mtime if it has any (as Go's
+    RFC3339Nano: a lazy pull gives its files the very mtime a full pull does)."""
+    ns = _ns_times(member)[1]
+    seconds, fraction = divmod(ns, 10**9)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return text + (f".{fraction:09d}".rstrip("0") if fraction else "") + "Z"
+
+
+@functools.lru_cache(maxsize=4096)  # (a layer's files share a few times)
+def modtime_ns(text: str) -> int:
+    """The nanoseconds since the epoch of a TOC ``modtime`` (0 if it is not RFC 3339)."""
+    found = re.fullmatch(r"(.+?)(?:\.(\d{1,9})\d*)?(Z|[+-]\d\d:\d\d)", text or "")
+    if found is None:
+        return 0
+    try:
+        moment = datetime.datetime.fromisoformat(
+            found.group(1) + found.group(3).replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    whole = (moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)) \
+        // datetime.timedelta(seconds=1)
+    return whole * 10**9 + int((found.group(2) or "0").ljust(9, "0"))
 
 
 def _toc_entry(member: tarfile.TarInfo, name: str) -> dict:

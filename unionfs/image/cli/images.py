@@ -16,6 +16,7 @@ from unionfs.image.cli.filters import (
 )
 from unionfs.image.cli.output import docker_time, human_size, parse_time, print_table, since
 from unionfs.image.cli.template import print_formatted
+from unionfs.image.lazy import image_presence
 from unionfs.image.store import Store
 
 HELP = "List images"
@@ -73,6 +74,16 @@ def _rows(store: Store, wanted: str | None) -> list[dict]:
                 and (ref.tag is None or r["tag"] == ref.tag)]
     rows.sort(key=lambda r: (-(_timestamp(r["created"])), r["repository"], r["tag"]))
     return rows
+
+
+def _size(store: Store, row: dict) -> str:
+    """The image's size; for one pulled lazily and not yet whole, how much of its lazy
+    layers' files is here (``lazy 12%``)."""
+    found = image_presence(store, row["id"])
+    if found is None:
+        return human_size(row["size"])
+    present, total = found
+    return f"{human_size(row['size'])} (lazy {100 * present // total if total else 100}%)"
 
 
 def _timestamp(created: str | None) -> float:
@@ -141,6 +152,6 @@ def run(args, store: Store) -> int:
     headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else []) + [
         "IMAGE ID", "CREATED", "SIZE"]
     table = [[r["repository"], r["tag"]] + ([r["digest"]] if args.digests else []) + [
-        show_id(r["id"]), since(r["created"]), human_size(r["size"])] for r in rows]
+        show_id(r["id"]), since(r["created"]), _size(store, r)] for r in rows]
     print_table(headers, table)
     return 0

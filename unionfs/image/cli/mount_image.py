@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from unionfs.image.cli.common import resolve, short_id, short_name
+from unionfs.image.cli.pull import add_lazy_rate_option
 from unionfs.image.errors import ImageError
 from unionfs.image.mounts import mount_image, unmount_image
 from unionfs.image.store import Store
@@ -25,6 +26,8 @@ def register(commands) -> None:
     p.add_argument("--lazy-timeout", type=float, metavar="SECONDS",
                    help="how long a first read of a lazily pulled file waits for the "
                         "registry before failing with EIO (default 30)")
+    add_lazy_rate_option(p, "the rest of a lazily pulled image follows while mounted "
+                            "(default: as its pull said)")
     p.set_defaults(run=run)
     u = commands.add_parser("umount-image", help=UMOUNT_HELP, description=UMOUNT_HELP)
     u.add_argument("mountpoint", metavar="DIR")
@@ -44,7 +47,8 @@ def run(args, store: Store) -> int:
         found = resolve(store, args.image)
     label = short_name(found.name) if found.name else short_id(found.image_id)
     print(mount_image(store, found.image_id, label, args.mountpoint,
-                      nonempty="nonempty" in options, lazy_timeout=args.lazy_timeout))
+                      nonempty="nonempty" in options, lazy_timeout=args.lazy_timeout,
+                      lazy_rate=args.lazy_rate))
     return 0
 
 

@@ -62,6 +62,8 @@ def register(commands) -> None:
     p.add_argument("-a", "--all-tags", action="store_true",
                    help="pull every tag of the repository (the name takes no tag)")
     add_lazy_option(p)
+    add_lazy_rate_option(p, "the rest of a lazy layer follows while it is mounted "
+                            "(default 4M)")
     add_registry_options(p)
     p.set_defaults(run=run)
 
@@ -70,6 +72,20 @@ def add_lazy_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lazy", action="store_true",
                    help="fetch only the TOC of eStargz layers now, each file on its first "
                         "use (the registry must serve Range requests)")
+
+
+def add_lazy_rate_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--lazy-rate", type=_rate, metavar="RATE",
+                   help=f"bytes a second at which {what} (e.g. 4M, 512k; 0: not at all)")
+
+
+def _rate(text: str) -> int:
+    from unionfs.fs.options import MountError, parse_rate
+
+    try:
+        return parse_rate(text)
+    except MountError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 async def _through_mirrors(ref: Reference, insecure: bool,
@@ -96,7 +112,7 @@ def _shown(ref: Reference) -> str:
 def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None,
                insecure: bool = False, quiet: bool = False,
                out: TextIO | None = None, lazy: bool = False,
-               status: bool = True) -> PullResult:
+               status: bool = True, lazy_rate: int | None = None) -> PullResult:
     """Pulls ``ref``, telling ``out`` (stdout by default) what happens as docker does: the
     registry, each layer (on stderr), the digest and (if ``status``) a ``Status:`` line:
     "Downloaded newer image" when anything was fetched or the tag now names another image,
@@ -108,7 +124,9 @@ def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None
     progress = CliProgress(quiet)
 
     def pull(client: RegistryClient) -> Awaitable[PullResult]:
-        return Puller(store, client, ref, platform, progress, lazy=lazy).pull()
+        puller = Puller(store, client, ref, platform, progress, lazy=lazy)
+        puller.lazy_rate = lazy_rate
+        return puller.pull()
 
     try:
         result = trio.run(_through_mirrors, ref, insecure, pull)
@@ -131,12 +149,14 @@ def print_status(shown: str, updated: bool, out: TextIO) -> None:
 
 
 def run(args, store: Store) -> int:
+    if args.lazy_rate is not None and not args.lazy:
+        raise ImageError("--lazy-rate needs --lazy")
     ref = reference.parse(args.image)
     platform = Platform.parse(args.platform) if args.platform else None
     if args.all_tags:
         return _pull_all_tags(args, store, ref, platform)
     result = pull_image(store, ref, platform=platform, insecure=args.insecure,
-                        quiet=args.quiet, lazy=args.lazy)
+                        quiet=args.quiet, lazy=args.lazy, lazy_rate=args.lazy_rate)
     if platform is None:
         warn_foreign_platform(store, result.image_id)
     print(ref.name if ref.tag else f"{ref.repository}@{ref.digest}")

@@ -12,7 +12,7 @@ from unionfs.image.cli.common import resolve
 from unionfs.image.cli.output import CliProgress
 from unionfs.image.cli.pull import add_registry_options
 from unionfs.image.errors import ImageError
-from unionfs.image.lazy import refuse_incomplete
+from unionfs.image.lazy import files_opened_by, refuse_incomplete
 from unionfs.image.registry.client import RegistryClient
 from unionfs.image.registry.push import Pusher
 from unionfs.image.store import Store
@@ -40,6 +40,10 @@ def register(commands) -> None:
     p.add_argument("--prefetch", action="append", metavar="PATH", default=[],
                    help="with --format estargz: a file a lazy pull fetches at once, before "
                         "its first use (repeatable)")
+    p.add_argument("--prefetch-from", metavar="CMD",
+                   help="with --format estargz: run CMD (by /bin/sh -c) in a container of "
+                        "the image, to its end, and put the files it opens first, for a lazy "
+                        "pull to fetch at once")
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the progress output")
     add_registry_options(p)
     p.set_defaults(run=run)
@@ -61,10 +65,15 @@ def run(args, store: Store) -> int:
         raise ImageError("push a tag, not a digest")
     image_id = resolve(store, args.image or args.name).image_id
     refuse_incomplete(store, image_id, "push")
+    if (args.prefetch or args.prefetch_from) and args.format != "estargz":
+        raise ImageError("--prefetch and --prefetch-from need --format estargz")
     if not args.quiet:
         print(f"The push refers to repository [{ref.repository}]", flush=True)
     with store.workspace() as space:
-        converted = convert_image(store, image_id, space.path, args.prefetch) \
+        prefetch = args.prefetch + (files_opened_by(
+            store, image_id, args.image or args.name, args.prefetch_from, space.path)
+            if args.prefetch_from else [])
+        converted = convert_image(store, image_id, space.path, prefetch) \
             if args.format == "estargz" else None
         progress = CliProgress(args.quiet)
         try:

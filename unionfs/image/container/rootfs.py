@@ -55,8 +55,10 @@ def mount_options(store: Store, container: Container) -> list[str]:
     return options
 
 
-def mount(store: Store, container: Container, target: str | None = None) -> str:
-    """Mounts the container's rootfs (if not mounted already) and returns where."""
+def mount(store: Store, container: Container, target: str | None = None,
+          extra_options: list[str] | None = None) -> str:
+    """Mounts the container's rootfs (if not mounted already) and returns where;
+    ``extra_options``: more mount options (``open_log=`` for ``push --prefetch-from``)."""
     if is_mounted(container):
         assert container.mountpoint is not None
         if target and os.path.realpath(target) != container.mountpoint:
@@ -71,7 +73,8 @@ def mount(store: Store, container: Container, target: str | None = None) -> str:
     if point in mounted_points():
         raise ImageError(f"{point} is already a mount point")
     union = Mount(lowers(store, container), os.path.join(directory, "upper"), point,
-                  workdir=os.path.join(directory, "work"), options=mount_options(store, container))
+                  workdir=os.path.join(directory, "work"),
+                  options=mount_options(store, container) + (extra_options or []))
     try:
         union.start()
     except MountError as e:

@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -86,6 +86,7 @@ class Puller:
                  platform: Platform | None, progress: Progress, *, lazy: bool = False) -> None:
         self.store = store
         self.lazy = lazy  # eStargz layers made present from their TOCs (unionfs.image.lazy)
+        self.lazy_rate: int | None = None  # recorded for the mounts' background fetch
         self.tocs: dict[str, LazyToc] = {}  # by blob digest: the layers pulled lazily
         self.client = client
         self.ref = ref
@@ -95,6 +96,9 @@ class Puller:
         self.repo_digest = ""
         self.progress = progress
         self.downloads = os.path.join(store.root, "downloads")
+        # awaited after each piece of a blob download, with its size: a background download
+        # (the rest of a lazy layer, unionfs.fs.lazy) keeps to its rate with it
+        self.throttle: Callable[[int], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ documents
 
@@ -224,7 +228,8 @@ class Puller:
                         with open(partial, "wb"):
                             pass
                     with open(partial, "ab") as out:
-                        async for chunk in response.aiter_bytes(1 << 20):
+                        piece_size = (64 << 10) if self.throttle else (1 << 20)
+                        async for chunk in response.aiter_bytes(piece_size):
                             offset += len(chunk)
                             if offset > layer.size:
                                 raise RegistryError(f"layer {layer.digest[:19]} is larger than "
@@ -233,6 +238,9 @@ class Puller:
                             hasher.update(chunk)
                             self.client.bytes_received += len(chunk)
                             self.progress.layer_advanced(layer.diff_id, len(chunk))
+                            if self.throttle is not None:
+                                out.flush()  # what a killed daemon leaves is resumed
+                                await self.throttle(len(chunk))
             except (httpx.TransportError, httpx.StreamError) as e:
                 if attempt == DOWNLOAD_ATTEMPTS - 1:
                     raise RegistryError(f"{self.client.domain}: downloading {layer.digest[:19]}"
@@ -301,8 +309,9 @@ class Puller:
             self.tocs = {}
 
     def _lazy_source(self) -> dict:
-        return {"registry": self.client.domain, "repository": self.path,
-                "insecure": self.client.insecure}
+        source = {"registry": self.client.domain, "repository": self.path,
+                  "insecure": self.client.insecure}
+        return source if self.lazy_rate is None else {**source, "rate": self.lazy_rate}
 
     # ------------------------------------------------------------------ the whole pull
 
