@@ -107,6 +107,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS snapshotter_snapshots_parent ON snapshotter_snapshots(parent);
     ALTER TABLE snapshotter_snapshots ADD COLUMN mount_pid INTEGER;
     """,
+    # build's cache (unionfs/image/build/cache.py): a step's image by its parent and
+    # instruction. Stores that built before this migration have the table already.
+    """
+    CREATE TABLE IF NOT EXISTS build_cache (
+        key       TEXT PRIMARY KEY,
+        image_id  TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        added     REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
