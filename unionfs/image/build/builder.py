@@ -191,6 +191,19 @@ class Builder:
         if not self.options.quiet:
             print(text, file=self.out, flush=True)
 
+    @contextlib.contextmanager
+    def _working(self, what: str) -> Iterator[None]:
+        """A spinner saying ``what`` while a step works without output of its own (writing
+        and storing layers), where the output is a terminal; nothing otherwise (a log or a
+        pipe gets only the STEP lines)."""
+        if self.options.quiet or not self.out.isatty():
+            yield
+            return
+        from rich.console import Console
+
+        with Console(file=self.out).status(what):
+            yield
+
     # ------------------------------------------------------------------ the build
 
     def build(self) -> str:
@@ -371,7 +384,8 @@ class Builder:
         rootfs_ = config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
         if layer is not None:
             rootfs_["diff_ids"] = list(rootfs_.get("diff_ids") or []) + [layer[1]]
-        state.image_id = self._add_image(state.image_id, config, layer, [])
+        with self._working("storing the step's image"):
+            state.image_id = self._add_image(state.image_id, config, layer, [])
         state.config = config
 
     def _add_image(self, parent: str | None, config: dict[str, Any],
@@ -581,6 +595,10 @@ class Builder:
         upper = rootfs.upper_dir(self.store, container)
         if not os.listdir(upper):
             return None
+        with self._working("writing the step's layer"):
+            return self._write_run_layer(container, upper)
+
+    def _write_run_layer(self, container: Container, upper: str) -> tuple[str, str] | None:
         if not step_layers.movable(self.store, upper):
             return self._prepared_layer(upper_layer(self.store, container, self._workspace()))
         blob, digests = step_layers.write_blob(upper, self._workspace())
@@ -747,7 +765,7 @@ class Builder:
         also = [(workdir, self._owner(point, state.inner.get("User") or ""))] if workdir \
             else []
         blob = self._workspace().new_path("copy.tar.gz")
-        with open(blob, "wb") as out:
+        with self._working("copying into the step's layer"), open(blob, "wb") as out:
             sink = step_layers.ParallelGzip(out)
             count = ctx.layer_of_copy(point, entries, owner, chmod, also, sink,
                                       archives=archives, dest=dest)
