@@ -373,7 +373,8 @@ def test_snapshotter_killed_in_prepare(engine, registry):
     assert sorted(os.listdir(snapshots_dir / orphans[0])) == ["fs", "work"]
 
     engine.start_snapshotter()
-    assert engine.snapshot_dirs() == before == _rows(engine)
+    # the snapshotter queues the orphan's removal as it starts (a background thread)
+    _wait(lambda: engine.snapshot_dirs() == before == _rows(engine), "the orphan's removal")
     engine.ctr("containers", "rm", "killed", check=False)
     _wait(lambda: engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "after-kill",
                              "cat", "/etc/secret", check=False).stdout == "s3cret\n",
