@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from unionfs.image import reference
-from unionfs.image.errors import Conflict, NotFound
+from unionfs.image.errors import Conflict, ImageError, NotFound
 from unionfs.image.store import Store
 
 # what an image id or a unique prefix of one may look like
@@ -101,3 +101,14 @@ def warn_foreign_platform(store: Store, image_id: str) -> None:
     print(f"WARNING: The requested image's platform ({found}) does not match the detected "
           f"host platform ({host.os}/{host.architecture}) and no specific platform was "
           "requested", file=sys.stderr, flush=True)
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """``--label KEY=VALUE`` options (``run``, ``create``, ``network create``) as a dict."""
+    labels = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key:
+            raise ImageError(f"invalid label {item!r} (KEY=VALUE)")
+        labels[key] = value
+    return labels

@@ -14,6 +14,7 @@ from unionfs.image import reference
 from unionfs.image.cli.common import (
     ID_PREFIX,
     Resolved,
+    parse_labels,
     resolve,
     short_id,
     short_name,
@@ -132,16 +133,6 @@ def read_env_files(paths: list[str]) -> list[str]:
     return items
 
 
-def _labels(items: list[str]) -> dict[str, str]:
-    labels = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        if not key:
-            raise ImageError(f"invalid label {item!r} (KEY=VALUE)")
-        labels[key] = value
-    return labels
-
-
 def spec_from_args(args) -> RunSpec:
     if args.restart != "no" and args.rm:
         raise ImageError("--restart and --rm conflict (a restarted container is not removed)")
@@ -151,7 +142,7 @@ def spec_from_args(args) -> RunSpec:
         env=read_env_files(args.env_file) + args.env, workdir=args.workdir, user=args.user,
         hostname=args.hostname, volumes=args.volume, read_only=args.read_only,
         network=args.network, tty=args.tty, interactive=args.interactive,
-        runtime=args.runtime, auto_remove=args.rm, labels=_labels(args.label),
+        runtime=args.runtime, auto_remove=args.rm, labels=parse_labels(args.label),
         extra_hosts=args.add_host, init=args.init, cap_add=args.cap_add,
         cap_drop=args.cap_drop, privileged=args.privileged, restart=args.restart,
         memory=args.memory, cpus=args.cpus)

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from unionfs.image.cli.common import parse_labels
 from unionfs.image.cli.output import print_table
 from unionfs.image.cli.template import print_formatted, render
 from unionfs.image.container import lifecycle, records
@@ -62,20 +63,10 @@ def register(commands) -> None:
     i.set_defaults(run=run_inspect)
 
 
-def _labels(items: list[str]) -> dict[str, str]:
-    labels = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        if not key:
-            raise ImageError(f"invalid label {item!r} (KEY=VALUE)")
-        labels[key] = value
-    return labels
-
-
 def run_create(args, store: Store) -> int:
     network = networks.create(store, args.name, args.subnet, args.gateway,
                               internal=args.internal, dns=not args.disable_dns,
-                              labels=_labels(args.label))
+                              labels=parse_labels(args.label))
     print(network.name)
     return 0
 
