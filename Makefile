@@ -11,7 +11,7 @@ PYFUSE3_VERSION := 3.5.0
 PYFUSE3_SHA256  := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
 PYFUSE3_PATCHES := patches/pyfuse3-cache-readdir-symlinks.patch patches/pyfuse3-no-open.patch \
                    patches/pyfuse3-dont-mask.patch patches/pyfuse3-passthrough.patch \
-                   patches/pyfuse3-inline-requests.patch
+                   patches/pyfuse3-inline-requests.patch patches/pyfuse3-lazy-version.patch
 PYFUSE3_BUILD   := build/pyfuse3
 # libfuse 3.17 (FUSE passthrough), from Debian's next release's source package, built into a
 # private prefix that pyfuse3 links to with an rpath (patches/build-libfuse.sh). Where it cannot
@@ -77,7 +77,7 @@ pyfuse3-extended:
 	  export PKG_CONFIG_PATH=$(LIBFUSE_PREFIX)/lib/pkgconfig \
 	         LDFLAGS="-L$(LIBFUSE_PREFIX)/lib -Wl,-rpath,$(LIBFUSE_PREFIX)/lib"; \
 	fi; \
-	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.5' \
+	SETUPTOOLS_SCM_PRETEND_VERSION='$(PYFUSE3_VERSION)+pyunion.6' \
 	  $(PY) -m pip install --quiet --no-build-isolation --force-reinstall --no-deps ./$(PYFUSE3_BUILD)
 
 # Installs the named Debian packages that are missing (as root only), nothing else.
