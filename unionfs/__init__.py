@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (~8 ms) at every start
 
 __all__ = ["Mount", "MountError", "mount", "mount_async"]
 

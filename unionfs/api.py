@@ -18,75 +18,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from unionfs.fs.options import MountError
+from unionfs.prestart import interrupts_held, prestart_daemon, take_warm_daemon
 
 __all__ = ["Mount", "MountError", "mount", "mount_async", "prestart_daemon"]
 
-
-class _WarmDaemon:
-    """A ``mount.pyunion`` started ahead of its mount: it imports pyfuse3 and trio (most of a
-    daemon's start-up) while this process works out what to mount, then reads its command
-    line from ``args_fd``; at end of file with nothing written it exits."""
-
-    def __init__(self) -> None:
-        self.stderr = tempfile.TemporaryFile()
-        args_read, self.args_fd = os.pipe()
-        self.ready_fd, self.child_ready_fd = os.pipe()
-        try:
-            with _interrupts_held():
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "mount_helper", f"--args-from-fd={args_read}"],
-                    pass_fds=[args_read, self.child_ready_fd], stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=self.stderr, start_new_session=True)
-        except BaseException:
-            self.discard()
-            raise
-        finally:
-            os.close(args_read)
-            os.close(self.child_ready_fd)
-
-    def hand_over(self, args: list[str]) -> bool:
-        """Gives the daemon its command line; False if it is gone (start one the usual way)."""
-        try:
-            os.write(self.args_fd, b"\0".join(os.fsencode(a) for a in args))
-        except BrokenPipeError:
-            return False
-        finally:
-            os.close(self.args_fd)
-            self.args_fd = -1
-        return True
-
-    def discard(self) -> None:
-        """Lets an unused daemon go (end of file on its pipe) and closes what is ours."""
-        for fd in (self.args_fd, self.ready_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.args_fd = self.ready_fd = -1
-        self.stderr.close()
-
-
-_warm: _WarmDaemon | None = None
-
-
-def prestart_daemon() -> None:
-    """Starts the next mount's daemon now, so that its start-up overlaps the caller's work
-    (``pyunion run`` resolving the image and writing the bundle); the next ``Mount.start()``
-    of this process hands it its command line. Unused, it exits when this process does."""
-    global _warm
-    if _warm is None:
-        _warm = _WarmDaemon()
-
-
-def _take_warm_daemon() -> _WarmDaemon | None:
-    global _warm
-    warm, _warm = _warm, None
-    return warm
 
 EXIT_TIMEOUT = 20.0
 
@@ -154,7 +95,7 @@ class Mount:
         self._prepare_dirs(temporary_upper=self.upper is None and not self.readonly)
         proc: subprocess.Popen | None = None
         try:
-            with _interrupts_held():  # a Ctrl-C now is raised once we know the pid
+            with interrupts_held():  # a Ctrl-C now is raised once we know the pid
                 proc, read_end = self._start_daemon()
                 pipe = open(read_end, "rb")  # noqa: SIM115 (closed just below)
             with pipe:
@@ -178,7 +119,7 @@ class Mount:
         """The daemon, told what to mount, and the pipe on which it will say ``ok`` (or why
         not). A daemon started ahead (``prestart_daemon``) is used if there is one. Called
         with interrupts held, so that the caller always learns the daemon's pid."""
-        warm = _take_warm_daemon()
+        warm = take_warm_daemon()
         if warm is not None:
             if warm.hand_over(self.command(warm.child_ready_fd)[3:]):
                 self._stderr = warm.stderr
@@ -231,24 +172,6 @@ class Mount:
 
     def __exit__(self, *exc) -> None:
         self.unmount()
-
-
-@contextlib.contextmanager
-def _interrupts_held() -> Iterator[None]:
-    """Holds SIGINT/SIGTERM back (in the main thread) while a daemon is being spawned.
-
-    A KeyboardInterrupt inside ``subprocess.Popen`` would leave a started daemon without
-    anyone knowing its pid; held back, it is raised right after, when it can be stopped.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _unmount(mountpoint: str, proc: subprocess.Popen) -> None:

@@ -165,7 +165,7 @@ def _processes_with_env(marker: str) -> list[int]:
 
 
 def test_daemon_started_ahead_serves_the_mount_or_exits(px):
-    """run starts its mount daemon before it knows the mount (unionfs.api.prestart_daemon):
+    """run starts its mount daemon before it knows the mount (unionfs.prestart):
     used, it shows the mount's command line; not needed, it exits with the command."""
     marker = "PYUNION_TEST_MARK=" + uuid.uuid4().hex
     env = {marker.partition("=")[0]: marker.partition("=")[2]}

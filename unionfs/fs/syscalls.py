@@ -1,4 +1,5 @@
-"""System calls the os module lacks: renameat2 (RENAME_NOREPLACE/EXCHANGE/WHITEOUT), FICLONE."""
+"""System calls the os module lacks: renameat2 (RENAME_NOREPLACE/EXCHANGE/WHITEOUT), FICLONE,
+umount2."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def renameat2(src: str, dst: str, flags: int) -> None:
     if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), src, None, dst)
+
+
+_umount2 = _libc.umount2
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_umount2.restype = ctypes.c_int
+
+
+def umount(point: str, flags: int = 0) -> None:
+    """umount2(2): what ``umount`` runs, without its process (root only); raises OSError."""
+    if _umount2(os.fsencode(point), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), point)
 
 
 def clone_file(src_fd: int, dst_fd: int) -> bool:

@@ -48,7 +48,7 @@ COMMANDS = {
     "version": "version", "snapshotter": "snapshotter", "events": "events", "stats": "stats",
     "attach": "attach", "build": "build",
 }
-# Commands that mount a union: its daemon is started first (unionfs.api.prestart_daemon), so
+# Commands that mount a union: its daemon is started first (unionfs.prestart), so
 # that the daemon's interpreter start-up and imports run beside this command's own.
 MOUNTING_COMMANDS = {"run", "start", "mount", "mount-image"}
 # The exit status of a command's failures where it is not 1: run's (docker's), exec's
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = _chosen_command(argv) or ""
     if chosen in MOUNTING_COMMANDS and "--help" not in argv and "-h" not in argv:
-        from unionfs.api import prestart_daemon
+        from unionfs.prestart import prestart_daemon
         prestart_daemon()
     from unionfs.image.store import Store, default_root  # after the daemon's start: see above
 

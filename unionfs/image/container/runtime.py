@@ -72,6 +72,11 @@ def send_signal(store: Store, container: Container, signum: int) -> bool:
 
 
 def delete_runtime_state(store: Store, container: Container) -> None:
+    """``RUNTIME delete --force``, unless the runtime keeps no state for the container (its
+    directory under ``--root``, as runc and crun keep it): ``run`` deletes its container as it
+    ends, and a runtime process less is worth ~10 ms of every ``run --rm``."""
+    if not os.path.lexists(os.path.join(store.root, "runtime", container.id)):
+        return
     with contextlib.suppress(ImageError, subprocess.TimeoutExpired):
         subprocess.run(runtime_command(store, container)
                        + ["delete", "--force", container.id], capture_output=True, timeout=30)

@@ -47,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from unionfs import api as union_api
+from unionfs import prestart
 from unionfs.api import Mount as UnionMount
 from unionfs.fs.options import MountError
 from unionfs.image.daemons import (
@@ -104,7 +104,7 @@ class Mount:
 
 
 class DaemonsAhead:
-    """``mount.pyunion`` daemons started ahead of need (``unionfs.api``'s warm daemons: each
+    """``mount.pyunion`` daemons started ahead of need (``unionfs.prestart``'s: each
     has imported pyfuse3 and trio and waits for its command line), so that a snapshot's mount
     costs its FUSE handshake (~15 ms) rather than a Python start (~0.2-0.4 s). More than one:
     ``ctr run`` after ``ctr run`` comes sooner than a daemon starts on a loaded machine. The
@@ -112,15 +112,15 @@ class DaemonsAhead:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ready: list[union_api._WarmDaemon] = []
-        self._lock = threading.Lock()  # also around unionfs.api's global warm daemon
+        self._ready: list[prestart.WarmDaemon] = []
+        self._lock = threading.Lock()  # also around unionfs.prestart's daemon of the next mount
 
     def start(self, union: UnionMount) -> None:
         """``union.start()`` with the oldest daemon (a cold start if there is none)."""
         try:
             with self._lock:
                 if self._ready:
-                    union_api._warm = self._ready.pop(0)
+                    prestart.offer(self._ready.pop(0))
                 union.start()
         finally:
             self.fill_in_background()
@@ -132,7 +132,7 @@ class DaemonsAhead:
         with self._lock:
             while len(self._ready) < self.size:
                 try:
-                    self._ready.append(union_api._WarmDaemon())
+                    self._ready.append(prestart.WarmDaemon())
                 except OSError:
                     return
 
