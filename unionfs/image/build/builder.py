@@ -39,6 +39,7 @@ from unionfs.image.container.records import Container, RunSpec
 from unionfs.image.errors import ImageError
 from unionfs.image.mounts import layer_dirs
 from unionfs.image.store import Store, Workspace
+from unionfs.image.store import images as store_images
 from unionfs.image.store.adding import ImageAdder
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -406,6 +407,9 @@ class Builder:
         space = self._workspace()
         image_id = ImageAdder(self.store, space, prepared=self.prepared).add_image(
             spec, DirectorySource(space.path), "build step")
+        if parent is not None:  # the step's parent image: an intermediate one while untagged
+            with self.store.transaction() as db:
+                store_images.record_parent(db, image_id, parent)
         if layer is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(layer[0])

@@ -17,6 +17,7 @@ import tarfile
 from dataclasses import dataclass
 
 from unionfs.image.build.ignore import IgnoreRules
+from unionfs.image.container.copy import resolve_in_root  # cp's: one way to resolve in a rootfs
 from unionfs.image.errors import ImageError
 
 _WILDCARDS = set("*?[")
@@ -31,32 +32,6 @@ class Entry:
     source: str
     target: str
     top: bool = False
-
-
-def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> str:
-    """``path`` (absolute, inside the rootfs ``root``) as a host path, symlinks followed
-    within ``root``."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = os.path.join(root, *resolved, name)
-        if os.path.islink(candidate) and (parts or follow_last):
-            hops += 1
-            if hops > 40:
-                raise ImageError(f"too many levels of symbolic links in {path}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p and p != "."] + parts
-            continue
-        resolved.append(name)
-    return os.path.join(root, *resolved)
 
 
 def _has_wildcard(text: str) -> bool:

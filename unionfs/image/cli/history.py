@@ -7,7 +7,7 @@ import json
 from unionfs.image.cli.common import resolve, short_id
 from unionfs.image.cli.output import docker_time, human_size, print_table, since
 from unionfs.image.cli.template import print_formatted
-from unionfs.image.store import Store
+from unionfs.image.store import Store, images
 
 HELP = "Show the history of an image"
 
@@ -45,9 +45,33 @@ def history_rows(store: Store, image_id: str) -> list[dict]:
         rows.append({"created": entry.get("created"), "created_by": entry.get("created_by", ""),
                      "comment": entry.get("comment", ""), "size": size})
     rows.reverse()
-    for n, row in enumerate(rows):
-        row["id"] = image_id if n == 0 else "<missing>"
+    for row in rows:
+        row["id"] = "<missing>"
+    _name_step_images(store, image_id, rows)
     return rows
+
+
+def _name_step_images(store: Store, image_id: str, rows: list[dict]) -> None:
+    """Puts each image of the build chain still in the store (the image, the parent it was
+    built on, and so on: ``store.images``) beside the newest history entry it has, as
+    docker's history shows intermediate images; the other entries stay ``<missing>``."""
+    if not rows:
+        return
+    rows[0]["id"] = image_id
+    last = 0
+    current = images.parent_of(store.db, image_id)
+    while current is not None:
+        try:
+            with open(store.blob_path(current), "rb") as f:
+                history = json.load(f).get("history")
+        except (OSError, ValueError):
+            return
+        position = len(rows) - len(history if isinstance(history, list) else [])
+        if not last < position < len(rows):  # not an ancestor's history after all
+            return
+        rows[position]["id"] = current
+        last = position
+        current = images.parent_of(store.db, current)
 
 
 def run(args, store: Store) -> int:

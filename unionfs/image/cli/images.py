@@ -18,6 +18,7 @@ from unionfs.image.cli.output import docker_time, human_size, parse_time, print_
 from unionfs.image.cli.template import print_formatted
 from unionfs.image.lazy import image_presence
 from unionfs.image.store import Store
+from unionfs.image.store import images as store_images
 
 HELP = "List images"
 EPILOG = """examples:
@@ -35,7 +36,7 @@ def register(commands) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("filter_name", nargs="?", metavar="REPOSITORY[:TAG]")
     p.add_argument("-a", "--all", action="store_true",
-                   help="show all images (there are no hidden intermediate images)")
+                   help="show all images, the intermediate images of builds too")
     p.add_argument("-q", "--quiet", action="store_true", help="only show image ids")
     p.add_argument("--digests", action="store_true", help="show digests")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
@@ -46,10 +47,12 @@ def register(commands) -> None:
     p.set_defaults(run=run)
 
 
-def _rows(store: Store, wanted: str | None) -> list[dict]:
+def _rows(store: Store, wanted: str | None, *, everything: bool = False) -> list[dict]:
     """One row per tag; an image known only by a repo digest (pulled by digest) gets one row
-    per such repository with tag <none>, and an image with neither one <none> row."""
+    per such repository with tag <none>, and an image with neither one <none> row, unless
+    it is an intermediate image (one a built image has as parent) and not ``everything``."""
     images = {r["id"]: dict(r) for r in store.db.execute("SELECT id, created, size FROM images")}
+    with_children = store_images.parents_with_children(store.db)
     tags: dict[str, list[str]] = {}
     for r in store.db.execute("SELECT name, image_id FROM tags"):
         tags.setdefault(r["image_id"], []).append(r["name"])
@@ -64,9 +67,14 @@ def _rows(store: Store, wanted: str | None) -> list[dict]:
         tagged = {repository for repository, _ in entries}
         entries += [(repository, "<none>") for repository, _ in known
                     if repository not in tagged]
-        for repository, tag in entries or [("<none>", "<none>")]:
+        if not entries:
+            if image_id in with_children and not everything:
+                continue
+            entries = [("<none>", "<none>")]
+        for repository, tag in entries:
             digest = next((d for r, d in known if r == repository), "<none>")
             rows.append({**image, "full_repository": repository, "tag": tag, "digest": digest,
+                         "dangling": tag == "<none>" and image_id not in with_children,
                          "repository": reference.shorten_repository(repository)})
     if wanted:
         ref = reference.parse(wanted, default_tag=False)
@@ -120,7 +128,7 @@ def _filtered(store: Store, rows: list[dict], items: list[str]) -> list[dict]:
         tests = {
             "reference": lambda v, r=r, name=name: r["tag"] != "<none>"
             and reference_matches(name, v),
-            "dangling": lambda v, r=r: (r["tag"] == "<none>") == truth(v),
+            "dangling": lambda v, r=r: r["dangling"] == truth(v),
             "label": lambda v, r=r: label_matches(labels_of(r["id"]), v),
             "before": lambda v, r=r: _timestamp(r["created"]) < created_of(v),
             "since": lambda v, r=r: _timestamp(r["created"]) > created_of(v),
@@ -131,7 +139,7 @@ def _filtered(store: Store, rows: list[dict], items: list[str]) -> list[dict]:
 
 
 def run(args, store: Store) -> int:
-    rows = _filtered(store, _rows(store, args.filter_name), args.filter)
+    rows = _filtered(store, _rows(store, args.filter_name, everything=args.all), args.filter)
     show_id = (lambda i: i) if args.no_trunc else short_id
     if args.quiet:
         seen = []

@@ -7,7 +7,7 @@ import sys
 from unionfs.image import events
 from unionfs.image.cli.common import image_names, image_users, short_name
 from unionfs.image.cli.output import human_size
-from unionfs.image.store import Store
+from unionfs.image.store import Store, images
 
 HELP = "Remove dangling (untagged and unused) images"
 
@@ -45,16 +45,24 @@ def prune_images(store: Store, all_images: bool) -> tuple[list[str], list[str], 
 
     condition = "" if all_images else "WHERE id NOT IN (SELECT image_id FROM tags)"
     candidates = [r["id"] for r in store.db.execute(f"SELECT id FROM images {condition}")]
+    if not all_images:  # dangling: untagged and no image built on it
+        with_children = images.parents_with_children(store.db)
+        candidates = [i for i in candidates if i not in with_children]
     victims = [i for i in candidates if not image_users(store, i)]
     untagged = [short_name(n) for i in victims for n in image_names(store, i)]
     before = layer_bytes()
+    deleted: list[str] = []
     with store.transaction() as db:
         for image_id in victims:
-            db.execute("DELETE FROM tags WHERE image_id = ?", (image_id,))
-            db.execute("DELETE FROM repo_digests WHERE image_id = ?", (image_id,))
-            db.execute("DELETE FROM image_layers WHERE image_id = ?", (image_id,))
-            db.execute("DELETE FROM images WHERE id = ?", (image_id,))
-    for image_id in victims:
+            if image_id in deleted:
+                continue
+            if all_images:
+                images.delete_rows(db, image_id)
+                deleted.append(image_id)
+            else:  # and the intermediate images under it that nothing else needs
+                deleted += images.delete_with_parents(
+                    db, image_id, lambda parent: bool(image_users(store, parent)))
+    for image_id in deleted:
         events.record(store, "image", "delete", image_id)
     store.collect_garbage(blocking=True)
-    return untagged, victims, before - layer_bytes()
+    return untagged, deleted, before - layer_bytes()

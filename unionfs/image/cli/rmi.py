@@ -8,7 +8,7 @@ from unionfs.image import events
 from unionfs.image.cli.common import image_names, image_users, resolve, short_id, short_name
 from unionfs.image.container.records import running_users_of_image
 from unionfs.image.errors import Conflict, ImageError
-from unionfs.image.store import Store
+from unionfs.image.store import Store, images
 
 HELP = "Remove one or more images"
 EPILOG = """examples:
@@ -52,18 +52,23 @@ def remove_image(store: Store, text: str, force: bool) -> list[str]:
             raise Conflict(f"unable to remove {text} (must be forced) - image "
                            f"{short_id(image_id)} is in use: {', '.join(users)}")
         delete = False  # untagged, kept while in use
+    if delete and images.has_children(store.db, image_id):
+        if not to_untag:
+            raise Conflict(f"unable to delete {short_id(image_id)} (cannot be forced) - image "
+                           "has dependent child images")
+        delete = False  # untagged: an intermediate image now, as docker keeps it
     lines = [f"Untagged: {short_name(n)}" for n in to_untag]
+    deleted: list[str] = []
     with store.transaction() as db:
         db.executemany("DELETE FROM tags WHERE name = ?", [(n,) for n in to_untag])
         if delete:
-            db.execute("DELETE FROM repo_digests WHERE image_id = ?", (image_id,))
-            db.execute("DELETE FROM image_layers WHERE image_id = ?", (image_id,))
-            db.execute("DELETE FROM images WHERE id = ?", (image_id,))
-            lines.append(f"Deleted: {image_id}")
+            deleted = images.delete_with_parents(
+                db, image_id, lambda parent: bool(image_users(store, parent)))
+    lines += [f"Deleted: {i}" for i in deleted]
     for name in to_untag:
         events.record(store, "image", "untag", image_id, name=short_name(name))
-    if delete:
-        events.record(store, "image", "delete", image_id)
+    for i in deleted:
+        events.record(store, "image", "delete", i)
     return lines
 
 

@@ -28,8 +28,10 @@ MAX_LINKS = 40
 
 def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> str:
     """The host path of ``path`` in the tree at ``root``, symbolic links followed as if
-    ``root`` were ``/`` (``..`` stops at it). The last component need not exist."""
-    parts = [p for p in posixpath.normpath("/" + path).split("/") if p]
+    ``root`` were ``/``, as a chroot would (``..`` after a link goes up from its target, and
+    stops at ``root``). The last component need not exist. ``cp`` and ``build`` (COPY, WORKDIR,
+    USER's /etc files) use it."""
+    parts = [p for p in path.split("/") if p and p != "."]
     resolved: list[str] = []
     links = 0
     while parts:

@@ -116,6 +116,15 @@ MIGRATIONS: list[str] = [
         added     REAL NOT NULL
     );
     """,
+    # build's parent links (unionfs/image/store/images.py): an untagged image with children
+    # is an intermediate image, hidden from `images` as docker hides it.
+    """
+    CREATE TABLE image_parents (
+        image_id   TEXT PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+        parent_id  TEXT NOT NULL
+    );
+    CREATE INDEX image_parents_parent ON image_parents(parent_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
