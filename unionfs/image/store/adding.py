@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from unionfs.image import mediatypes as mt
+from unionfs.image.archive import estargz
 from unionfs.image.archive.formats import ImageSpec, LayerSpec
 from unionfs.image.archive.sources import Source
 from unionfs.image.archive.unpack import LayerDigests, unpack_layer
@@ -214,6 +215,28 @@ class ImageAdder:
                         digests.tar_size, digests.entries, self.store.whiteout_format,
                         time.time()))
 
+    def _annotations(self, layer: AddedLayer) -> dict[str, str]:
+        """The descriptor annotations of an eStargz layer (none for others), for a manifest
+        the store writes (``commit``, ``build``, archives without one). The store keeps no
+        annotations: the TOC digest is read from the blob itself, its one source (for a lazy
+        layer whose blob is not here yet: from the TOC its directory holds, which the pull
+        checked against the annotation of its manifest)."""
+        if _compression_of(layer.media_type) != "gzip":
+            return {}
+        toc_json = estargz.read_toc(self.store.blob_path(layer.blob_digest))
+        root = self.store.layer_path(layer.chain_id)
+        lazy_record = os.path.join(self.store.root, "lazy", os.path.basename(root) + ".json")
+        if toc_json is None and os.path.exists(lazy_record):  # (unionfs.fs.lazy.record_path)
+            with contextlib.suppress(OSError), \
+                    open(os.path.join(root, estargz.TOC_NAME), "rb") as f:
+                toc_json = f.read()
+        if toc_json is None:
+            return {}
+        row = self.store.db.execute("SELECT tar_size FROM layers WHERE chain_id = ?",
+                                    (layer.chain_id,)).fetchone()
+        return {estargz.TOC_DIGEST_ANNOTATION: "sha256:" + hashlib.sha256(toc_json).hexdigest(),
+                estargz.UNCOMPRESSED_SIZE_ANNOTATION: str(row["tar_size"])}
+
     # ------------------------------------------------------------------ images
 
     def add_image(self, spec: ImageSpec, source: Source, what: str) -> str:
@@ -245,7 +268,8 @@ class ImageAdder:
                     f.cancel()
                 raise
         if spec.manifest_bytes is None or not _manifest_matches(spec.manifest_bytes, added):
-            spec.manifest_bytes = build_manifest(spec.config_bytes, spec.config, added)
+            spec.manifest_bytes = build_manifest(spec.config_bytes, spec.config, added,
+                                                 [self._annotations(a) for a in added])
             spec.manifest_media_type = mt.OCI_MANIFEST
         return self.record(spec, added)
 
@@ -333,8 +357,10 @@ def _manifest_matches(manifest_bytes: bytes, added: list[AddedLayer]) -> bool:
         return False
 
 
-def build_manifest(config_bytes: bytes, config: dict, added: list[AddedLayer]) -> bytes:
-    """An OCI manifest for blobs the store holds (for archives that carry none)."""
+def build_manifest(config_bytes: bytes, config: dict, added: list[AddedLayer],
+                   annotations: list[dict[str, str]] | None = None) -> bytes:
+    """An OCI manifest for blobs the store holds (for archives that carry none), each layer
+    with its ``annotations`` (if any)."""
     manifest = {
         "schemaVersion": 2,
         "mediaType": mt.OCI_MANIFEST,
@@ -344,4 +370,7 @@ def build_manifest(config_bytes: bytes, config: dict, added: list[AddedLayer]) -
         "layers": [{"mediaType": a.media_type, "digest": a.blob_digest, "size": a.blob_size}
                    for a in added],
     }
+    for descriptor, found in zip(manifest["layers"], annotations or [], strict=False):
+        if found:
+            descriptor["annotations"] = found
     return json.dumps(manifest, separators=(",", ":")).encode()
