@@ -6,6 +6,7 @@ pushed image, its blobs pass the format checks of ``test_estargz``, umoci unpack
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tests.registry.test_estargz import ADDED_NAMES, TOC_ANNOTATION, check_estar
 from tests.registry.test_lazy_pull import marked_files
 
 BASE = "estargz-base:2.0"
+SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +40,11 @@ def _blob(layout: Path, digest: str) -> bytes:
 
 
 def check_pushed(cli: Cli, store: Path, image: str, ref: str, tmp_path: Path,
-                 new_layers: int) -> dict:
+                 new_layers: int, lazy_base: bool = False) -> dict:
     """Pushes ``image`` as stored (no --format) to ``ref``; checks that the registry has the
     store's very manifest, that skopeo copies it and every layer is eStargz with its TOC
-    annotation; returns the rootfs umoci unpacks from skopeo's copy."""
+    annotation (and uncompressed size, but for base layers that were lazy when the image
+    was made); returns the rootfs umoci unpacks from skopeo's copy."""
     stored = cli.inspect(store, image)
     pushed = cli.run(store, "push", "--image", image, ref).stdout
     assert f"digest: {stored['ManifestDigest']} " in pushed  # sent unchanged
@@ -56,7 +59,11 @@ def check_pushed(cli: Cli, store: Path, image: str, ref: str, tmp_path: Path,
     for descriptor, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"],
                                    strict=True):
         assert TOC_ANNOTATION in descriptor.get("annotations", {}), descriptor
-        check_estargz_layer(_blob(layout, descriptor["digest"]), descriptor, diff_id)
+        blob = _blob(layout, descriptor["digest"])
+        check_estargz_layer(blob, descriptor, diff_id)
+        if SIZE_ANNOTATION in descriptor["annotations"] or not lazy_base:
+            assert int(descriptor["annotations"][SIZE_ANNOTATION]) == \
+                len(gzip.decompress(blob))
     cli.tool("umoci", "unpack", "--image", f"{layout}:img", tmp_path / "bundle")
     return rootfs_view(tmp_path / "bundle" / "rootfs")
 
@@ -110,3 +117,26 @@ def test_build_format_estargz_is_pushed_unchanged_and_pulled_lazily(
     plain = cli.inspect(store, "built:gzip")["RootFS"]["Layers"]
     assert plain[:2] == cli.inspect(store, "built:1")["RootFS"]["Layers"][:2]
     assert not set(plain[2:]) & set(cli.inspect(store, "built:1")["RootFS"]["Layers"])
+
+
+def test_commit_over_a_lazy_image_keeps_its_base_layers_annotations(
+        cli: Cli, estargz_base: str, shared_registry: Registry, store: Path, tmp_path: Path):
+    """The base layers' blobs are not in the store yet: their TOC digests come from the TOCs
+    their directories hold; the image is pushed once an ordinary pull completed them."""
+    cli.pull(store, estargz_base, "--lazy", "--lazy-rate", "0")
+    cli.run(store, "run", "--name", "c1", "--network", "none", estargz_base, "/bin/sh", "-c",
+            "cat /opt/app/run > /opt/app/copy")
+    assert len(list((store / "lazy").iterdir())) == 2  # still lazy
+    cli.run(store, "commit", "--format", "estargz", "c1", "on-lazy:1")
+    digest = cli.inspect(store, "on-lazy:1")["ManifestDigest"]
+    stored = json.loads((store / "blobs" / "sha256" / digest[7:]).read_bytes())
+    base = json.loads(cli.skopeo("inspect", "--raw", "--tls-verify=false",
+                                 f"docker://{estargz_base}").stdout)
+    assert [d["annotations"][TOC_ANNOTATION] for d in stored["layers"][:2]] == \
+        [d["annotations"][TOC_ANNOTATION] for d in base["layers"]]
+    cli.pull(store, estargz_base)  # completes the base layers: now the image can be pushed
+    ref = shared_registry.ref("on-lazy:1")
+    expected = check_pushed(cli, store, "on-lazy:1", ref, tmp_path / "pushed", new_layers=1,
+                            lazy_base=True)
+    assert expected["opt/app/copy"]["sha256"] == expected["opt/app/run"]["sha256"]
+    check_lazy_pull(cli, ref, expected, tmp_path, layers=3)

@@ -30,7 +30,7 @@ from unionfs.image.archive.sources import Source
 from unionfs.image.archive.unpack import LayerDigests, unpack_layer
 from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
-from unionfs.image.store import Store, Workspace, fsync_dir, syncfs
+from unionfs.image.store import Store, Workspace, digest_hex, fsync_dir, syncfs
 
 MAX_PARALLEL_LAYERS = 3
 COMPRESSION_MEDIA_TYPES = {"gzip": mt.OCI_LAYER_GZIP, "zstd": mt.OCI_LAYER_ZSTD,
@@ -166,8 +166,10 @@ class ImageAdder:
 
     def _keep_blob_only(self, source: Source, layer: LayerSpec, chain_id: str,
                         what: str) -> AddedLayer:
-        """The layer is unpacked already; this image's blob may still be new to the store."""
-        if layer.digest and os.path.exists(self.store.blob_path(layer.digest)):
+        """The layer is unpacked already; this image's blob may still be new to the store.
+        (A lazy layer's blob is not here until the layer is complete: its row stands for it.)"""
+        if layer.digest and (os.path.exists(self.store.blob_path(layer.digest))
+                             or self._is_lazy(chain_id)):
             row = self.store.db.execute("SELECT media_type, size FROM blobs WHERE digest = ?",
                                         (layer.digest,)).fetchone()
             if row is not None:
@@ -224,18 +226,22 @@ class ImageAdder:
         if _compression_of(layer.media_type) != "gzip":
             return {}
         toc_json = estargz.read_toc(self.store.blob_path(layer.blob_digest))
-        root = self.store.layer_path(layer.chain_id)
-        lazy_record = os.path.join(self.store.root, "lazy", os.path.basename(root) + ".json")
-        if toc_json is None and os.path.exists(lazy_record):  # (unionfs.fs.lazy.record_path)
-            with contextlib.suppress(OSError), \
-                    open(os.path.join(root, estargz.TOC_NAME), "rb") as f:
-                toc_json = f.read()
-        if toc_json is None:
-            return {}
-        row = self.store.db.execute("SELECT tar_size FROM layers WHERE chain_id = ?",
-                                    (layer.chain_id,)).fetchone()
-        return {estargz.TOC_DIGEST_ANNOTATION: "sha256:" + hashlib.sha256(toc_json).hexdigest(),
-                estargz.UNCOMPRESSED_SIZE_ANNOTATION: str(row["tar_size"])}
+        if toc_json is not None:  # (the layer's tar_size is then its real tar's)
+            row = self.store.db.execute("SELECT tar_size FROM layers WHERE chain_id = ?",
+                                        (layer.chain_id,)).fetchone()
+            return {estargz.TOC_DIGEST_ANNOTATION: _sha256(toc_json),
+                    estargz.UNCOMPRESSED_SIZE_ANNOTATION: str(row["tar_size"])}
+        if self._is_lazy(layer.chain_id):
+            with contextlib.suppress(OSError), open(os.path.join(
+                    self.store.layer_path(layer.chain_id), estargz.TOC_NAME), "rb") as f:
+                return {estargz.TOC_DIGEST_ANNOTATION: _sha256(f.read())}
+        return {}
+
+    def _is_lazy(self, chain_id: str) -> bool:
+        """Whether the layer was pulled lazily and is not complete: its record is there
+        (``unionfs.image.lazy.is_incomplete``, which imports this module)."""
+        return os.path.exists(os.path.join(self.store.root, "lazy",
+                                           digest_hex(chain_id) + ".json"))
 
     # ------------------------------------------------------------------ images
 
@@ -303,6 +309,10 @@ class ImageAdder:
             db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
                            [(name, image_id, now) for name in spec.names])
         return image_id
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _text(value) -> str | None:
