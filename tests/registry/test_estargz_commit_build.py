@@ -111,6 +111,8 @@ def test_build_format_estargz_is_pushed_unchanged_and_pulled_lazily(
                             tmp_path / "pushed", new_layers=2)
     assert expected["opt/added/added.txt"]["size"] == len("copied in\n")
     assert "opt/app/built.txt" in expected and "etc/app.conf" not in expected
+    with mounted_image(cli, store, "built:1", tmp_path / "mnt") as mnt:
+        assert_same_rootfs(rootfs_view(mnt), expected, "the built image's and umoci's rootfs")
     check_lazy_pull(cli, shared_registry.ref("built:1"), expected, tmp_path, layers=4)
     # the cache knows the format: the same steps without it are gzip layers again
     cli.run(store, "build", "-t", "built:gzip", context)
