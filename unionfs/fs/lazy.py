@@ -28,6 +28,7 @@ import bisect
 import contextlib
 import ctypes
 import errno
+import importlib
 import json
 import logging
 import os
@@ -193,15 +194,29 @@ def _syncfs(path: str) -> None:
 
 _layers: weakref.WeakKeyDictionary[UnionFS, dict[int, LazyLayer | None]] = \
     weakref.WeakKeyDictionary()
+_lazy_roots: weakref.WeakKeyDictionary[UnionFS, dict[int, bool]] = weakref.WeakKeyDictionary()
 _demand: weakref.WeakKeyDictionary[UnionFS, float] = weakref.WeakKeyDictionary()
 
 
+def _is_lazy(fs: UnionFS, layer: int) -> bool:
+    """Whether the layer is a lazy one (its root marked): one getxattr, once a mount."""
+    known = _lazy_roots.setdefault(fs, {})
+    if layer not in known:
+        root = fs.stack.roots[layer]
+        known[layer] = root is not None and _mark(root) == LAYER_MARK
+    return known[layer]
+
+
 def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
+    """The lazy layer with its record, read on the first need of it: a file still missing,
+    the prefetch, the background fetch. (The record of a large layer is a few MB of JSON,
+    tens of ms that a mount whose files are all here, as a second container's, never
+    spends while it starts.)"""
     known = _layers.setdefault(fs, {})
     if layer not in known:
         root = fs.stack.roots[layer]
         known[layer] = None
-        if root is not None and _mark(root) == LAYER_MARK:  # a lazy layer of a store
+        if root is not None and _is_lazy(fs, layer):  # a lazy layer of a store
             try:
                 with open(record_path(root)) as f:
                     known[layer] = LazyLayer(json.load(f), root)
@@ -211,6 +226,13 @@ def _lazy_layer(fs: UnionFS, layer: int) -> LazyLayer | None:
             if found is not None and found.record.get("prefetch"):
                 trio.lowlevel.spawn_system_task(found.prefetch, fs.config.lazy_timeout)
     return known[layer]
+
+
+def _has_prefetch(fs: UnionFS, layer: int) -> bool:
+    """Whether the layer's blob names files to prefetch: its ``.prefetch.landmark`` (with
+    none, the blob leads with ``.no.prefetch.landmark``)."""
+    root = fs.stack.roots[layer]
+    return root is not None and os.path.lexists(os.path.join(root, ".prefetch.landmark"))
 
 
 class _Throttle:
@@ -235,15 +257,20 @@ async def complete_in_background(fs: UnionFS) -> None:
     mount's ``lazy_rate`` (or the one its pull recorded, or ``DEFAULT_RATE``) and the layer
     becomes an ordinary one (``unionfs.image.lazy.complete_in_background``). A failure is
     logged and leaves the layer lazy, as does a mount that ends first (the download so far
-    is kept in the store, resumed by the next mount or pull)."""
-    layers = [found for i in range(len(fs.stack.roots))
-              if (found := _lazy_layer(fs, i)) is not None]
-    if not layers:
+    is kept in the store, resumed by the next mount or pull). Until the quiet time is over,
+    the mount reads no record but of a layer with files to prefetch."""
+    lazy_layers = [i for i in range(len(fs.stack.roots)) if _is_lazy(fs, i)]
+    if not lazy_layers:
         return
     _demand[fs] = trio.current_time()  # (the mount's first reads come first)
-    from unionfs.image.lazy import complete_in_background as complete_layer
-
-    for lazy in layers:
+    for i in lazy_layers:
+        if _has_prefetch(fs, i):
+            _lazy_layer(fs, i)  # (starts its prefetch)
+    for i in lazy_layers:
+        await _Throttle(fs, DEFAULT_RATE)(0)  # (the quiet time)
+        lazy = _lazy_layer(fs, i)
+        if lazy is None:
+            continue
         rate = fs.config.lazy_rate
         if rate is None:
             rate = int(lazy.record.get("rate", DEFAULT_RATE))
@@ -252,11 +279,21 @@ async def complete_in_background(fs: UnionFS) -> None:
         throttle = _Throttle(fs, rate)
         await throttle(0)
         try:
+            complete_layer = await _background_code()
             if await complete_layer(lazy.root, lazy.record, await lazy._client(), throttle):
                 log.info("lazy layer %s: complete", lazy.record["digest"][:19])
         except Exception as e:  # noqa: BLE001 - the mount goes on; the layer stays lazy
             log.warning("the background fetch of %s stopped: %s", lazy.record["digest"][:19],
                         e or type(e).__name__)
+
+
+async def _background_code():
+    """``unionfs.image.lazy.complete_in_background``: that module brings the store's and the
+    pull's code, 0.1-0.2 s of imports that would hold the loop (and every request of a
+    starting container) if done in it at mount; imported in a worker thread, once the
+    mount's first reads are over."""
+    module = await trio.to_thread.run_sync(importlib.import_module, "unionfs.image.lazy")
+    return module.complete_in_background
 
 
 async def ensure_present(fs: UnionFS, node: Node) -> None:
@@ -266,13 +303,16 @@ async def ensure_present(fs: UnionFS, node: Node) -> None:
     layer, path = node.lowers[0]
     if fs.config.open_log:
         _log_open(fs, path)
-    lazy = _lazy_layer(fs, layer)
-    if lazy is None:
+    if not _is_lazy(fs, layer):
         return
     real = fs.stack.real(layer, path)
     name = _mark(real)
-    if name is None:
+    if name is None:  # here already
         return
+    lazy = _lazy_layer(fs, layer)
+    if lazy is None:
+        log.warning("lazy file %s: its layer has no lazy record", name)
+        raise pyfuse3.FUSEError(errno.EIO)
     if name not in lazy.record["files"]:
         log.warning("lazy file %s: not in its layer's record", name)
         raise pyfuse3.FUSEError(errno.EIO)

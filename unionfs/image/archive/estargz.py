@@ -21,6 +21,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import re
 import struct
 import tarfile
@@ -29,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from unionfs.image.archive.tarwriter import Entry, as_tarinfo, entry_header
 from unionfs.image.archive.unpack import _ns_times, _xattrs, normalize_name
 
 TOC_NAME = "stargz.index.json"
@@ -39,6 +41,7 @@ TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 FOOTER_SIZE = 51
 CHUNK_SIZE = 4 << 20
+MAX_TOC_MEMBER = 64 << 20  # (as a pull fetches: registry.pull.MAX_TOC_BYTES)
 _TYPES = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink",
           tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.FIFOTYPE: "fifo"}
 _MODE_BITS = {"dir": 0o040000, "reg": 0o100000, "symlink": 0o120000, "hardlink": 0o100000,
@@ -219,10 +222,65 @@ def _padding(size: int) -> bytes:
     return b"\0" * (-size % tarfile.BLOCKSIZE)
 
 
+def toc_member(toc_json: bytes) -> tarfile.TarInfo:
+    """The tar entry of the TOC (the blob's last)."""
+    info = tarfile.TarInfo(TOC_NAME)
+    info.size, info.mode = len(toc_json), 0o644
+    return info
+
+
+class EstargzWriter:
+    """An eStargz blob written in one pass to ``out`` from entries in their final order:
+    ``add_landmark`` where the prefetched files end (first, with none), the entries with
+    ``add`` (an ``archive.tarwriter.Entry``, as ``generate.write_layer_entries`` and its
+    callers hand them) or ``add_member`` (a ``TarInfo``), then ``finish``. ``toc_json``: the
+    TOC, once finished (its entry, ``toc_member``, is the tar's last)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._blob = _MemberWriter(out)
+        self._toc: list[dict] = []
+        self.toc_json = b""
+
+    def add(self, entry: Entry, data: BinaryIO | None = None) -> None:
+        self.add_member(as_tarinfo(entry), data, entry_header(entry))
+
+    def add_member(self, member: tarfile.TarInfo, data: BinaryIO | None,
+                   header: bytes | None = None) -> None:
+        """Writes ``member`` (its tar ``header`` as given, else as tarfile encodes it) and,
+        for a non-empty regular file, its data as gzip members of their own."""
+        entry = _toc_entry(member, normalize_name(member.name))
+        self._blob.write(header if header is not None else _tar_header(member))
+        if member.isreg() and member.size > 0:
+            assert data is not None
+            _write_file(self._blob, data, member.size, entry, self._toc)
+            self._blob.write(_padding(member.size))
+        else:
+            self._toc.append(entry)
+
+    def add_landmark(self, prefetched: bool) -> tarfile.TarInfo:
+        """Writes ``.prefetch.landmark`` (after the prefetched files) or, with none,
+        ``.no.prefetch.landmark``; returns its entry (its content is ``LANDMARK_CONTENT``)."""
+        landmark = _landmark(PREFETCH_LANDMARK if prefetched else NO_PREFETCH_LANDMARK)
+        self.add_member(landmark, io.BytesIO(LANDMARK_CONTENT))
+        return landmark
+
+    def finish(self) -> EstargzLayer:
+        """Writes the TOC entry, the tar's end and the footer."""
+        self.toc_json = json.dumps({"version": 1, "entries": self._toc},
+                                   separators=(",", ":")).encode()
+        toc_offset = self._blob.new_member()
+        self._blob.write(_tar_header(toc_member(self.toc_json)) + self.toc_json
+                         + _padding(len(self.toc_json)) + b"\0" * (2 * tarfile.BLOCKSIZE))
+        self._blob.raw(footer(toc_offset))
+        blob = self._blob
+        return EstargzLayer("sha256:" + blob.blob.hexdigest(), blob.offset,
+                            "sha256:" + blob.plain.hexdigest(), blob.plain_size,
+                            "sha256:" + hashlib.sha256(self.toc_json).hexdigest())
+
+
 def convert(tar_path: str, out: BinaryIO, prefetch: Iterable[str] = ()) -> EstargzLayer:
     """Writes the layer tar at ``tar_path`` (uncompressed) to ``out`` as eStargz."""
-    blob = _MemberWriter(out)
-    toc: list[dict] = []
+    writer = EstargzWriter(out)
     with tarfile.open(tar_path, mode="r:", encoding="utf-8",
                       errors="surrogateescape") as tar:
         # an earlier conversion's TOC and landmarks are replaced by this one's
@@ -231,29 +289,33 @@ def convert(tar_path: str, out: BinaryIO, prefetch: Iterable[str] = ()) -> Estar
         by_name = {normalize_name(m.name): m for m in members}
         first = [by_name[n] for n in dict.fromkeys(normalize_name(p.lstrip("/")) for p in prefetch)
                  if n in by_name and by_name[n].isreg()]
-        landmark = _landmark(PREFETCH_LANDMARK if first else NO_PREFETCH_LANDMARK)
-        rest = [m for m in members if all(m is not f for f in first)]
-        for member in [*first, landmark, *rest]:
-            entry = _toc_entry(member, normalize_name(member.name))
-            blob.write(_tar_header(member))
-            if member.isreg() and member.size > 0:
-                source = io.BytesIO(LANDMARK_CONTENT) if member is landmark \
-                    else tar.extractfile(member)
-                assert source is not None
-                _write_file(blob, source, member.size, entry, toc)
-                blob.write(_padding(member.size))
-            else:
-                toc.append(entry)
-    toc_json = json.dumps({"version": 1, "entries": toc}, separators=(",", ":")).encode()
-    toc_offset = blob.new_member()
-    info = tarfile.TarInfo(TOC_NAME)
-    info.size, info.mode = len(toc_json), 0o644
-    blob.write(_tar_header(info) + toc_json + _padding(len(toc_json))
-               + b"\0" * (2 * tarfile.BLOCKSIZE))
-    blob.raw(footer(toc_offset))
-    return EstargzLayer("sha256:" + blob.blob.hexdigest(), blob.offset,
-                        "sha256:" + blob.plain.hexdigest(), blob.plain_size,
-                        "sha256:" + hashlib.sha256(toc_json).hexdigest())
+        for member in first:
+            writer.add_member(member, tar.extractfile(member))
+        writer.add_landmark(prefetched=bool(first))
+        for member in members:
+            if all(member is not f for f in first):
+                writer.add_member(member, tar.extractfile(member) if member.isreg() else None)
+    return writer.finish()
+
+
+def read_toc(path: str) -> bytes | None:
+    """The TOC JSON of the eStargz blob at ``path`` (from its footer); None if the file is
+    missing or not eStargz. For the TOC digest of a layer the store holds
+    (``store.adding``): the blob is its only record."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < FOOTER_SIZE:
+                return None
+            f.seek(size - FOOTER_SIZE)
+            offset = parse_footer(f.read(FOOTER_SIZE))
+            if not 0 <= offset < size - FOOTER_SIZE \
+                    or size - FOOTER_SIZE - offset > MAX_TOC_MEMBER:
+                return None
+            f.seek(offset)
+            return _toc_json(f.read(size - FOOTER_SIZE - offset))
+    except (OSError, EstargzError):
+        return None
 
 
 # ---------------------------------------------------------------------- reading
@@ -280,9 +342,8 @@ class TocFile:
     chunks: list[Chunk] = field(default_factory=list)
 
 
-def parse_toc_member(member: bytes, expected_digest: str) -> tuple[bytes, dict]:
-    """The TOC JSON (checked against ``expected_digest``) and its document, from the TOC's
-    gzip member (its tar header, the JSON, the tar's end)."""
+def _toc_json(member: bytes) -> bytes:
+    """The TOC JSON from the TOC's gzip member (its tar header, the JSON, the tar's end)."""
     try:
         plain = zlib.decompressobj(wbits=31).decompress(member)
         info = tarfile.TarInfo.frombuf(plain[:tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
@@ -290,7 +351,13 @@ def parse_toc_member(member: bytes, expected_digest: str) -> tuple[bytes, dict]:
         raise EstargzError(f"the TOC is not a gzip tar entry ({e})") from None
     if info.name != TOC_NAME:
         raise EstargzError(f"the TOC entry is named {info.name!r}, not {TOC_NAME}")
-    data = plain[tarfile.BLOCKSIZE:tarfile.BLOCKSIZE + info.size]
+    return plain[tarfile.BLOCKSIZE:tarfile.BLOCKSIZE + info.size]
+
+
+def parse_toc_member(member: bytes, expected_digest: str) -> tuple[bytes, dict]:
+    """The TOC JSON (checked against ``expected_digest``) and its document, from the TOC's
+    gzip member (its tar header, the JSON, the tar's end)."""
+    data = _toc_json(member)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if digest != expected_digest:
         raise EstargzError(f"TOC digest mismatch (the manifest says {expected_digest}, "

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from unionfs.fs import override
 from unionfs.fs.ondisk import OCI_OPAQUE_MARKER as OPAQUE_MARKER
 from unionfs.fs.ondisk import WHITEOUT_PREFIX, is_private_xattr, is_whiteout, read_dir_markers
-from unionfs.image.archive.tarwriter import Entry, Sink, TarWriter
+from unionfs.image.archive.tarwriter import Entry, EntryWriter, Sink, TarWriter
 
 
 def _xattr_names(path: str) -> list[str]:
@@ -50,7 +50,20 @@ IdTranslation = Callable[[int, int], tuple[int, int]]
 def write_layer_tar(root: str, out: Sink, *, convert_whiteouts: bool = False,
                     skip: Skip | None = None, replace_dir: Replacement | None = None,
                     real_owner: IdTranslation | None = None, mirror: Mirror | None = None) -> int:
-    """Writes the tree under ``root`` as a layer tar to ``out``; returns the entry count.
+    """Writes the tree under ``root`` as a layer tar to ``out``; returns the entry count
+    (``write_layer_entries``)."""
+    with TarWriter(out) as writer:
+        return write_layer_entries(root, writer, convert_whiteouts=convert_whiteouts, skip=skip,
+                                   replace_dir=replace_dir, real_owner=real_owner,
+                                   mirror=mirror)
+
+
+def write_layer_entries(root: str, writer: EntryWriter, *, convert_whiteouts: bool = False,
+                        skip: Skip | None = None, replace_dir: Replacement | None = None,
+                        real_owner: IdTranslation | None = None,
+                        mirror: Mirror | None = None) -> int:
+    """Hands the tree under ``root`` to ``writer`` as layer entries (a ``TarWriter``, or an
+    ``estargz.EstargzWriter``); returns the entry count.
 
     ``skip(rel, st)`` leaves an entry (and what is below it) out. ``replace_dir(rel, path)``
     may name another directory whose whole contents stand for this one (a redirected overlay
@@ -62,11 +75,10 @@ def write_layer_tar(root: str, out: Sink, *, convert_whiteouts: bool = False,
     """
     count = 0
     links: dict[tuple[int, int], bytes] = {}
-    with TarWriter(out) as writer:
-        tar = writer if mirror is None else _Mirrored(writer, mirror)
-        for rel, path, st, opaque in _walk(root, skip, replace_dir):
-            count += _add(tar, os.fsencode(rel), path, st, links, convert_whiteouts, opaque,
-                          real_owner)
+    tar = writer if mirror is None else _Mirrored(writer, mirror)
+    for rel, path, st, opaque in _walk(root, skip, replace_dir):
+        count += _add(tar, os.fsencode(rel), path, st, links, convert_whiteouts, opaque,
+                      real_owner)
     return count
 
 
@@ -74,7 +86,7 @@ class _Mirrored:
     """A TarWriter whose entries also go to a mirror, each file's data read again from its
     start (from the page cache: it was just read)."""
 
-    def __init__(self, writer: TarWriter, mirror: Mirror) -> None:
+    def __init__(self, writer: EntryWriter, mirror: Mirror) -> None:
         self._writer, self._mirror = writer, mirror
 
     def add(self, entry: Entry, data: BinaryIO | None = None) -> None:
@@ -108,7 +120,7 @@ def _walk(root: str, skip: Skip | None, replace_dir: Replacement | None):
             stack.append((path, rel, iter(sorted(os.listdir(path)))))
 
 
-def _add(tar: TarWriter | _Mirrored, rel: bytes, path: str, st: os.stat_result,
+def _add(tar: EntryWriter, rel: bytes, path: str, st: os.stat_result,
          links: dict[tuple[int, int], bytes], convert_whiteouts: bool, opaque: bool,
          real_owner: IdTranslation | None) -> int:
     mode = st.st_mode

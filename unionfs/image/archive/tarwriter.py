@@ -85,11 +85,7 @@ class TarWriter:
 
     def add(self, entry: Entry, data: BinaryIO | None = None) -> None:
         """Writes ``entry`` and, for a regular file, exactly ``entry.size`` bytes of ``data``."""
-        records = _pax_records(entry)
-        header = _ustar_header(entry)
-        if records:
-            header = _pax_header(len(records)) + _padded(records) + header
-        self._emit(header)
+        self._emit(entry_header(entry))
         if entry.type == REGTYPE and entry.size:
             assert data is not None
             self._copy(data, entry.size)
@@ -125,6 +121,21 @@ class TarWriter:
         if self._buffer:
             self._chunks.put(bytes(self._buffer))
             self._buffer.clear()
+
+
+class EntryWriter(Protocol):
+    """What takes a layer's entries: ``TarWriter``, or ``estargz.EstargzWriter``."""
+
+    def add(self, entry: Entry, data: BinaryIO | None = None, /) -> None: ...
+
+
+def entry_header(entry: Entry) -> bytes:
+    """The tar headers of ``entry``: its pax records (if it needs any), then ustar."""
+    records = _pax_records(entry)
+    header = _ustar_header(entry)
+    if records:
+        header = _pax_header(len(records)) + _padded(records) + header
+    return header
 
 
 def as_tarinfo(entry: Entry) -> TarInfo:

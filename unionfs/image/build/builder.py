@@ -63,6 +63,11 @@ class Options:
     quiet: bool = False
     network: str = "host"
     squash: bool = False
+    layer_format: str = "gzip"  # or "estargz": each file its own gzip member, and a TOC
+
+    @property
+    def estargz(self) -> bool:
+        return self.layer_format == "estargz"
 
 
 @dataclass
@@ -352,6 +357,8 @@ class Builder:
             state.cmd_set = True
 
     def _cached(self, state: State, description: list[str], action: Callable[[], None]) -> None:
+        if self.options.estargz:  # the same step, another blob (and diff_id)
+            description = [*description, "--format estargz"]
         key = cache.key(state.image_id, description)
         if not self.options.no_cache:
             hit = cache.lookup(self.store, key)
@@ -603,8 +610,10 @@ class Builder:
             return self._write_run_layer(container, upper)
 
     def _write_run_layer(self, container: Container, upper: str) -> tuple[str, str] | None:
-        if not step_layers.movable(self.store, upper):
-            return self._prepared_layer(upper_layer(self.store, container, self._workspace()))
+        if self.options.estargz or not step_layers.movable(self.store, upper):
+            # (an eStargz layer's tar holds a TOC and a landmark, not in the upper)
+            return self._prepared_layer(upper_layer(self.store, container, self._workspace(),
+                                                    self.options.layer_format))
         blob, digests = step_layers.write_blob(upper, self._workspace())
         kept = self._workspace().new_path("layer-" + digests.diff_id[7:])
         os.rename(upper, kept)  # out of the container's directory, which goes next
@@ -769,15 +778,14 @@ class Builder:
         also = [(workdir, self._owner(point, state.inner.get("User") or ""))] if workdir \
             else []
         blob = self._workspace().new_path("copy.tar.gz")
-        with self._working("copying into the step's layer"), open(blob, "wb") as out:
-            sink = step_layers.ParallelGzip(out)
+        with self._working("copying into the step's layer"), \
+                step_layers.layer_blob(blob, self.options.layer_format) as sink:
             count = ctx.layer_of_copy(point, entries, owner, chmod, also, sink,
                                       archives=archives, dest=dest)
-            sink.finish()
         if count == 0:
             os.unlink(blob)
             return None
-        return blob, "sha256:" + sink.plain.hexdigest()
+        return blob, sink.diff_id
 
     def _from_image(self, ins: Instruction, source: str) -> str | None:
         """The image ``COPY --from`` names: an earlier stage's (None: an empty scratch
@@ -839,11 +847,9 @@ class Builder:
         if len(diff_ids) - base_layers < 2:
             return image_id
         blob = self._workspace().new_path("squashed.tar.gz")
-        with open(blob, "wb") as out:
-            sink = step_layers.ParallelGzip(out)
+        with step_layers.layer_blob(blob, self.options.layer_format) as sink:
             write_squashed(list(reversed(directories[base_layers:])), sink)
-            sink.finish()
-        diff_id = "sha256:" + sink.plain.hexdigest()
+        diff_id = sink.diff_id
         config["rootfs"]["diff_ids"] = diff_ids[:base_layers] + [diff_id]
         # every step keeps its entry, as podman's --squash does: the build's are empty but
         # the last, which stands for the squashed layer

@@ -11,12 +11,15 @@ written).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from unionfs.fs.ondisk import read_redirect
+from unionfs.image.archive import estargz
 from unionfs.image.archive.compression import compress_gzip
 from unionfs.image.archive.generate import write_layer_tar
 from unionfs.image.archive.unpack import LayerDigests
@@ -61,6 +64,10 @@ class ParallelGzip:
     def _compress(data: bytes) -> bytes:
         z = compress_gzip(1)
         return z.compress(data) + z.flush()
+
+    @property
+    def diff_id(self) -> str:
+        return "sha256:" + self.plain.hexdigest()
 
     def write(self, data: bytes) -> int:
         self.plain.update(data)
@@ -119,3 +126,40 @@ def write_blob(upper: str, space: Workspace) -> tuple[str, LayerDigests]:
     digests = LayerDigests("sha256:" + compressed.digest.hexdigest(), compressed.size,
                            "sha256:" + sink.plain.hexdigest(), sink.size, "gzip", entries)
     return blob, digests
+
+
+class _PlainTar:
+    """A tar written as it comes, to be rewritten as eStargz (``layer_blob``)."""
+
+    def __init__(self, out) -> None:
+        self._out = out
+        self.diff_id = ""
+
+    def write(self, data: bytes) -> int:
+        return self._out.write(data)
+
+
+@contextlib.contextmanager
+def layer_blob(path: str, layer_format: str) -> Iterator[ParallelGzip | _PlainTar]:
+    """A sink for a layer tar written as a stream (COPY's, ``--squash``'s), whose blob is
+    at ``path`` when the block ends and whose ``diff_id`` is set then: gzip (``ParallelGzip``),
+    or eStargz, the tar rewritten by the eStargz writer (``estargz.convert``: a layer
+    written as a tar stream is not cut at its entries)."""
+    if layer_format != "estargz":
+        with open(path, "wb") as out:
+            sink = ParallelGzip(out)
+            try:
+                yield sink
+            finally:
+                sink.finish()
+        return
+    tar_path = path + ".tar"
+    try:
+        with open(tar_path, "wb") as out:
+            plain = _PlainTar(out)
+            yield plain
+        with open(path, "wb") as out:
+            plain.diff_id = estargz.convert(tar_path, out).diff_id
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tar_path)

@@ -14,6 +14,7 @@ EPILOG = """examples:
   pyunion build -t app:1.0 .                      ./Containerfile (or ./Dockerfile)
   pyunion build -f docker/Dockerfile.prod --build-arg VERSION=2 -t app:2 .
   pyunion build --target builder -q .             only the image id on stdout
+  pyunion build --format estargz -t app:1.0 .     eStargz layers, for pyunion pull --lazy
 Each RUN runs under runc in a container whose rootfs is a pyunion mount of the layers so far;
 its changes become the step's layer. A step whose parent and instruction (for COPY/ADD: the
 copied files' names, modes and contents) are unchanged is taken from the cache (--no-cache:
@@ -52,6 +53,9 @@ def register(commands) -> None:
                    help="the platform to build for: only the host's (no emulation)")
     p.add_argument("--squash", action="store_true",
                    help="squash the layers the build adds into one")
+    p.add_argument("--format", choices=("oci", "estargz"), default="oci",
+                   help="the layers the build writes: gzip (oci, the default) or eStargz, "
+                        "which push sends as they are, for lazy pulls (pyunion pull --lazy)")
     p.add_argument("--network", choices=("host", "none"), default="host",
                    help="RUN's network: host (default) or none (loopback only)")
     p.add_argument("context", metavar="CONTEXT", help="the build context directory")
@@ -76,7 +80,8 @@ def run(args, store: Store) -> int:
     options = Options(context=context, file=args.file, tags=tags,
                       build_args=dict(args.build_arg), target=args.target,
                       no_cache=args.no_cache, labels=dict(args.label), quiet=args.quiet,
-                      network=args.network, squash=args.squash)
+                      network=args.network, squash=args.squash,
+                      layer_format="estargz" if args.format == "estargz" else "gzip")
     policy = "always" if args.pull else "missing"
 
     def resolve_image(text: str) -> str:

@@ -14,6 +14,7 @@ HELP = "Create a new image from a container's changes"
 EPILOG = """examples:
   pyunion commit -m "add config" web app:2.1
   pyunion commit -c 'CMD ["/bin/httpd", "-f"]' -c "ENV MODE=prod" web app:2.2
+  pyunion commit --format estargz web 127.0.0.1:5000/app:2.3   (for pyunion pull --lazy)
 """
 
 
@@ -29,6 +30,9 @@ def register(commands) -> None:
                         "LABEL, EXPOSE, VOLUME)")
     p.add_argument("-p", "--pause", default="true", choices=("true", "false"),
                    help="pause a running container while committing (default true)")
+    p.add_argument("--format", choices=("oci", "estargz"), default="oci",
+                   help="the new layer's blob: gzip (oci, the default) or eStargz, which "
+                        "push sends as it is, for lazy pulls (pyunion pull --lazy)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=run)
 
@@ -38,5 +42,6 @@ def run(args, store: Store) -> int:
     container = records.get(store, args.container)
     progress = CliProgress(True)
     print(commit(store, container, names, message=args.message, author=args.author,
-                 changes=args.change, pause=args.pause == "true", progress=progress))
+                 changes=args.change, pause=args.pause == "true", progress=progress,
+                 layer_format="estargz" if args.format == "estargz" else "gzip"))
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from typing import BinaryIO
 
 from unionfs.fs.ondisk import read_redirect
 from unionfs.image import mediatypes as mt
+from unionfs.image.archive import estargz
 from unionfs.image.archive.compression import HashingGzipFile
 from unionfs.image.archive.formats import ImageSpec, LayerSpec
-from unionfs.image.archive.generate import write_layer_tar
+from unionfs.image.archive.generate import write_layer_entries, write_layer_tar
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.archive.tarwriter import Entry, as_tarinfo
 from unionfs.image.archive.unpack import LayerDigests, LayerWriter
@@ -53,10 +55,12 @@ class UpperLayer:
 
 
 def write_upper_layer(store: Store, container: Container, space: Workspace,
-                      merged: str | None) -> UpperLayer:
-    """Writes the upper as a gzip layer blob and, from the same entries as they are written,
-    its layer directory (one pass over the upper: the blob is never read back). ``merged``:
-    the container's mounted view, needed where the upper holds a redirected directory."""
+                      merged: str | None, layer_format: str = "gzip") -> UpperLayer:
+    """Writes the upper as a layer blob (``layer_format`` gzip, or estargz: each file its own
+    gzip member, a TOC, as ``push --format estargz`` writes) and, from the same entries as
+    they are written, its layer directory (one pass over the upper: the blob is never read
+    back). ``merged``: the container's mounted view, needed where the upper holds a
+    redirected directory."""
     upper = rootfs.upper_dir(store, container)
 
     def replace_dir(rel: str, path: str) -> str | None:
@@ -77,21 +81,38 @@ def write_upper_layer(store: Store, container: Container, space: Workspace,
     def unpack(entry: Entry, data: BinaryIO | None) -> None:
         unpacker.add(as_tarinfo(entry), lambda: data)
 
+    options = {"convert_whiteouts": True, "replace_dir": replace_dir, "mirror": unpack,
+               "real_owner": rootless_id_map().container_ids if store.records_owners else None}
     try:
         with open(blob, "wb") as out:
-            sink = HashingGzipFile(out)
-            real_owner = rootless_id_map().container_ids if store.records_owners else None
-            entries = write_layer_tar(upper, sink, convert_whiteouts=True,  # type: ignore[arg-type]
-                                      replace_dir=replace_dir, real_owner=real_owner,
-                                      mirror=unpack)
-            sink.finish()
+            if layer_format == "estargz":
+                digests = _write_estargz(upper, out, unpacker, options)
+            else:
+                sink = HashingGzipFile(out)
+                entries = write_layer_tar(upper, sink, **options)  # type: ignore[arg-type]
+                sink.finish()
+                digests = LayerDigests(
+                    blob_digest="sha256:" + sink.compressed.hexdigest(),
+                    blob_size=sink.compressed_size, diff_id="sha256:" + sink.plain.hexdigest(),
+                    tar_size=sink.plain_size, compression="gzip", entries=entries)
         unpacker.finish()
     finally:
         unpacker.close()
-    return UpperLayer(blob, directory, LayerDigests(
-        blob_digest="sha256:" + sink.compressed.hexdigest(), blob_size=sink.compressed_size,
-        diff_id="sha256:" + sink.plain.hexdigest(), tar_size=sink.plain_size,
-        compression="gzip", entries=entries))
+    return UpperLayer(blob, directory, digests)
+
+
+def _write_estargz(upper: str, out: BinaryIO, unpacker: LayerWriter,
+                   options: dict) -> LayerDigests:
+    """The upper as an eStargz blob; the landmark and the TOC, entries of its tar too, go
+    to the unpacker as well (the layer directory is what a pull of the blob unpacks)."""
+    writer = estargz.EstargzWriter(out)
+    landmark = writer.add_landmark(prefetched=False)
+    unpacker.add(landmark, lambda: io.BytesIO(estargz.LANDMARK_CONTENT))
+    entries = write_layer_entries(upper, writer, **options)
+    layer = writer.finish()
+    unpacker.add(estargz.toc_member(writer.toc_json), lambda: io.BytesIO(writer.toc_json))
+    return LayerDigests(blob_digest=layer.digest, blob_size=layer.size, diff_id=layer.diff_id,
+                        tar_size=layer.tar_size, compression="gzip", entries=entries + 2)
 
 
 def _needs_merged_view(upper: str) -> bool:
@@ -102,7 +123,8 @@ def _needs_merged_view(upper: str) -> bool:
     return False
 
 
-def upper_layer(store: Store, container: Container, space: Workspace) -> UpperLayer | None:
+def upper_layer(store: Store, container: Container, space: Workspace,
+                layer_format: str = "gzip") -> UpperLayer | None:
     """The (unmounted) container's upper as a layer in ``space`` (``write_upper_layer``);
     None when the upper is empty (nothing changed). What ``build`` makes of a step."""
     upper = rootfs.upper_dir(store, container)
@@ -110,7 +132,7 @@ def upper_layer(store: Store, container: Container, space: Workspace) -> UpperLa
         return None
     merged = rootfs.mount(store, container) if _needs_merged_view(upper) else None
     try:
-        return write_upper_layer(store, container, space, merged)
+        return write_upper_layer(store, container, space, merged, layer_format)
     finally:
         if merged is not None:
             rootfs.unmount(store, container)
@@ -118,7 +140,8 @@ def upper_layer(store: Store, container: Container, space: Workspace) -> UpperLa
 
 def commit(store: Store, container: Container, names: list[str], *, message: str,
            author: str, changes: list[str], pause: bool,
-           progress: Progress | None = None) -> str:
+           progress: Progress | None = None, layer_format: str = "gzip") -> str:
+    """The new image's id. ``layer_format``: the new layer's blob, gzip or estargz."""
     container = runtime.refresh(store, container)
     running = container.state == "running"
     paused = False
@@ -126,7 +149,8 @@ def commit(store: Store, container: Container, names: list[str], *, message: str
         runtime.pause(store, container, True)
         paused = True
     try:
-        return _commit(store, container, names, message, author, changes, progress)
+        return _commit(store, container, names, message, author, changes, progress,
+                       layer_format)
     finally:
         if paused:
             with contextlib.suppress(ImageError):
@@ -134,7 +158,7 @@ def commit(store: Store, container: Container, names: list[str], *, message: str
 
 
 def _commit(store: Store, container: Container, names: list[str], message: str, author: str,
-            changes: list[str], progress: Progress | None) -> str:
+            changes: list[str], progress: Progress | None, layer_format: str) -> str:
     upper = rootfs.upper_dir(store, container)
     merged = None
     mounted_here = False
@@ -147,7 +171,7 @@ def _commit(store: Store, container: Container, names: list[str], message: str, 
         mounted_here = True
     try:
         with store.adding() as space:
-            upper_layer_ = write_upper_layer(store, container, space, merged)
+            upper_layer_ = write_upper_layer(store, container, space, merged, layer_format)
             diff_id = upper_layer_.digests.diff_id
             with open(store.blob_path(container.image_id), "rb") as f:
                 config = json.load(f)

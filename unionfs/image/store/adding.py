@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from unionfs.image import mediatypes as mt
+from unionfs.image.archive import estargz
 from unionfs.image.archive.formats import ImageSpec, LayerSpec
 from unionfs.image.archive.sources import Source
 from unionfs.image.archive.unpack import LayerDigests, unpack_layer
 from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
-from unionfs.image.store import Store, Workspace, fsync_dir, syncfs
+from unionfs.image.store import Store, Workspace, digest_hex, fsync_dir, syncfs
 
 MAX_PARALLEL_LAYERS = 3
 COMPRESSION_MEDIA_TYPES = {"gzip": mt.OCI_LAYER_GZIP, "zstd": mt.OCI_LAYER_ZSTD,
@@ -165,8 +166,10 @@ class ImageAdder:
 
     def _keep_blob_only(self, source: Source, layer: LayerSpec, chain_id: str,
                         what: str) -> AddedLayer:
-        """The layer is unpacked already; this image's blob may still be new to the store."""
-        if layer.digest and os.path.exists(self.store.blob_path(layer.digest)):
+        """The layer is unpacked already; this image's blob may still be new to the store.
+        (A lazy layer's blob is not here until the layer is complete: its row stands for it.)"""
+        if layer.digest and (os.path.exists(self.store.blob_path(layer.digest))
+                             or self._is_lazy(chain_id)):
             row = self.store.db.execute("SELECT media_type, size FROM blobs WHERE digest = ?",
                                         (layer.digest,)).fetchone()
             if row is not None:
@@ -214,6 +217,32 @@ class ImageAdder:
                         digests.tar_size, digests.entries, self.store.whiteout_format,
                         time.time()))
 
+    def _annotations(self, layer: AddedLayer) -> dict[str, str]:
+        """The descriptor annotations of an eStargz layer (none for others), for a manifest
+        the store writes (``commit``, ``build``, archives without one). The store keeps no
+        annotations: the TOC digest is read from the blob itself, its one source (for a lazy
+        layer whose blob is not here yet: from the TOC its directory holds, which the pull
+        checked against the annotation of its manifest)."""
+        if _compression_of(layer.media_type) != "gzip":
+            return {}
+        toc_json = estargz.read_toc(self.store.blob_path(layer.blob_digest))
+        if toc_json is not None:  # (the layer's tar_size is then its real tar's)
+            row = self.store.db.execute("SELECT tar_size FROM layers WHERE chain_id = ?",
+                                        (layer.chain_id,)).fetchone()
+            return {estargz.TOC_DIGEST_ANNOTATION: _sha256(toc_json),
+                    estargz.UNCOMPRESSED_SIZE_ANNOTATION: str(row["tar_size"])}
+        if self._is_lazy(layer.chain_id):
+            with contextlib.suppress(OSError), open(os.path.join(
+                    self.store.layer_path(layer.chain_id), estargz.TOC_NAME), "rb") as f:
+                return {estargz.TOC_DIGEST_ANNOTATION: _sha256(f.read())}
+        return {}
+
+    def _is_lazy(self, chain_id: str) -> bool:
+        """Whether the layer was pulled lazily and is not complete: its record is there
+        (``unionfs.image.lazy.is_incomplete``, which imports this module)."""
+        return os.path.exists(os.path.join(self.store.root, "lazy",
+                                           digest_hex(chain_id) + ".json"))
+
     # ------------------------------------------------------------------ images
 
     def add_image(self, spec: ImageSpec, source: Source, what: str) -> str:
@@ -245,7 +274,8 @@ class ImageAdder:
                     f.cancel()
                 raise
         if spec.manifest_bytes is None or not _manifest_matches(spec.manifest_bytes, added):
-            spec.manifest_bytes = build_manifest(spec.config_bytes, spec.config, added)
+            spec.manifest_bytes = build_manifest(spec.config_bytes, spec.config, added,
+                                                 [self._annotations(a) for a in added])
             spec.manifest_media_type = mt.OCI_MANIFEST
         return self.record(spec, added)
 
@@ -279,6 +309,10 @@ class ImageAdder:
             db.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
                            [(name, image_id, now) for name in spec.names])
         return image_id
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _text(value) -> str | None:
@@ -333,8 +367,10 @@ def _manifest_matches(manifest_bytes: bytes, added: list[AddedLayer]) -> bool:
         return False
 
 
-def build_manifest(config_bytes: bytes, config: dict, added: list[AddedLayer]) -> bytes:
-    """An OCI manifest for blobs the store holds (for archives that carry none)."""
+def build_manifest(config_bytes: bytes, config: dict, added: list[AddedLayer],
+                   annotations: list[dict[str, str]] | None = None) -> bytes:
+    """An OCI manifest for blobs the store holds (for archives that carry none), each layer
+    with its ``annotations`` (if any)."""
     manifest = {
         "schemaVersion": 2,
         "mediaType": mt.OCI_MANIFEST,
@@ -344,4 +380,7 @@ def build_manifest(config_bytes: bytes, config: dict, added: list[AddedLayer]) -
         "layers": [{"mediaType": a.media_type, "digest": a.blob_digest, "size": a.blob_size}
                    for a in added],
     }
+    for descriptor, found in zip(manifest["layers"], annotations or [], strict=False):
+        if found:
+            descriptor["annotations"] = found
     return json.dumps(manifest, separators=(",", ":")).encode()
