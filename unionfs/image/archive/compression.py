@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import zstandard
@@ -196,25 +199,72 @@ def compress_gzip(level: int = 1):
 
 
 class HashingGzipFile:
-    """A write-only file: hashes the plain tar (diff_id) and writes it gzip-compressed,
-    hashing and counting the compressed bytes too (the blob's digest and size)."""
+    """A write-only file: hashes the plain tar (``plain``: the diff_id; ``plain_size``) and
+    writes it gzip-compressed, hashing and counting the compressed bytes too (``compressed``,
+    ``compressed_size``: the blob's digest and size); ``finish()`` ends it.
 
-    def __init__(self, out) -> None:
+    ``parallel``: compress on every CPU (zlib releases the GIL): the stream is cut into
+    4 MiB pieces, each compressed as its own gzip member, written in order. A gzip file may
+    hold several members, and every reader of layers (this store's, Go's) reads them; a
+    single member (the default) is what other tools write."""
+
+    PIECE = 4 << 20
+
+    def __init__(self, out, *, parallel: bool = False) -> None:
         self._out = out
-        self._z = compress_gzip(1)
         self.plain = hashlib.sha256()
         self.plain_size = 0
         self.compressed = hashlib.sha256()
         self.compressed_size = 0
+        self._z = None if parallel else compress_gzip(1)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        workers = max(1, min(4, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=workers) if parallel else None
+        self._queue: deque[Future[bytes]] = deque()
+        self._limit = 2 * workers
+
+    @property
+    def diff_id(self) -> str:
+        return "sha256:" + self.plain.hexdigest()
 
     def write(self, data: bytes) -> int:
         self.plain.update(data)
         self.plain_size += len(data)
-        self._emit(self._z.compress(data))
+        if self._z is not None:
+            self._emit(self._z.compress(data))
+            return len(data)
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= self.PIECE:
+            self._submit()
         return len(data)
 
     def finish(self) -> None:
-        self._emit(self._z.flush())
+        if self._z is not None:
+            self._emit(self._z.flush())
+            return
+        assert self._pool is not None
+        try:
+            if self._pending or not self._queue:
+                self._submit()
+            while self._queue:
+                self._emit(self._queue.popleft().result())
+        finally:
+            self._pool.shutdown(cancel_futures=True)
+
+    @staticmethod
+    def _member(data: bytes) -> bytes:
+        z = compress_gzip(1)
+        return z.compress(data) + z.flush()
+
+    def _submit(self) -> None:
+        assert self._pool is not None
+        piece = b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
+        self._queue.append(self._pool.submit(self._member, piece))
+        while len(self._queue) > self._limit:
+            self._emit(self._queue.popleft().result())
 
     def _emit(self, data: bytes) -> None:
         self.compressed.update(data)
