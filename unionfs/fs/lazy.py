@@ -40,22 +40,15 @@ import pyfuse3
 import trio
 
 from unionfs.fs.inodes import Node
+from unionfs.fs.lazy_layout import LAYER_MARK, MARK, record_path
 from unionfs.fs.state import UnionFS
 
-MARK = "user.pyunion.lazy"
-LAYER_MARK = "layer"  # MARK's value on the root of a lazy layer (its files': their TOC name)
 READAHEAD = 512 << 10  # compressed bytes after a file whose whole files come with it
 READAHEAD_FILES = 64
 DEFAULT_RATE = 4 << 20  # bytes a second at which the rest of a lazy layer follows
 QUIET = 1.0  # seconds without a file fetched on demand before the background goes on
 _FREE = trio.Lock()
 log = logging.getLogger("pyunion")
-
-
-def record_path(layer_root: str) -> str:
-    """Where the lazy record of the layer directory ``<store>/layers/<hex>`` is."""
-    layers_dir, name = os.path.split(os.path.normpath(layer_root))
-    return os.path.join(os.path.dirname(layers_dir), "lazy", name + ".json")
 
 
 @dataclass

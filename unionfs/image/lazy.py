@@ -5,7 +5,7 @@ checked against the digest in the (verified) manifest. The layer directory is th
 the TOC's entries, handed as tar members straight to the unpacker's writer (no tar is written
 or parsed; whiteouts, opaque directories, owners, xattrs and the parents' attributes come out
 exactly as for a full pull), except that each file with content is made sparse, of its size,
-and marked with ``unionfs.fs.lazy.MARK`` (``_PlaceholderWriter``). The record
+and marked with ``unionfs.fs.lazy_layout.MARK`` (``_PlaceholderWriter``). The record
 ``<store>/lazy/<chain hex>.json`` says where each file's chunks are; the mount fetches a file
 on its first use (``unionfs.fs.lazy``).
 
@@ -30,9 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
-import trio
-
-from unionfs.fs.lazy import LAYER_MARK, MARK, record_path
+from unionfs.fs.lazy_layout import LAYER_MARK, MARK, record_path
 from unionfs.image import reference
 from unionfs.image.archive import estargz
 from unionfs.image.archive.compression import DecompressingReader
@@ -329,6 +327,8 @@ async def complete_in_background(layer_root: str, record: dict, client,
     one. One daemon at a time downloads a layer (the others wait for its lock, and take over
     if its mount ends first); an ordinary pull meanwhile downloads on its own, not held up.
     False if the layer was (or became) whole otherwise."""
+    import trio  # here: the store's commands that import this module need no event loop
+
     from unionfs.image.registry.pull import Puller  # (which imports this module)
     from unionfs.image.store.locks import FileLock
 
