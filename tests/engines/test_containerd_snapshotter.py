@@ -19,15 +19,18 @@ import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 
+from tests import treesnap
 from tests.cli_helpers import mount_info
 from tests.container.conftest import differences, snapshot
-from tests.engines.containerd import NAMESPACE, Containerd
+from tests.engines.containerd import NAMESPACE, PYUNION, Containerd
+from tests.image.conftest import mounted_image, rootfs_tree
 from tests.registry.conftest import Registry, run_command
 from unionfs.image.snapshotter.api import snapshots_pb2, snapshots_pb2_grpc
 
@@ -303,8 +306,81 @@ def test_layers_shared_with_pyunions_store(engine, registry):
         assert not differences(ours, theirs)
     finally:
         engine.ctr("images", "rm", "--sync", ref)
+        run_command([*PYUNION, "--root", str(engine.store), "rmi", ref])
     engine.wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
     engine.restart_snapshotter()
+
+
+def test_pull_links_the_layers_of_ctrs_snapshots(engine, registry, tmp_path):
+    """The other direction (always): ``pyunion pull`` of an image that ``ctr`` pulled through
+    the snapshotter into the same store makes each layer of hard links of its committed
+    snapshot's files (the same inodes: stored once) and keeps its downloaded blob. The layers'
+    rows, the blobs and the image's rootfs (mtimes too) are those of a plain pull into an
+    empty store, but for the link counts; removing the snapshots leaves the layers whole."""
+    ref = registry.ref("del:1.0")
+    assert not list((engine.store / "layers").iterdir())
+    engine.pull(ref)
+    plain = tmp_path / "plain"
+    try:
+        pulled = run_command([*PYUNION, "--root", str(engine.store), "pull", "--insecure", ref])
+        assert pulled.stderr.count(": Linked from a snapshot") == 3, pulled.stderr
+        run_command([*PYUNION, "--root", str(plain), "pull", "-q", "--insecure", ref])
+        db = sqlite3.connect(engine.store / "db.sqlite")
+        snapshots = db.execute("SELECT dir, chain_id FROM snapshotter_snapshots "
+                               "WHERE kind = 'committed'").fetchall()
+        db.close()
+        assert len(snapshots) == 3
+        for directory, chain in snapshots:
+            fs = engine.store / "snapshots" / directory / "fs"
+            layer = engine.store / "layers" / chain.removeprefix("sha256:")
+            others = [p for p in fs.rglob("*") if not p.is_dir() or p.is_symlink()]
+            assert others, directory
+            for path in others:  # files, symlinks, whiteouts: one inode each
+                linked = (layer / path.relative_to(fs)).lstat()
+                assert (linked.st_ino, linked.st_nlink) == (path.lstat().st_ino, 2), path
+        assert _store_rows(engine.store) == _store_rows(plain)
+        assert _distinct_inodes(engine.store / "layers", engine.store / "snapshots") == \
+            _distinct_inodes(engine.store / "snapshots")
+        with mounted_image(engine.store, ref, tmp_path / "ours") as ours, \
+                mounted_image(plain, ref, tmp_path / "theirs") as theirs:
+            got, want = rootfs_tree(ours), rootfs_tree(theirs)
+        for entry in want["entries"].values():
+            if "nlink" in entry:
+                entry["nlink"] += 1  # each file is linked once more, from its snapshot
+        treesnap.assert_same_tree(got, want, "the rootfs of the shared and the plain pull")
+    finally:
+        engine.ctr("images", "rm", "--sync", ref)
+    engine.wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    try:
+        for chain_hex in os.listdir(plain / "layers"):
+            assert not differences(snapshot(engine.store / "layers" / chain_hex),
+                                   snapshot(plain / "layers" / chain_hex)), chain_hex
+    finally:
+        run_command([*PYUNION, "--root", str(engine.store), "rmi", ref])
+
+
+def _store_rows(store: Path) -> dict[str, list]:
+    """The layers (but for when they were added) and the blobs the store records, and the
+    files of those blobs."""
+    db = sqlite3.connect(store / "db.sqlite")
+    try:
+        rows = {
+            "layers": db.execute("SELECT chain_id, diff_id, parent, tar_size, entries, "
+                                 "whiteout_format FROM layers ORDER BY chain_id").fetchall(),
+            "blobs": db.execute("SELECT digest, size, media_type FROM blobs "
+                                "ORDER BY digest").fetchall(),
+            "images": db.execute("SELECT id, manifest_digest FROM images").fetchall()}
+    finally:
+        db.close()
+    rows["blob files"] = sorted((name, (store / "blobs/sha256" / name).stat().st_size)
+                                for name in os.listdir(store / "blobs/sha256"))
+    return rows
+
+
+def _distinct_inodes(*roots: Path) -> int:
+    """Of the files (not directories) below ``roots``."""
+    return len({(st.st_dev, st.st_ino) for root in roots for path in root.rglob("*")
+                if not stat.S_ISDIR((st := path.lstat()).st_mode)})
 
 
 def _children(pid: int) -> list[int]:
@@ -328,8 +404,6 @@ def test_snapshotter_refuses_a_socket_in_use(engine):
 
 
 def engine_cmd(engine: Containerd) -> list[str]:
-    from tests.engines.containerd import PYUNION
-
     return [*PYUNION, "--root", str(engine.store), "snapshotter"]
 
 

@@ -561,6 +561,29 @@ def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: L
 
     Raises LayerError (with ``what`` naming the layer) for any malformed or hostile input.
     """
+    writer = LayerWriter(target, whiteout_format, limits, parents or [], before_finish)
+    try:
+        return _stream_layer(blob, limits, what, writer.apply)
+    finally:
+        writer.close()
+
+
+def measure_layer(blob: BinaryIO, *, limits: Limits, what: str) -> LayerDigests:
+    """What ``unpack_layer`` measures (digests, sizes, entries), without unpacking: for a
+    layer whose content the store has from elsewhere (a committed snapshot of the snapshotter),
+    its blob checked all the same. Raises LayerError as ``unpack_layer`` does."""
+    def count(tar: tarfile.TarFile, entries: _Counter) -> None:
+        while tar.next() is not None:  # (a streamed tar skips the member's data)
+            tar.members.clear()
+            entries.add(1)
+
+    return _stream_layer(blob, limits, what, count)
+
+
+def _stream_layer(blob: BinaryIO, limits: Limits, what: str,
+                  apply: Callable[[tarfile.TarFile, _Counter], None]) -> LayerDigests:
+    """Decompresses and hashes ``blob``, hands its tar stream to ``apply`` (with the counter
+    of entries) and checks that the stream ends as a whole tar does."""
     blob_hash, plain_hash = hashlib.sha256(), hashlib.sha256()
     sizes = {"blob": 0}
     plain = _Counter(limits.max_layer_bytes, f"{what}: uncompressed size")
@@ -574,12 +597,11 @@ def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: L
         plain_hash.update(chunk)
 
     entries = _Counter(limits.max_layer_entries, f"{what}: number of entries")
-    writer = LayerWriter(target, whiteout_format, limits, parents or [], before_finish)
     reader: DecompressingReader | None = None
     try:
         reader = DecompressingReader(blob, on_raw, on_plain, background=True)
         with tarfile.open(fileobj=reader, mode="r|", bufsize=TAR_BUFFER) as tar:  # type: ignore[call-overload]
-            writer.apply(tar, entries)
+            apply(tar, entries)
             end_of_members = tar.offset
         reader.drain()
         if plain.count < end_of_members + tarfile.BLOCKSIZE:
@@ -593,7 +615,6 @@ def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: L
     except OSError as e:
         raise LayerError(f"{what}: cannot unpack: {e.strerror or e}") from None
     finally:
-        writer.close()
         if reader is not None:
             reader.close()
     return LayerDigests(
