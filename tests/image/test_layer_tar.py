@@ -1,4 +1,5 @@
-"""Generated layer tars (unionfs/image/archive/generate.py + tarwriter.py), read back by GNU tar.
+"""Generated layer tars (unionfs/image/archive/generate.py + tarwriter.py), read back by GNU tar,
+and measured (unpack.measure_layer) as unpacking measures them.
 
 A tree with every shape the writer has a special case for (names and link targets past the
 ustar fields, names that are not UTF-8, ids and sizes past the octal fields, nanosecond and
@@ -13,8 +14,12 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests import treesnap
 from unionfs.image.archive.generate import write_layer_tar
+from unionfs.image.archive.unpack import LayerError, measure_layer, unpack_layer
+from unionfs.image.limits import Limits
 
 LONG_DIR = "d" * 120
 LONG_TARGET = "t" * 300
@@ -68,3 +73,43 @@ def test_gnu_tar_reads_back_the_tree(tmp_path: Path) -> None:
                               treesnap.snapshot(source, times=True),
                               "GNU tar's extraction and the source")
     assert os.path.getsize(archive) % 10240 == 0
+
+
+@pytest.mark.parametrize("compressor", [None, ["gzip", "-n"], ["zstd", "-q"]])
+def test_measuring_a_layer_reads_what_unpacking_reads(tmp_path: Path, compressor) -> None:
+    """``measure_layer`` (pull's check of a blob whose layer a snapshot gives) measures what
+    ``unpack_layer`` does: the blob's digest and size and the diff_id as sha256sum reads them,
+    the tar's size, GNU tar's count of entries; a truncated blob is refused by both."""
+    source = tmp_path / "source"
+    source.mkdir()
+    build_tree(source)
+    blob = tmp_path / "layer.tar"
+    with open(blob, "wb") as out:
+        write_layer_tar(str(source), out)
+    diff_id = "sha256:" + _sha256sum(blob)
+    tar_size = blob.stat().st_size
+    entries = len(subprocess.run(["tar", "-tf", str(blob)], capture_output=True, check=True,
+                                 timeout=60).stdout.splitlines())
+    if compressor:
+        subprocess.run([*compressor, str(blob)], check=True, timeout=60)
+        blob = next(p for p in tmp_path.iterdir() if p.name.startswith("layer.tar."))
+    limits = Limits()
+    with open(blob, "rb") as f:
+        measured = measure_layer(f, limits=limits, what="test")
+    (tmp_path / "unpacked").mkdir()
+    with open(blob, "rb") as f:
+        unpacked = unpack_layer(f, str(tmp_path / "unpacked"), whiteout_format="overlay",
+                                limits=limits, what="test")
+    assert measured == unpacked
+    assert (measured.blob_digest, measured.blob_size, measured.diff_id, measured.tar_size,
+            measured.entries) == ("sha256:" + _sha256sum(blob), blob.stat().st_size, diff_id,
+                                  tar_size, entries)
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(blob.read_bytes()[:blob.stat().st_size // 2])
+    with open(truncated, "rb") as f, pytest.raises(LayerError):
+        measure_layer(f, limits=limits, what="test")
+
+
+def _sha256sum(path: Path) -> str:
+    return subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True,
+                          timeout=60).stdout.split()[0]

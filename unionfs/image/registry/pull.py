@@ -492,7 +492,7 @@ class Puller:
         with open(path, "rb") as blob:
             digests = measure_layer(blob, limits=self.store.limits,
                                     what=f"{self.ref.name} layer {layer.diff_id[7:19]}")
-        adder._verify(layer, digests, self.ref.name)  # as an unpacking would, before linking
+        adder.verify(layer, digests, self.ref.name)  # as an unpacking would, before linking
         name = "snapshot-" + digest_hex(chain[-1])
         directory = adder.space.new_path(name)
         if not sharing.snapshot_layer(self.store, chain, directory):
