@@ -14,6 +14,7 @@ containerd reconnects (``retry_unavailable``).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
 import grpc
@@ -56,6 +58,25 @@ def _layer_deleting(layout: Path, work: Path, source: str, tag: str) -> None:
     shutil.rmtree(bundle)
 
 
+def _layer_opaque(layout: Path, work: Path, source: str, tag: str) -> None:
+    """``tag`` = ``source`` + a layer making ``/opt/app`` opaque (``.wh..wh..opq``: what was
+    below it is gone) with one new file in it, added verbatim (``umoci raw add-layer``)."""
+    layer = work / f"opaque-{tag}.tar"
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("opt", None), ("opt/app", None), ("opt/app/.wh..wh..opq", b""),
+                           ("opt/app/only.txt", b"only\n")):
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    run_command(["umoci", "raw", "add-layer", "--image", f"{layout}:{source}", "--tag", tag,
+                 str(layer)])
+
+
 @pytest.fixture(scope="module")
 def registry(images, tmp_path_factory):
     """A registry with ``base:1.0`` (one layer), ``del:1.0`` (three) and ``big:1.0`` (two, the
@@ -66,9 +87,11 @@ def registry(images, tmp_path_factory):
     index = json.loads((layout / "index.json").read_text())
     base_tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
     _layer_deleting(layout, work, "app1", "del")
+    _layer_opaque(layout, work, "del", "opaque")
     server = Registry(work / "registry").start()
     try:
-        for tag, name in ((base_tag, "base:1.0"), ("del", "del:1.0"), ("big", "big:1.0")):
+        for tag, name in ((base_tag, "base:1.0"), ("del", "del:1.0"), ("big", "big:1.0"),
+                          ("opaque", "opaque:1.0")):
             run_command(["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false",
                          f"oci:{layout}:{tag}", f"docker://{server.ref(name)}"])
         yield server
@@ -313,40 +336,40 @@ def test_layers_shared_with_pyunions_store(engine, registry):
 
 def test_pull_links_the_layers_of_ctrs_snapshots(engine, registry, tmp_path):
     """The other direction (always): ``pyunion pull`` of an image that ``ctr`` pulled through
-    the snapshotter into the same store makes each layer of hard links of its committed
-    snapshot's files (the same inodes: stored once) and keeps its downloaded blob. The layers'
-    rows, the blobs and the image's rootfs (mtimes too) are those of a plain pull into an
-    empty store, but for the link counts; removing the snapshots leaves the layers whole."""
-    ref = registry.ref("del:1.0")
+    the snapshotter into the same store (``opaque:1.0``: four layers, whiteouts and an opaque
+    directory) makes each layer's regular files hard links of its committed snapshot's (the
+    same inodes: stored once) and keeps its downloaded blob. The layers (entries, xattrs,
+    mtimes), their rows, the blobs and the image's rootfs are a plain pull's into an empty
+    store, but for the link counts; removing the snapshots leaves the layers whole."""
+    ref = registry.ref("opaque:1.0")
     assert not list((engine.store / "layers").iterdir())
     engine.pull(ref)
     plain = tmp_path / "plain"
     try:
         pulled = run_command([*PYUNION, "--root", str(engine.store), "pull", "--insecure", ref])
-        assert pulled.stderr.count(": Linked from a snapshot") == 3, pulled.stderr
+        assert pulled.stderr.count(": Linked from a snapshot") == 4, pulled.stderr
         run_command([*PYUNION, "--root", str(plain), "pull", "-q", "--insecure", ref])
         db = sqlite3.connect(engine.store / "db.sqlite")
         snapshots = db.execute("SELECT dir, chain_id FROM snapshotter_snapshots "
                                "WHERE kind = 'committed'").fetchall()
         db.close()
-        assert len(snapshots) == 3
+        assert len(snapshots) == 4
         for directory, chain in snapshots:
             fs = engine.store / "snapshots" / directory / "fs"
             layer = engine.store / "layers" / chain.removeprefix("sha256:")
-            others = [p for p in fs.rglob("*") if not p.is_dir() or p.is_symlink()]
-            assert others, directory
-            for path in others:  # files, symlinks, whiteouts: one inode each
-                linked = (layer / path.relative_to(fs)).lstat()
-                assert (linked.st_ino, linked.st_nlink) == (path.lstat().st_ino, 2), path
+            files = _regular_files(layer)
+            assert files, chain
+            for path in files:
+                assert path.stat().st_ino == (fs / path.relative_to(layer)).lstat().st_ino
         assert _store_rows(engine.store) == _store_rows(plain)
-        assert _distinct_inodes(engine.store / "layers", engine.store / "snapshots") == \
-            _distinct_inodes(engine.store / "snapshots")
+        assert _distinct_files(engine.store / "layers", engine.store / "snapshots") == \
+            _distinct_files(engine.store / "snapshots")
         with mounted_image(engine.store, ref, tmp_path / "ours") as ours, \
                 mounted_image(plain, ref, tmp_path / "theirs") as theirs:
             got, want = rootfs_tree(ours), rootfs_tree(theirs)
         for entry in want["entries"].values():
             if "nlink" in entry:
-                entry["nlink"] += 1  # each file is linked once more, from its snapshot
+                entry["nlink"] *= 2  # each name has its twin in the snapshot
         treesnap.assert_same_tree(got, want, "the rootfs of the shared and the plain pull")
     finally:
         engine.ctr("images", "rm", "--sync", ref)
@@ -355,8 +378,12 @@ def test_pull_links_the_layers_of_ctrs_snapshots(engine, registry, tmp_path):
         (engine.store / "tmp").glob("trash-*")), "the snapshots' removal")
     try:
         for chain_hex in os.listdir(plain / "layers"):
-            assert not differences(snapshot(engine.store / "layers" / chain_hex),
-                                   snapshot(plain / "layers" / chain_hex)), chain_hex
+            ours, theirs = (snapshot(store / "layers" / chain_hex)
+                            for store in (engine.store, plain))
+            assert not differences(ours, theirs), chain_hex
+            whiteouts = {p for p, e in theirs["entries"].items() if e.get("rdev") == (0, 0)}
+            assert {p: t for p, t in ours["mtimes"].items() if p not in whiteouts} == \
+                {p: t for p, t in theirs["mtimes"].items() if p not in whiteouts}, chain_hex
     finally:
         run_command([*PYUNION, "--root", str(engine.store), "rmi", ref])
 
@@ -379,10 +406,14 @@ def _store_rows(store: Path) -> dict[str, list]:
     return rows
 
 
-def _distinct_inodes(*roots: Path) -> int:
-    """Of the files (not directories) below ``roots``."""
-    return len({(st.st_dev, st.st_ino) for root in roots for path in root.rglob("*")
-                if not stat.S_ISDIR((st := path.lstat()).st_mode)})
+def _regular_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if stat.S_ISREG(path.lstat().st_mode)]
+
+
+def _distinct_files(*roots: Path) -> int:
+    """The inodes of the regular files below ``roots``."""
+    return len({(st.st_dev, st.st_ino) for root in roots for path in _regular_files(root)
+                if (st := path.lstat())})
 
 
 def _children(pid: int) -> list[int]:

@@ -8,10 +8,10 @@ soon as it is complete, the same way ``load`` unpacks. The image is recorded las
 repo digest.
 
 A layer that a committed snapshot of ``pyunion snapshotter`` holds (same chain id, same
-parents: an image ``ctr`` pulled into this store) is not unpacked again: its directory is made
-of hard links of the snapshot's files (unionfs/image/snapshotter/sharing.py). Its blob is
-downloaded all the same, and checked against the descriptor and the config's diff_id as an
-unpacking checks it: the store keeps every layer's blob (``save``, ``push``).
+parents: an image ``ctr`` pulled into this store) is stored once: its blob is downloaded and
+unpacked as ever (the store keeps every layer's blob, for ``save`` and ``push``), but its
+regular files are hard links of the snapshot's instead of written again
+(unionfs/image/snapshotter/sharing.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -39,7 +40,7 @@ from unionfs.image.archive.formats import (
     validate_config,
 )
 from unionfs.image.archive.sources import DirectorySource
-from unionfs.image.archive.unpack import measure_layer
+from unionfs.image.archive.unpack import LayerError, unpack_layer
 from unionfs.image.errors import ImageError
 from unionfs.image.lazy import (
     LazyToc,
@@ -484,24 +485,34 @@ class Puller:
     def _add_from_snapshot(self, adder: ImageAdder, path: str, layer: LayerSpec,
                            chain: list[str], wait_for_parents: Callable[[], None]
                            ) -> AddedLayer | None:
-        """The layer made of hard links of a committed snapshot's files, installed as a
-        layer directory the caller made (``ImageAdder.prepared``), with the downloaded blob
-        checked (digest, size, diff_id) and kept; None if no snapshot holds it (any more)."""
-        if sharing.committed_snapshot(self.store, chain) is None:
+        """The layer unpacked from its blob as ever, but for its regular files: hard links of
+        those of a committed snapshot holding it (checked against their entries), so that the
+        layer is what a plain pull makes, with the snapshot's files. Installed as a layer
+        directory the caller made (``ImageAdder.prepared``); None if no snapshot holds it or
+        a file of the snapshot differs (the caller then unpacks the blob itself)."""
+        directory = sharing.committed_snapshot(self.store, chain)
+        if directory is None:
             return None
-        with open(path, "rb") as blob:
-            digests = measure_layer(blob, limits=self.store.limits,
-                                    what=f"{self.ref.name} layer {layer.diff_id[7:19]}")
-        adder.verify(layer, digests, self.ref.name)  # as an unpacking would, before linking
         name = "snapshot-" + digest_hex(chain[-1])
-        directory = adder.space.new_path(name)
-        if not sharing.snapshot_layer(self.store, chain, directory):
+        target = adder.space.new_path(name)
+        os.mkdir(target, 0o755)
+        try:
+            with open(path, "rb") as blob:
+                digests = unpack_layer(
+                    blob, target, whiteout_format=self.store.whiteout_format,
+                    limits=self.store.limits, what=f"{self.ref.name} layer {layer.diff_id[7:19]}",
+                    parents=[self.store.layer_path(c) for c in reversed(chain[:-1])],
+                    before_finish=wait_for_parents,
+                    files_from=sharing.snapshot_content(self.store, directory))
+        except LayerError:
+            shutil.rmtree(target, ignore_errors=True)
             return None
+        adder.verify(layer, digests, self.ref.name)
         os.link(path, adder.space.new_path(name + ".blob"))  # what the store keeps as the blob
         # an adder of its own: ``prepared`` is by diff_id, which two layers of an image can share
         own = ImageAdder(self.store, adder.space,
                          _Relabelled(self.progress, "Linked from a snapshot"),
-                         prepared={layer.diff_id: (directory, digests)})
+                         prepared={layer.diff_id: (target, digests)})
         return own.add_layer(DirectorySource(adder.space.path),
                              replace(layer, path=name + ".blob"), chain, self.ref.name,
                              wait_for_parents)

@@ -1,13 +1,17 @@
 """Layers stored once between the snapshotter's committed snapshots and the store's layers.
 
-Both directions make hard links of the other side's files (``cp -a --link``: directories are
-new, with the same attributes; every other entry is a link), never a directory of the other
+Both directions make hard links of the other side's files, never take a directory of the other
 side itself, so that removing a snapshot or a layer frees nothing the other still uses:
 
 * ``pyunion snapshotter --share-layers``: a layer containerd unpacks that the store already
-  has becomes links to the store's files (``Snapshots._share_with_store``);
-* ``pyunion pull``: a layer the store lacks but a committed snapshot holds is made from the
-  snapshot's files (``snapshot_layer``) instead of unpacking its blob again.
+  has becomes a copy of the store's layer whose non-directories are links (``link_tree``;
+  ``Snapshots._share_with_store``);
+* ``pyunion pull``: a layer the store lacks but a committed snapshot holds is unpacked from its
+  blob as ever, except that its regular files are links of the snapshot's, checked against
+  their tar entries (``LayerWriter.files_from``; ``Puller._add_from_snapshot``): its
+  directories, whiteouts and opaque markers are pyunion's own unpacking's, where containerd's
+  (through a pyunion mount) may differ in form (whiteouts of each entry of a directory the
+  layer makes opaque, the mtime of a directory the tar does not name).
 
 Only where both hold the layer in the same form: the same chain id on the same parent chain
 (a directory a layer's tar never names takes its attributes from the layers below), overlay
@@ -63,24 +67,3 @@ def committed_snapshot(store: Store, chain: list[str]) -> str | None:
         if on_its_parents and os.path.isdir(snapshot_content(store, row["dir"])):
             return row["dir"]
     return None
-
-
-def still_committed(store: Store, directory: str, chain_id: str) -> bool:
-    """Whether the snapshot in ``directory`` is still there: a removal deletes its row before
-    anything of its directory, so a row found after a copy means the copy saw it whole."""
-    return store.db.execute(
-        "SELECT 1 FROM snapshotter_snapshots WHERE dir = ? AND chain_id = ? AND kind = ?",
-        (directory, chain_id, COMMITTED)).fetchone() is not None
-
-
-def snapshot_layer(store: Store, chain: list[str], target: str) -> bool:
-    """``target`` made the layer ``chain[-1]`` from a committed snapshot's files (links), if
-    one holds it; False if none does or it went away meanwhile (nothing is left at
-    ``target`` then)."""
-    directory = committed_snapshot(store, chain)
-    if directory is None or not link_tree(snapshot_content(store, directory), target):
-        return False
-    if not still_committed(store, directory, chain[-1]):
-        shutil.rmtree(target, ignore_errors=True)
-        return False
-    return True
