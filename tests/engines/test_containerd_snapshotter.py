@@ -5,7 +5,8 @@ containerd, and the rootfs against containerd's own overlayfs snapshotter's.
 One containerd and one registry serve the whole module (the tests run in order and share the
 pulled images). The image ``del:1.0`` has three layers: the registry tests' busybox base, a
 layer adding ``/etc/app.conf`` and ``/opt/app``, and one deleting a file and a directory and
-replacing ``/etc/app.conf`` (whiteouts, as umoci writes them).
+replacing ``/etc/app.conf`` (whiteouts, as umoci writes them); ``opaque:1.0`` adds a fourth
+making ``/opt/app`` opaque. Then the layers stored once with ``pyunion pull`` (both ways).
 
 Nothing sleeps a fixed time: the tests wait for conditions (``Containerd.wait``, with deadlines
 for a loaded machine), and a ctr call right after a restart of the snapshotter is retried while
@@ -79,8 +80,9 @@ def _layer_opaque(layout: Path, work: Path, source: str, tag: str) -> None:
 
 @pytest.fixture(scope="module")
 def registry(images, tmp_path_factory):
-    """A registry with ``base:1.0`` (one layer), ``del:1.0`` (three) and ``big:1.0`` (two, the
-    second 50 MiB), pushed by skopeo from an OCI layout."""
+    """A registry with ``base:1.0`` (one layer), ``del:1.0`` (three), ``big:1.0`` (two, the
+    second 50 MiB) and ``opaque:1.0`` (``del:1.0`` and an opaque directory), pushed by skopeo
+    from an OCI layout."""
     work = tmp_path_factory.mktemp("containerd-images")
     layout = work / "layout"
     shutil.copytree(images.layout, layout, symlinks=True)
