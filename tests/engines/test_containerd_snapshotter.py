@@ -390,6 +390,47 @@ def test_pull_links_the_layers_of_ctrs_snapshots(engine, registry, tmp_path):
         run_command([*PYUNION, "--root", str(engine.store), "rmi", ref])
 
 
+def test_pull_unpacks_a_layer_whose_snapshot_differs(engine, registry, tmp_path):
+    """A snapshot's file that is not what its layer's tar says (here: its mode changed) is
+    not linked: that layer is unpacked from its blob as usual (the others are linked), and the
+    store's layers are a plain pull's."""
+    ref = registry.ref("del:1.0")
+    assert not list((engine.store / "layers").iterdir())
+    engine.pull(ref)
+    try:
+        (changed,) = [p for p in (engine.store / "snapshots").glob("*/fs/etc/app.conf")
+                      if p.read_text() == "version=3\n"]
+        changed.chmod(0o600)
+        pulled = run_command([*PYUNION, "--root", str(engine.store), "pull", "--insecure", ref])
+        assert pulled.stderr.count(": Linked from a snapshot") == 2, pulled.stderr
+        assert pulled.stderr.count(": Loaded") == 1, pulled.stderr
+        plain = tmp_path / "plain"
+        run_command([*PYUNION, "--root", str(plain), "pull", "-q", "--insecure", ref])
+        (top,) = [c for c in os.listdir(plain / "layers")
+                  if (plain / "layers" / c / "etc/app.conf").exists()
+                  and (plain / "layers" / c / "etc/app.conf").read_text() == "version=3\n"]
+        ours = engine.store / "layers" / top / "etc/app.conf"
+        assert ours.stat().st_ino != changed.stat().st_ino
+        assert (ours.stat().st_mode & 0o777, ours.stat().st_nlink) == (0o644, 1)
+        for chain_hex in os.listdir(plain / "layers"):
+            assert not differences(snapshot(engine.store / "layers" / chain_hex),
+                                   _doubled(snapshot(plain / "layers" / chain_hex),
+                                            chain_hex != top)), chain_hex
+    finally:
+        engine.ctr("images", "rm", "--sync", ref)
+        run_command([*PYUNION, "--root", str(engine.store), "rmi", ref])
+    engine.wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+
+
+def _doubled(tree: dict, linked: bool) -> dict:
+    """``tree`` with the link counts of its regular files doubled if ``linked``."""
+    if linked:
+        for entry in tree["entries"].values():
+            if "nlink" in entry:
+                entry["nlink"] *= 2
+    return tree
+
+
 def _store_rows(store: Path) -> dict[str, list]:
     """The layers (but for when they were added) and the blobs the store records, and the
     files of those blobs."""
