@@ -6,11 +6,17 @@ bytes): containerd's ``config.toml`` (root, state and socket there, the CRI plug
 snapshotter serves, and the logs (both daemons with the venv's ``bin`` first on PATH).
 ``close`` stops both (SIGTERM, then SIGKILL, by pid), unmounts what is still mounted below the
 directory and deletes it.
+
+Waits are for conditions, with deadlines generous enough for a loaded 2-CPU machine: a daemon's
+socket accepting connections, containerd reaching a restarted snapshotter (its gRPC client to a
+proxy plugin reconnects after a back-off of up to about 3 s, and a call made before that fails
+with ``unavailable``: ``retry_unavailable``), the background removal of snapshots (``wait``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +31,16 @@ from tests.cli_helpers import mounts_below, undo_mounts
 VENV_BIN = str(Path(sys.executable).parent)
 PYUNION = [sys.executable, "-m", "unionfs.image.cli"]
 NAMESPACE = "pyunion-tests"
+# Deadlines of the waits: far above what a quiet machine needs (a fraction of a second to a few
+# seconds), so that only a real failure reaches them.
+START_TIMEOUT = 90  # a daemon's socket answering (a Python start, gRPC imported)
+WAIT_TIMEOUT = 120  # what a test waits for (background removals, containerd's GC)
+# containerd's client to a proxy plugin backs off up to 3 s (+20 % jitter) between connection
+# attempts; 40 tries a second apart outlast several of its back-offs.
+UNAVAILABLE_RETRIES = 40
+# how ctr reports a gRPC Unavailable from the snapshotter (containerd's errdefs: "...: connection
+# closed: unavailable", "... connect: connection refused: unavailable")
+UNAVAILABLE = re.compile(r"\bunavailable\b|code = Unavailable")
 
 
 def _answers(path: Path) -> bool:
@@ -36,7 +52,8 @@ def _answers(path: Path) -> bool:
     return True
 
 
-def _wait_for_socket(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+def _wait_for_socket(path: Path, proc: subprocess.Popen, log: Path,
+                     timeout: float = START_TIMEOUT) -> None:
     """Until something accepts connections on ``path`` (a killed daemon's socket file stays)."""
     deadline = time.monotonic() + timeout
     while not _answers(path):
@@ -104,18 +121,85 @@ class Containerd:
         self.snapshotter.send_signal(sig)
         self.snapshotter.wait(timeout=15)
 
+    def restart_snapshotter(self, options: tuple[str, ...] = ()) -> None:
+        """SIGTERM, then a new snapshotter on the same store; containerd's next call through
+        it may fail with ``unavailable`` until its client reconnects (``retry_unavailable``)."""
+        self.stop_snapshotter()
+        self.start_snapshotter(options=options)
+
     def stop_containerd(self) -> None:
         _stop(self.containerd)
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 120,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+            env: dict[str, str] | None = None, retry_unavailable: bool = False
+            ) -> subprocess.CompletedProcess[str]:
+        """``retry_unavailable``: a call failing with gRPC's ``unavailable`` (containerd not
+        reconnected to a restarted snapshotter yet) is made again, a second later, up to
+        ``UNAVAILABLE_RETRIES`` times; only for calls that change nothing when they fail so
+        (a pull, a ``run --rm``: its container is made after its snapshot)."""
         cmd = ["ctr", "--address", str(self.address), "--namespace", NAMESPACE]
-        result = subprocess.run([*cmd, *args], env={**self.env, **(env or {})}, text=True,
-                                capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        for attempt in range(UNAVAILABLE_RETRIES if retry_unavailable else 1):
+            if attempt:
+                time.sleep(1)
+            result = subprocess.run([*cmd, *args], env={**self.env, **(env or {})}, text=True,
+                                    capture_output=True, timeout=timeout,
+                                    stdin=subprocess.DEVNULL)
+            if result.returncode == 0 or not UNAVAILABLE.search(result.stderr):
+                break
         if check and result.returncode != 0:
             raise AssertionError(f"ctr {' '.join(args)} -> {result.returncode}\n"
-                                 f"{result.stdout}{result.stderr}")
+                                 f"{result.stdout}{result.stderr}\n{self.log_tails()}")
         return result
+
+    def pull(self, ref: str, snapshotter: str = "pyunion") -> None:
+        """``ctr images pull`` (from the tests' plain-http registry), retried while containerd
+        reconnects to the snapshotter."""
+        self.ctr("images", "pull", "--plain-http", "--snapshotter", snapshotter, ref,
+                 retry_unavailable=True)
+
+    def run(self, ref: str, name: str, script: str, *, rm: bool = True,
+            snapshotter: str = "pyunion", retry_unavailable: bool = False
+            ) -> subprocess.CompletedProcess[str]:
+        """``ctr run`` of ``sh -c SCRIPT``; its status, and the stdout and stderr it wrote into
+        files of a host directory bind-mounted at ``/out`` (``output``): on a loaded machine,
+        containerd's stdio fifos can lose what a process wrote just before it exited (seen:
+        status 3 and no stdout at all)."""
+        out = self.base / "out" / name
+        out.mkdir(parents=True, exist_ok=True)
+        result = self.ctr("run", *(["--rm"] if rm else []), "--snapshotter", snapshotter,
+                          "--mount", f"type=bind,src={out},dst=/out,options=rbind:rw", ref,
+                          name, "sh", "-c", f"exec >/out/stdout 2>/out/stderr; {script}",
+                          check=False, retry_unavailable=retry_unavailable)
+        return self.output(name, result)
+
+    def output(self, name: str, result: subprocess.CompletedProcess[str]
+               ) -> subprocess.CompletedProcess[str]:
+        """``result`` (a ``ctr run`` or ``ctr tasks start`` of ``run``'s container ``name``)
+        with the stdout and stderr its process wrote (ctr's own stderr after the latter)."""
+        out = self.base / "out" / name
+        stdout, stderr = ((out / f).read_text() if (out / f).exists() else ""
+                          for f in ("stdout", "stderr"))
+        return subprocess.CompletedProcess(result.args, result.returncode, stdout,
+                                           stderr + result.stderr)
+
+    def wait(self, predicate, what: str, timeout: float = WAIT_TIMEOUT):
+        """Until ``predicate()`` is true (returned); at the deadline an AssertionError with
+        the end of both daemons' logs."""
+        deadline = time.monotonic() + timeout
+        while not (value := predicate()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n"
+                                     f"{self.log_tails()}")
+            time.sleep(0.1)
+        return value
+
+    def log_tails(self, size: int = 3000) -> str:
+        tails = []
+        for name in ("snapshotter.log", "containerd.log"):
+            log = self.base / name
+            if log.exists():
+                tails.append(f"--- end of {name}:\n{log.read_text(errors='replace')[-size:]}")
+        return "\n".join(tails)
 
     def snapshot_dirs(self) -> list[str]:
         directory = self.store / "snapshots"

@@ -5,26 +5,35 @@ containerd, and the rootfs against containerd's own overlayfs snapshotter's.
 One containerd and one registry serve the whole module (the tests run in order and share the
 pulled images). The image ``del:1.0`` has three layers: the registry tests' busybox base, a
 layer adding ``/etc/app.conf`` and ``/opt/app``, and one deleting a file and a directory and
-replacing ``/etc/app.conf`` (whiteouts, as umoci writes them).
+replacing ``/etc/app.conf`` (whiteouts, as umoci writes them); ``opaque:1.0`` adds a fourth
+making ``/opt/app`` opaque. Then the layers stored once with ``pyunion pull`` (both ways).
+
+Nothing sleeps a fixed time: the tests wait for conditions (``Containerd.wait``, with deadlines
+for a loaded machine), and a ctr call right after a restart of the snapshotter is retried while
+containerd reconnects (``retry_unavailable``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
-import time
+import tarfile
 from pathlib import Path
 
 import grpc
 import pytest
 
+from tests import treesnap
 from tests.cli_helpers import mount_info
 from tests.container.conftest import differences, snapshot
-from tests.engines.containerd import NAMESPACE, Containerd
+from tests.engines.containerd import NAMESPACE, PYUNION, Containerd
+from tests.image.conftest import mounted_image, rootfs_tree
 from tests.registry.conftest import Registry, run_command
 from unionfs.image.snapshotter.api import snapshots_pb2, snapshots_pb2_grpc
 
@@ -50,19 +59,41 @@ def _layer_deleting(layout: Path, work: Path, source: str, tag: str) -> None:
     shutil.rmtree(bundle)
 
 
+def _layer_opaque(layout: Path, work: Path, source: str, tag: str) -> None:
+    """``tag`` = ``source`` + a layer making ``/opt/app`` opaque (``.wh..wh..opq``: what was
+    below it is gone) with one new file in it, added verbatim (``umoci raw add-layer``)."""
+    layer = work / f"opaque-{tag}.tar"
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("opt", None), ("opt/app", None), ("opt/app/.wh..wh..opq", b""),
+                           ("opt/app/only.txt", b"only\n")):
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    run_command(["umoci", "raw", "add-layer", "--image", f"{layout}:{source}", "--tag", tag,
+                 str(layer)])
+
+
 @pytest.fixture(scope="module")
 def registry(images, tmp_path_factory):
-    """A registry with ``base:1.0`` (one layer), ``del:1.0`` (three) and ``big:1.0`` (two, the
-    second 50 MiB), pushed by skopeo from an OCI layout."""
+    """A registry with ``base:1.0`` (one layer), ``del:1.0`` (three), ``big:1.0`` (two, the
+    second 50 MiB) and ``opaque:1.0`` (``del:1.0`` and an opaque directory), pushed by skopeo
+    from an OCI layout."""
     work = tmp_path_factory.mktemp("containerd-images")
     layout = work / "layout"
     shutil.copytree(images.layout, layout, symlinks=True)
     index = json.loads((layout / "index.json").read_text())
     base_tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
     _layer_deleting(layout, work, "app1", "del")
+    _layer_opaque(layout, work, "del", "opaque")
     server = Registry(work / "registry").start()
     try:
-        for tag, name in ((base_tag, "base:1.0"), ("del", "del:1.0"), ("big", "big:1.0")):
+        for tag, name in ((base_tag, "base:1.0"), ("del", "del:1.0"), ("big", "big:1.0"),
+                          ("opaque", "opaque:1.0")):
             run_command(["skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false",
                          f"oci:{layout}:{tag}", f"docker://{server.ref(name)}"])
         yield server
@@ -76,40 +107,28 @@ def engine(registry):
     try:
         for name in ("base:1.0", "del:1.0"):
             for snapshotter in ("pyunion", "overlayfs"):
-                daemons.ctr("images", "pull", "--plain-http", "--snapshotter", snapshotter,
-                            registry.ref(name))
+                daemons.pull(registry.ref(name), snapshotter)
         yield daemons
     finally:
         left = daemons.close()
     assert not left, f"left mounted: {left}"
 
 
-def _wait(predicate, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return value
-
-
 # --------------------------------------------------------------------------- the tests
 
 
 def test_run_prints_a_file_and_its_exit_status(engine, registry):
-    result = engine.ctr("run", "--rm", "--snapshotter", "pyunion", registry.ref("del:1.0"),
-                        "print", "sh", "-c",
+    result = engine.run(registry.ref("del:1.0"), "print",
                         f"cat /etc/app.conf /opt/app/data/three.txt; ls /var; {ROOT_LINE}; "
-                        "exit 3", check=False)
+                        "exit 3")
     assert result.returncode == 3, result.stderr
     lines = result.stdout.splitlines()
     assert lines[:2] == ["version=3", "three"]
     fstype, source = lines[-1].split(" - ")[1].split()[:2]
     assert (fstype, source) == ("fuse.pyunion", "pyunion")
     assert "No such file" in result.stderr  # /var was deleted by the top layer
-    one_layer = engine.ctr("run", "--rm", "--snapshotter", "pyunion", registry.ref("base:1.0"),
-                           "print-base", "cat", "/etc/secret")
-    assert one_layer.stdout == "s3cret\n"
+    one_layer = engine.run(registry.ref("base:1.0"), "print-base", "cat /etc/secret")
+    assert (one_layer.returncode, one_layer.stdout) == (0, "s3cret\n"), one_layer.stderr
 
 
 def _rootfs_tree(engine: Containerd, ref: str, snapshotter: str) -> dict:
@@ -125,7 +144,7 @@ def _rootfs_tree(engine: Containerd, ref: str, snapshotter: str) -> dict:
         return snapshot(rootfs)
     finally:
         engine.ctr("tasks", "kill", "-s", "KILL", name)
-        _wait(lambda: "STOPPED" in engine.ctr("tasks", "ls").stdout, "the task's end")
+        engine.wait(lambda: "STOPPED" in engine.ctr("tasks", "ls").stdout, "the task's end")
         engine.ctr("tasks", "rm", name)
         engine.ctr("containers", "rm", name)
 
@@ -137,7 +156,7 @@ def test_rootfs_identical_to_overlayfs_snapshotters(engine, registry):
         theirs = _rootfs_tree(engine, registry.ref(name), "overlayfs")
         assert ("etc/secret" in theirs["entries"]) == (name == "base:1.0")
         assert not differences(ours, theirs), name
-    _wait(lambda: not engine.mounts(), "the unmounts (Remove leaves them to a thread)")
+    engine.wait(lambda: not engine.mounts(), "the unmounts (Remove leaves them to a thread)")
 
 
 def _usage(engine: Containerd, key: str) -> int:
@@ -152,8 +171,8 @@ def test_container_writes_survive_restarts(engine, registry):
     restarted: the next start of the container mounts the snapshot again and sees its file."""
     script = ("cat /written.txt 2>/dev/null; echo round >> /written.txt; "
               "busybox dd if=/dev/zero of=/big.bin bs=4096 count=256 2>/dev/null")
-    engine.ctr("run", "--snapshotter", "pyunion", registry.ref("del:1.0"), "writer",
-               "sh", "-c", script)
+    first = engine.run(registry.ref("del:1.0"), "writer", script, rm=False)
+    assert first.returncode == 0, first.stderr
     assert 1048576 <= _usage(engine, "writer") < 1048576 + 65536  # the upper only
     info = json.loads(engine.ctr("snapshots", "--snapshotter", "pyunion", "info",
                                  "writer").stdout)
@@ -166,15 +185,10 @@ def test_container_writes_survive_restarts(engine, registry):
     engine.stop_containerd()
     engine.start_containerd()
     assert _usage(engine, "writer") >= 1048576
-    again = engine.ctr("tasks", "start", "writer")
+    again = engine.output("writer", engine.ctr("tasks", "start", "writer"))
     assert again.stdout == "round\n"
     engine.ctr("tasks", "rm", "writer", check=False)  # (ctr deletes a task it waited for)
-    log = engine.base / "snapshotter.log"
-    mark = log.stat().st_size
     engine.ctr("containers", "rm", "writer")
-    # the garbage collection this deletion starts ends with a Cleanup; until then it would
-    # remove snapshots made directly on the socket (the next test's), unknown to containerd
-    _wait(lambda: "Cleanup" in log.read_text()[mark:], "containerd's garbage collection")
 
 
 def _mount_pids(engine: Containerd, key: str) -> list[int]:
@@ -194,8 +208,18 @@ def _client(engine: Containerd) -> snapshots_pb2_grpc.SnapshotsStub:
 def test_snapshots_api_semantics(engine):
     """What containerd's metadata store relies on, asked of the socket directly: existing keys
     refused with ALREADY_EXISTS, a parent with children kept (FAILED_PRECONDITION), labels
-    updated by field mask, a view of several layers read-only through pyunion."""
-    api = _client(engine)
+    updated by field mask, a view of several layers read-only through pyunion.
+
+    containerd is stopped meanwhile: its garbage collection (after any deletion, such as the
+    previous test's, and at its start) removes every snapshot it does not know of, as these."""
+    engine.stop_containerd()
+    try:
+        _api_semantics(_client(engine))
+    finally:
+        engine.start_containerd()
+
+
+def _api_semantics(api: snapshots_pb2_grpc.SnapshotsStub) -> None:
     committed = [i for response in api.List(snapshots_pb2.ListSnapshotsRequest())
                  for i in response.info if i.kind == snapshots_pb2.COMMITTED]
     top = max(committed, key=lambda i: len(_ancestors(committed, i)))
@@ -252,11 +276,13 @@ def test_removal_leaves_no_mount_and_no_directory(engine, registry):
     (orphan / "fs").mkdir(parents=True)
     for name in ("base:1.0", "del:1.0"):
         engine.ctr("images", "rm", "--sync", registry.ref(name))
-    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    engine.wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
     listed = engine.ctr("snapshots", "--snapshotter", "pyunion", "ls").stdout.splitlines()
     assert listed[1:] == []
     assert not engine.mounts()
-    assert len(_mount_daemons(engine)) == 2  # those started ahead (--daemons-ahead 2)
+    # those started ahead (--daemons-ahead 2); a removed stack's daemon has exited before its
+    # directory went, but the refill after the last mount may still be starting one
+    engine.wait(lambda: len(_mount_daemons(engine)) == 2, "two mount daemons started ahead")
 
 
 def _mount_daemons(engine: Containerd) -> list[str]:
@@ -281,12 +307,9 @@ def test_layers_shared_with_pyunions_store(engine, registry):
     disk), and the rootfs is the overlayfs snapshotter's but for those files' link counts."""
     ref = registry.ref("del:1.0")
     run_command([*engine_cmd(engine)[:-1], "pull", "-q", "--insecure", ref])
-    engine.stop_snapshotter()
-    engine.start_snapshotter(options=("--share-layers",))
-    _wait(lambda: engine.ctr("images", "pull", "--plain-http", "--snapshotter", "pyunion", ref,
-                             check=False).returncode == 0,
-          "a pull through the restarted snapshotter", timeout=90)
-    engine.ctr("images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref)
+    engine.restart_snapshotter(options=("--share-layers",))
+    engine.pull(ref)
+    engine.pull(ref, "overlayfs")
     try:
         db = sqlite3.connect(engine.store / "db.sqlite")
         rows = db.execute("SELECT dir, chain_id FROM snapshotter_snapshots "
@@ -308,9 +331,132 @@ def test_layers_shared_with_pyunions_store(engine, registry):
         assert not differences(ours, theirs)
     finally:
         engine.ctr("images", "rm", "--sync", ref)
-    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
-    engine.stop_snapshotter()
-    engine.start_snapshotter()
+        run_command([*PYUNION, "--root", str(engine.store), "rmi", ref])
+    engine.wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    engine.restart_snapshotter()
+
+
+def test_pull_links_the_layers_of_ctrs_snapshots(engine, registry, tmp_path):
+    """The other direction (always): ``pyunion pull`` of an image that ``ctr`` pulled through
+    the snapshotter into the same store (``opaque:1.0``: four layers, whiteouts and an opaque
+    directory) makes each layer's regular files hard links of its committed snapshot's (the
+    same inodes: stored once) and keeps its downloaded blob. The layers (entries, xattrs,
+    mtimes), their rows, the blobs and the image's rootfs are a plain pull's into an empty
+    store, but for the link counts; removing the snapshots leaves the layers whole."""
+    ref = registry.ref("opaque:1.0")
+    assert not list((engine.store / "layers").iterdir())
+    engine.pull(ref)
+    plain = tmp_path / "plain"
+    try:
+        pulled = run_command([*PYUNION, "--root", str(engine.store), "pull", "--insecure", ref])
+        assert pulled.stderr.count(": Linked from a snapshot") == 4, pulled.stderr
+        run_command([*PYUNION, "--root", str(plain), "pull", "-q", "--insecure", ref])
+        db = sqlite3.connect(engine.store / "db.sqlite")
+        snapshots = db.execute("SELECT dir, chain_id FROM snapshotter_snapshots "
+                               "WHERE kind = 'committed'").fetchall()
+        db.close()
+        assert len(snapshots) == 4
+        for directory, chain in snapshots:
+            fs = engine.store / "snapshots" / directory / "fs"
+            layer = engine.store / "layers" / chain.removeprefix("sha256:")
+            files = _regular_files(layer)
+            assert files, chain
+            for path in files:
+                assert path.stat().st_ino == (fs / path.relative_to(layer)).lstat().st_ino
+        assert _store_rows(engine.store) == _store_rows(plain)
+        assert _distinct_files(engine.store / "layers", engine.store / "snapshots") == \
+            _distinct_files(engine.store / "snapshots")
+        with mounted_image(engine.store, ref, tmp_path / "ours") as ours, \
+                mounted_image(plain, ref, tmp_path / "theirs") as theirs:
+            got, want = rootfs_tree(ours), rootfs_tree(theirs)
+        for entry in want["entries"].values():
+            if "nlink" in entry:
+                entry["nlink"] *= 2  # each name has its twin in the snapshot
+        treesnap.assert_same_tree(got, want, "the rootfs of the shared and the plain pull")
+    finally:
+        engine.ctr("images", "rm", "--sync", ref)
+    # (a removed directory goes through the store's tmp/trash-*: until that is gone too)
+    engine.wait(lambda: engine.snapshot_dirs() == [] and not list(
+        (engine.store / "tmp").glob("trash-*")), "the snapshots' removal")
+    try:
+        for chain_hex in os.listdir(plain / "layers"):
+            ours, theirs = (snapshot(store / "layers" / chain_hex)
+                            for store in (engine.store, plain))
+            assert not differences(ours, theirs), chain_hex
+            whiteouts = {p for p, e in theirs["entries"].items() if e.get("rdev") == (0, 0)}
+            assert {p: t for p, t in ours["mtimes"].items() if p not in whiteouts} == \
+                {p: t for p, t in theirs["mtimes"].items() if p not in whiteouts}, chain_hex
+    finally:
+        run_command([*PYUNION, "--root", str(engine.store), "rmi", ref])
+
+
+def test_pull_unpacks_a_layer_whose_snapshot_differs(engine, registry, tmp_path):
+    """A snapshot's file that is not what its layer's tar says (here: its mode changed) is
+    not linked: that layer is unpacked from its blob as usual (the others are linked), and the
+    store's layers are a plain pull's."""
+    ref = registry.ref("del:1.0")
+    assert not list((engine.store / "layers").iterdir())
+    engine.pull(ref)
+    try:
+        (changed,) = [p for p in (engine.store / "snapshots").glob("*/fs/etc/app.conf")
+                      if p.read_text() == "version=3\n"]
+        changed.chmod(0o600)
+        pulled = run_command([*PYUNION, "--root", str(engine.store), "pull", "--insecure", ref])
+        assert pulled.stderr.count(": Linked from a snapshot") == 2, pulled.stderr
+        assert pulled.stderr.count(": Loaded") == 1, pulled.stderr
+        plain = tmp_path / "plain"
+        run_command([*PYUNION, "--root", str(plain), "pull", "-q", "--insecure", ref])
+        (top,) = [c for c in os.listdir(plain / "layers")
+                  if (plain / "layers" / c / "etc/app.conf").exists()
+                  and (plain / "layers" / c / "etc/app.conf").read_text() == "version=3\n"]
+        ours = engine.store / "layers" / top / "etc/app.conf"
+        assert ours.stat().st_ino != changed.stat().st_ino
+        assert (ours.stat().st_mode & 0o777, ours.stat().st_nlink) == (0o644, 1)
+        for chain_hex in os.listdir(plain / "layers"):
+            assert not differences(snapshot(engine.store / "layers" / chain_hex),
+                                   _doubled(snapshot(plain / "layers" / chain_hex),
+                                            chain_hex != top)), chain_hex
+    finally:
+        engine.ctr("images", "rm", "--sync", ref)
+        run_command([*PYUNION, "--root", str(engine.store), "rmi", ref])
+    engine.wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+
+
+def _doubled(tree: dict, linked: bool) -> dict:
+    """``tree`` with the link counts of its regular files doubled if ``linked``."""
+    if linked:
+        for entry in tree["entries"].values():
+            if "nlink" in entry:
+                entry["nlink"] *= 2
+    return tree
+
+
+def _store_rows(store: Path) -> dict[str, list]:
+    """The layers (but for when they were added) and the blobs the store records, and the
+    files of those blobs."""
+    db = sqlite3.connect(store / "db.sqlite")
+    try:
+        rows = {
+            "layers": db.execute("SELECT chain_id, diff_id, parent, tar_size, entries, "
+                                 "whiteout_format FROM layers ORDER BY chain_id").fetchall(),
+            "blobs": db.execute("SELECT digest, size, media_type FROM blobs "
+                                "ORDER BY digest").fetchall(),
+            "images": db.execute("SELECT id, manifest_digest FROM images").fetchall()}
+    finally:
+        db.close()
+    rows["blob files"] = sorted((name, (store / "blobs/sha256" / name).stat().st_size)
+                                for name in os.listdir(store / "blobs/sha256"))
+    return rows
+
+
+def _regular_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if stat.S_ISREG(path.lstat().st_mode)]
+
+
+def _distinct_files(*roots: Path) -> int:
+    """The inodes of the regular files below ``roots``."""
+    return len({(st.st_dev, st.st_ino) for root in roots for path in _regular_files(root)
+                if (st := path.lstat())})
 
 
 def _children(pid: int) -> list[int]:
@@ -334,8 +480,6 @@ def test_snapshotter_refuses_a_socket_in_use(engine):
 
 
 def engine_cmd(engine: Containerd) -> list[str]:
-    from tests.engines.containerd import PYUNION
-
     return [*PYUNION, "--root", str(engine.store), "snapshotter"]
 
 
@@ -352,7 +496,7 @@ def test_snapshotter_killed_in_prepare(engine, registry):
     is written (strace kills it at its first fsync of the snapshots directory): the directory
     without a row is deleted when the snapshotter starts again, and containers run."""
     ref = registry.ref("base:1.0")
-    engine.ctr("images", "pull", "--plain-http", "--snapshotter", "pyunion", ref)
+    engine.pull(ref)
     engine.stop_snapshotter()
     snapshots_dir = engine.store / "snapshots"
     engine.start_snapshotter(("strace", "-f", "-o", "/dev/null", "-P", str(snapshots_dir),
@@ -361,9 +505,9 @@ def test_snapshotter_killed_in_prepare(engine, registry):
     (traced,) = _children(engine.snapshotter.pid)
     # containerd reconnects to the restarted snapshotter after a back-off: a run may first
     # fail with "unavailable"; the one that reaches Prepare kills the snapshotter
-    _wait(lambda: engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "killed", "true",
-                             check=False).returncode != 0 and not os.path.exists(
-                                 f"/proc/{traced}/cmdline"), "the kill in Prepare", timeout=90)
+    engine.wait(lambda: engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "killed",
+                                   "true", check=False).returncode != 0
+                and not os.path.exists(f"/proc/{traced}/cmdline"), "the kill in Prepare")
     # strace -f stays while a process it traces does, and the snapshotter's mount daemons
     # (left running by design) do: strace is stopped (its tracees go on, detached)
     engine.snapshotter.kill()
@@ -374,13 +518,13 @@ def test_snapshotter_killed_in_prepare(engine, registry):
 
     engine.start_snapshotter()
     # the snapshotter queues the orphan's removal as it starts (a background thread)
-    _wait(lambda: engine.snapshot_dirs() == before == _rows(engine), "the orphan's removal")
-    engine.ctr("containers", "rm", "killed", check=False)
-    _wait(lambda: engine.ctr("run", "--rm", "--snapshotter", "pyunion", ref, "after-kill",
-                             "cat", "/etc/secret", check=False).stdout == "s3cret\n",
-          "a run through the restarted snapshotter", timeout=90)
+    engine.wait(lambda: engine.snapshot_dirs() == before == _rows(engine),
+                "the orphan's removal")
+    assert engine.ctr("containers", "ls", "-q").stdout.split() == []  # (made after Prepare)
+    after = engine.run(ref, "after-kill", "cat /etc/secret", retry_unavailable=True)
+    assert (after.returncode, after.stdout) == (0, "s3cret\n"), after.stderr
     engine.ctr("images", "rm", "--sync", ref)
-    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    engine.wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
 
 
 def test_snapshotter_killed_during_a_pull(engine, registry):
@@ -394,7 +538,7 @@ def test_snapshotter_killed_during_a_pull(engine, registry):
          "--plain-http", "--snapshotter", "pyunion", registry.ref("big:1.0")],
         env=engine.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: "Prepare" in log.read_text()[mark:], "the first Prepare", timeout=60)
+        engine.wait(lambda: "Prepare" in log.read_text()[mark:], "the first Prepare")
         engine.stop_snapshotter(signal.SIGKILL)
         assert pull.wait(timeout=60) != 0
     finally:
@@ -402,13 +546,9 @@ def test_snapshotter_killed_during_a_pull(engine, registry):
             pull.kill()
             pull.wait()
     engine.start_snapshotter()
-    # containerd's connection to the plugin reconnects after a back-off (gRPC's: seconds)
-    _wait(lambda: engine.ctr("images", "pull", "--plain-http", "--snapshotter", "pyunion",
-                             registry.ref("big:1.0"), check=False).returncode == 0,
-          "a pull through the restarted snapshotter", timeout=90)
-    listing = engine.ctr("run", "--rm", "--snapshotter", "pyunion", registry.ref("big:1.0"),
-                         "big", "ls", "-l", "/opt/big.bin").stdout
-    assert " 52428800 " in listing
+    engine.pull(registry.ref("big:1.0"))  # (retried while containerd reconnects)
+    listing = engine.run(registry.ref("big:1.0"), "big", "ls -l /opt/big.bin")
+    assert listing.returncode == 0 and " 52428800 " in listing.stdout, listing.stderr
     engine.ctr("images", "rm", "--sync", registry.ref("big:1.0"))
-    _wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
+    engine.wait(lambda: engine.snapshot_dirs() == [], "the snapshots' removal")
     assert not engine.mounts()

@@ -111,7 +111,12 @@ def test_waits_for_the_previous_daemon_of_its_upper(tmp_path):
     try:
         helper = subprocess.Popen([PYUNION_OVERLAYFS, "-o", "lowerdir=l,upperdir=u,workdir=w",
                                    "m"], cwd=tmp_path)
-        time.sleep(0.5)
+        # until its daemon has the upper open (to lock it): on a loaded machine a fixed sleep
+        # could end before the daemon even started
+        deadline = time.monotonic() + 60
+        while not _opened_elsewhere(tmp_path / "u"):
+            assert helper.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
         assert helper.poll() is None and mount_info(tmp_path / "m") is None
         fcntl.flock(fd, fcntl.LOCK_UN)
         assert helper.wait(timeout=30) == 0
@@ -122,6 +127,24 @@ def test_waits_for_the_previous_daemon_of_its_upper(tmp_path):
         left = mounts_below([tmp_path])
         undo_mounts(left)
     assert not left
+
+
+def _opened_elsewhere(path: Path) -> bool:
+    """Whether a process other than this one has ``path`` open."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 # --------------------------------------------------------------------------- podman

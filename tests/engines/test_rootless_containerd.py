@@ -43,21 +43,27 @@ SNAP=$!
 containerd --config "$BASE/config.toml" >"$BASE/containerd.log" 2>&1 &
 CTRD=$!
 trap 'kill $CTRD $SNAP 2>/dev/null; wait' EXIT
-for i in $(seq 300); do [ -S "$BASE/c.sock" ] && [ -S "$BASE/s.sock" ] && break; sleep 0.1; done
+for i in $(seq 900); do [ -S "$BASE/c.sock" ] && [ -S "$BASE/s.sock" ] && break; sleep 0.1; done
+[ -S "$BASE/c.sock" ] && [ -S "$BASE/s.sock" ] || { echo "the daemons did not start" >&2; exit 1; }
 C="ctr --address $BASE/c.sock --namespace rootless"
 $C images import --snapshotter pyunion "$BASE/busybox.tar" >/dev/null
 $C images import --snapshotter overlayfs "$BASE/busybox.tar" >/dev/null
 REF=$($C images ls -q | head -n 1)
+# what the containers print goes to files of $BASE/out, bind-mounted at /out: containerd's stdio
+# fifos can lose the output of a process that exits at once on a loaded machine
+mkdir -p "$BASE/out"
 run() {
     s=$1; shift
-    $C run --rm --cgroup "" --cpu-shares 0 --fifo-dir "$BASE/fifo" --snapshotter "$s" "$REF" "$@"
+    $C run --rm --cgroup "" --cpu-shares 0 --fifo-dir "$BASE/fifo" --snapshotter "$s" \
+        --mount "type=bind,src=$BASE/out,dst=/out,options=rbind:rw" "$REF" "$@"
 }
 # (absolute paths: the image's Env has no PATH, and containerd 1.6 then sets none)
-run pyunion c1 /bin/sh -c 'PATH=/bin; echo written > /new; cat /new; id -u;
+run pyunion c1 /bin/sh -c 'PATH=/bin; exec >/out/c1; echo written > /new; cat /new; id -u;
   grep -E "^[0-9]+ [0-9]+ [0-9:]+ [^ ]+ / " /proc/self/mountinfo'
-run pyunion c2 /bin/ls -lnR /bin /etc /srv > "$BASE/ours"
-run overlayfs c3 /bin/ls -lnR /bin /etc /srv > "$BASE/theirs"
-cmp "$BASE/ours" "$BASE/theirs" && echo same
+run pyunion c2 /bin/sh -c '/bin/ls -lnR /bin /etc /srv > /out/ours'
+run overlayfs c3 /bin/sh -c '/bin/ls -lnR /bin /etc /srv > /out/theirs'
+cat "$BASE/out/c1"
+[ -s "$BASE/out/ours" ] && cmp "$BASE/out/ours" "$BASE/out/theirs" && echo same
 $C images rm --sync "$REF" >/dev/null
 kill $CTRD && wait $CTRD || true
 kill $SNAP && wait $SNAP || true

@@ -1,4 +1,5 @@
-"""Generated layer tars (unionfs/image/archive/generate.py + tarwriter.py), read back by GNU tar.
+"""Generated layer tars (unionfs/image/archive/generate.py + tarwriter.py), read back by GNU tar,
+and unpacked with their files linked from a tree that has them (``files_from``).
 
 A tree with every shape the writer has a special case for (names and link targets past the
 ustar fields, names that are not UTF-8, ids and sizes past the octal fields, nanosecond and
@@ -13,8 +14,12 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests import treesnap
 from unionfs.image.archive.generate import write_layer_tar
+from unionfs.image.archive.unpack import LayerError, unpack_layer
+from unionfs.image.limits import Limits
 
 LONG_DIR = "d" * 120
 LONG_TARGET = "t" * 300
@@ -68,3 +73,41 @@ def test_gnu_tar_reads_back_the_tree(tmp_path: Path) -> None:
                               treesnap.snapshot(source, times=True),
                               "GNU tar's extraction and the source")
     assert os.path.getsize(archive) % 10240 == 0
+
+
+def test_unpacking_with_files_linked_from_elsewhere(tmp_path: Path) -> None:
+    """``files_from`` (pull's layer from a snapshot that holds it): the layer is the one a
+    plain unpacking makes, its regular files hard links of those below ``files_from``; a file
+    there whose attributes differ from its entry, or reached through a symlink, is refused."""
+    source, archive = tmp_path / "source", tmp_path / "l.tar"
+    source.mkdir()
+    build_tree(source)
+    with open(archive, "wb") as out:
+        write_layer_tar(str(source), out)
+    plain, linked = tmp_path / "plain", tmp_path / "linked"
+
+    def unpack(target: Path, files_from: Path | None) -> None:
+        target.mkdir()
+        with open(archive, "rb") as blob:
+            unpack_layer(blob, str(target), whiteout_format="overlay", limits=Limits(),
+                         what="test", files_from=str(files_from) if files_from else None)
+
+    unpack(plain, None)
+    unpack(linked, plain)
+    # (the link counts agree: the files are the same inodes)
+    ours, theirs = treesnap.snapshot(linked, times=True), treesnap.snapshot(plain, times=True)
+    treesnap.assert_same_tree(ours, theirs, "a layer with linked files and a plain one")
+    files = [p for p in plain.rglob("*") if stat.S_ISREG(p.lstat().st_mode)]
+    assert len(files) == 7
+    for path in files:
+        assert path.stat().st_ino == (linked / path.relative_to(plain)).stat().st_ino
+
+    os.chmod(plain / "ünïcödé", 0o600)
+    with pytest.raises(LayerError, match="differs"):
+        unpack(tmp_path / "changed", plain)
+    os.chmod(plain / "ünïcödé", 0o644)
+    (tmp_path / "elsewhere").mkdir()
+    os.rename(plain / LONG_DIR, tmp_path / "elsewhere" / LONG_DIR)
+    os.symlink(tmp_path / "elsewhere" / LONG_DIR, plain / LONG_DIR)
+    with pytest.raises(LayerError):
+        unpack(tmp_path / "through-a-symlink", plain)

@@ -141,6 +141,10 @@ class LayerWriter:
     parents: list[str] = field(default_factory=list)  # layer dirs below, top-most first
     before_finish: Callable[[], None] | None = None     # waits until ``parents`` are complete
     as_root: bool = field(default_factory=lambda: os.geteuid() == 0)
+    # a directory holding this very layer's files already (a committed snapshot of containerd
+    # that unpacked it, unionfs/image/snapshotter/sharing.py): regular files are made hard
+    # links of its files instead of written, once their attributes are checked (root only)
+    files_from: str | None = None
 
     def __post_init__(self) -> None:
         self._root_fd = os.open(self.root, _DIR_FLAGS)
@@ -151,6 +155,8 @@ class LayerWriter:
         self._dirs: list[_DirAttrs] = []
         self._implicit: set[str] = {""}    # directories made only as parents of entries
         self._opaque_xattr = "trusted.overlay.opaque" if self.as_root else "user.overlay.opaque"
+        if self.files_from is not None and not self.as_root:
+            raise LayerError("files are linked from elsewhere only into a store of root's")
 
     def close(self) -> None:
         self._drop_fds()
@@ -359,6 +365,9 @@ class LayerWriter:
 
     def _create_file(self, member: tarfile.TarInfo, open_data: DataOpener, parent_fd: int,
                      name: str) -> None:
+        if self.files_from is not None:
+            self._link_file(member, parent_fd, name)
+            return
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=parent_fd)
         try:
@@ -368,6 +377,34 @@ class LayerWriter:
             self._set_fd_attrs(member, fd)
         finally:
             os.close(fd)
+
+    def _link_file(self, member: tarfile.TarInfo, parent_fd: int, name: str) -> None:
+        """The entry's file as a hard link of the same path below ``files_from`` (reached
+        without following a symlink), if that is a regular file with the entry's size, owner,
+        mode, mtime and xattrs; LayerError if not."""
+        path = normalize_name(member.name)
+        parent, _, own_name = path.rpartition("/")
+        assert self.files_from is not None
+        source_fd = os.open(self.files_from, _DIR_FLAGS)
+        try:
+            for part in parent.split("/") if parent else []:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=source_fd)
+                os.close(source_fd)
+                source_fd = next_fd
+            st = os.stat(own_name, dir_fd=source_fd, follow_symlinks=False)
+            found = (stat.S_IFMT(st.st_mode), st.st_size, st.st_uid, st.st_gid,
+                     stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            wanted = (stat.S_IFREG, member.size, member.uid, member.gid, member.mode & 0o7777,
+                      _ns_times(member)[1])
+            at = f"/proc/self/fd/{source_fd}/{own_name}"
+            xattrs = {key: os.getxattr(at, key, follow_symlinks=False)
+                      for key in os.listxattr(at, follow_symlinks=False)}
+            if found != wanted or xattrs != _xattrs(member):
+                raise LayerError(f"entry {member.name!r}: the file to link differs from it")
+            os.link(own_name, name, src_dir_fd=source_fd, dst_dir_fd=parent_fd,
+                    follow_symlinks=False)
+        finally:
+            os.close(source_fd)
 
     def _create_hardlink(self, member: tarfile.TarInfo, parent_fd: int, path: str,
                          name: str) -> None:
@@ -555,9 +592,11 @@ def _copy_to_fd(source: BinaryIO, fd: int, size: int) -> None:
 
 def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: Limits,
                  what: str, parents: list[str] | None = None,
-                 before_finish: Callable[[], None] | None = None) -> LayerDigests:
+                 before_finish: Callable[[], None] | None = None,
+                 files_from: str | None = None) -> LayerDigests:
     """Streams ``blob`` (compressed or not) into ``target`` (an empty directory) and returns its
     measured digests. The caller compares them with the descriptor and the config's diff_id.
+    ``files_from``: regular files linked from there (``LayerWriter.files_from``).
 
     Raises LayerError (with ``what`` naming the layer) for any malformed or hostile input.
     """
@@ -574,7 +613,8 @@ def unpack_layer(blob: BinaryIO, target: str, *, whiteout_format: str, limits: L
         plain_hash.update(chunk)
 
     entries = _Counter(limits.max_layer_entries, f"{what}: number of entries")
-    writer = LayerWriter(target, whiteout_format, limits, parents or [], before_finish)
+    writer = LayerWriter(target, whiteout_format, limits, parents or [], before_finish,
+                         files_from=files_from)
     reader: DecompressingReader | None = None
     try:
         reader = DecompressingReader(blob, on_raw, on_plain, background=True)

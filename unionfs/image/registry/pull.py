@@ -6,6 +6,12 @@ platform), then the config, then each missing layer: downloaded (a few at once) 
 Range request after a broken connection or a killed pull, and unpacked in a worker thread as
 soon as it is complete, the same way ``load`` unpacks. The image is recorded last, with its
 repo digest.
+
+A layer that a committed snapshot of ``pyunion snapshotter`` holds (same chain id, same
+parents: an image ``ctr`` pulled into this store) is stored once: its blob is downloaded and
+unpacked as ever (the store keeps every layer's blob, for ``save`` and ``push``), but its
+regular files are hard links of the snapshot's instead of written again
+(unionfs/image/snapshotter/sharing.py).
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 import trio
@@ -33,6 +40,7 @@ from unionfs.image.archive.formats import (
     validate_config,
 )
 from unionfs.image.archive.sources import DirectorySource
+from unionfs.image.archive.unpack import LayerError, unpack_layer
 from unionfs.image.errors import ImageError
 from unionfs.image.lazy import (
     LazyToc,
@@ -49,6 +57,7 @@ from unionfs.image.registry.client import (
     RegistryError,
     repository_scope,
 )
+from unionfs.image.snapshotter import sharing
 from unionfs.image.store import Store, digest_hex
 from unionfs.image.store.adding import AddedLayer, ImageAdder, chain_ids
 from unionfs.image.store.locks import FileLock
@@ -439,12 +448,11 @@ class Puller:
                 async with downloads:
                     path = await self.download(layer)
                 fetched.append(path)
-                source = DirectorySource(self.downloads)
                 # abandoned if cancelled (Ctrl-C): the pull stops at once; the unpacking,
                 # in a workspace of its own, ends with the process and is collected later
                 added[i] = await trio.to_thread.run_sync(
-                    adder.add_layer, source, layer, chain[:i + 1], self.ref.name,
-                    parents_done(i), abandon_on_cancel=True)
+                    self._add_downloaded, adder, path, layer, chain[:i + 1], parents_done(i),
+                    abandon_on_cancel=True)
             except BaseException:
                 failed.set()
                 raise
@@ -464,6 +472,51 @@ class Puller:
                 os.unlink(path)
         return [a for a in added if a is not None], bool(fetched)
 
+    def _add_downloaded(self, adder: ImageAdder, path: str, layer: LayerSpec, chain: list[str],
+                        wait_for_parents: Callable[[], None]) -> AddedLayer:
+        """A downloaded layer into the store: from a committed snapshot holding it, else
+        unpacked from its blob."""
+        shared = self._add_from_snapshot(adder, path, layer, chain, wait_for_parents)
+        if shared is not None:
+            return shared
+        return adder.add_layer(DirectorySource(self.downloads), layer, chain, self.ref.name,
+                               wait_for_parents)
+
+    def _add_from_snapshot(self, adder: ImageAdder, path: str, layer: LayerSpec,
+                           chain: list[str], wait_for_parents: Callable[[], None]
+                           ) -> AddedLayer | None:
+        """The layer unpacked from its blob as ever, but for its regular files: hard links of
+        those of a committed snapshot holding it (checked against their entries), so that the
+        layer is what a plain pull makes, with the snapshot's files. Installed as a layer
+        directory the caller made (``ImageAdder.prepared``); None if no snapshot holds it or
+        a file of the snapshot differs (the caller then unpacks the blob itself)."""
+        directory = sharing.committed_snapshot(self.store, chain)
+        if directory is None:
+            return None
+        name = "snapshot-" + digest_hex(chain[-1])
+        target = adder.space.new_path(name)
+        os.mkdir(target, 0o755)
+        try:
+            with open(path, "rb") as blob:
+                digests = unpack_layer(
+                    blob, target, whiteout_format=self.store.whiteout_format,
+                    limits=self.store.limits, what=f"{self.ref.name} layer {layer.diff_id[7:19]}",
+                    parents=[self.store.layer_path(c) for c in reversed(chain[:-1])],
+                    before_finish=wait_for_parents,
+                    files_from=sharing.snapshot_content(self.store, directory))
+        except LayerError:
+            shutil.rmtree(target, ignore_errors=True)
+            return None
+        adder.verify(layer, digests, self.ref.name)
+        os.link(path, adder.space.new_path(name + ".blob"))  # what the store keeps as the blob
+        # an adder of its own: ``prepared`` is by diff_id, which two layers of an image can share
+        own = ImageAdder(self.store, adder.space,
+                         _Relabelled(self.progress, "Linked from a snapshot"),
+                         prepared={layer.diff_id: (target, digests)})
+        return own.add_layer(DirectorySource(adder.space.path),
+                             replace(layer, path=name + ".blob"), chain, self.ref.name,
+                             wait_for_parents)
+
     def _present(self, chain_id: str, layer: LayerSpec) -> AddedLayer | None:
         """The layer, if it is unpacked already and this very blob is kept."""
         if not self.store.layer_recorded(chain_id):
@@ -479,3 +532,19 @@ class Puller:
         with self.store.transaction() as db:
             db.execute("INSERT OR REPLACE INTO repo_digests VALUES (?, ?)",
                        (f"{self.ref.repository}@{manifest_digest}", image_id))
+
+
+class _Relabelled(Progress):
+    """``progress`` with another status for a finished layer."""
+
+    def __init__(self, progress: Progress, status: str) -> None:
+        self.progress, self.status = progress, status
+
+    def layer_started(self, diff_id: str, total: int | None) -> None:
+        self.progress.layer_started(diff_id, total)
+
+    def layer_advanced(self, diff_id: str, nbytes: int) -> None:
+        self.progress.layer_advanced(diff_id, nbytes)
+
+    def layer_done(self, diff_id: str, status: str) -> None:
+        self.progress.layer_done(diff_id, self.status)

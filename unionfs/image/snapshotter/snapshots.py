@@ -58,6 +58,7 @@ from unionfs.image.daemons import (
     wait_exit,
 )
 from unionfs.image.errors import ImageError
+from unionfs.image.snapshotter import sharing
 from unionfs.image.store import Store, fsync_dir, syncfs
 from unionfs.image.store.database import transaction
 
@@ -407,11 +408,12 @@ class Snapshots:
         chain, unpacked in the same form), the snapshot's content becomes hard links to the
         store's files, so that an image pulled by ``ctr`` and by ``pyunion pull`` is stored
         once. Links, not the store's directory itself: ``pyunion rmi`` of the image then
-        frees nothing that a snapshot still uses. The swap is atomic (RENAME_EXCHANGE)."""
+        frees nothing that a snapshot still uses. The swap is atomic (RENAME_EXCHANGE).
+        (The other direction, a pull linking a snapshot's files: sharing.py.)"""
         layer = self.db.execute("SELECT parent, whiteout_format FROM layers WHERE chain_id = ?",
                                 (chain_id,)).fetchone()
         if layer is None or layer["whiteout_format"] != "overlay" or \
-                self.store.records_owners or not self.store.layer_recorded(chain_id):
+                not sharing.forms_match(self.store) or not self.store.layer_recorded(chain_id):
             return
         parent_chain = None
         if row["parent"]:
@@ -422,12 +424,9 @@ class Snapshots:
             return
         base = os.path.join(self.dir, row["dir"])
         linked = os.path.join(base, "linked")
-        try:
-            subprocess.run(["cp", "-a", "--link", f"{self.store.layer_path(chain_id)}/.",
-                            linked], check=True, capture_output=True)
-            _exchange(linked, os.path.join(base, "fs"))
-        except (OSError, subprocess.CalledProcessError):
-            pass  # the snapshot keeps its own copy
+        if sharing.link_tree(self.store.layer_path(chain_id), linked):
+            with contextlib.suppress(OSError):  # (else the snapshot keeps its own copy)
+                _exchange(linked, os.path.join(base, "fs"))
         shutil.rmtree(linked, ignore_errors=True)
 
     def update(self, key: str, labels: dict[str, str], paths: list[str]) -> Info:

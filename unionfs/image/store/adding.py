@@ -137,7 +137,7 @@ class ImageAdder:
                                        whiteout_format=self.store.whiteout_format,
                                        limits=self.store.limits, what=f"{what} layer {short}",
                                        parents=parents, before_finish=wait_for_parents)
-            self._verify(layer, digests, what)
+            self.verify(layer, digests, what)
             syncfs(target)
             self._install_layer(chain, layer.diff_id, target, digests)
             self._place_blob(blob_temp, digests.blob_digest)
@@ -184,7 +184,9 @@ class ImageAdder:
         return AddedLayer(chain_id, layer.diff_id, digest, _layer_media_type(layer, compression),
                           size)
 
-    def _verify(self, layer: LayerSpec, digests: LayerDigests, what: str) -> None:
+    def verify(self, layer: LayerSpec, digests: LayerDigests, what: str) -> None:
+        """ImageError unless the measured blob is the descriptor's and its diff_id the
+        config's."""
         self._check_blob(layer, digests.blob_digest, digests.blob_size, what)
         self._check_diff_id(layer, digests.diff_id, what)
 
