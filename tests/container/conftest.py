@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.cli_helpers import run_through_files
-from tests.treesnap import file_digest
+from tests.treesnap import assert_same_tree, differences, file_digest  # noqa: F401 (for the tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYUNION = [sys.executable, "-m", "unionfs.image.cli"]
@@ -395,30 +395,6 @@ def snapshot(root: os.PathLike | str, *, skip: tuple[str, ...] = ()) -> dict[str
                 by_inode[(st.st_dev, st.st_ino)].append(child_rel)
     links = sorted(sorted(group) for group in by_inode.values() if len(group) > 1)
     return {"entries": entries, "links": links, "mtimes": mtimes, "dir_nlink": dir_nlink}
-
-
-def differences(a: dict[str, Any], b: dict[str, Any], limit: int = 25) -> list[str]:
-    """Differences in entries and hard-link groups (not times)."""
-    out = []
-    ea, eb = a["entries"], b["entries"]
-    for path in sorted(set(ea) | set(eb)):
-        if path not in ea:
-            out.append(f"only in second: {path} {eb[path]}")
-        elif path not in eb:
-            out.append(f"only in first: {path} {ea[path]}")
-        elif ea[path] != eb[path]:
-            keys = sorted(k for k in set(ea[path]) | set(eb[path])
-                          if ea[path].get(k) != eb[path].get(k))
-            out.append(f"differs: {path}: " + ", ".join(
-                f"{k}: {ea[path].get(k)!r} != {eb[path].get(k)!r}" for k in keys))
-    if a["links"] != b["links"]:
-        out.append(f"hard-link groups differ: {a['links']} != {b['links']}")
-    return out[:limit]
-
-
-def assert_same_tree(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
-    diff = differences(a, b)
-    assert not diff, f"{what} differ:\n  " + "\n  ".join(diff)
 
 
 def docker_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
