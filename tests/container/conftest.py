@@ -60,8 +60,16 @@ class Result:
                 f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}")
 
 
+# The network of the tests' containers: the host's, which pyunion leaves alone. The default
+# (root's: the bridge) would add a bridge, veths and NAT rules to the host's own network, shared
+# by every test run on the machine (and every store's default network is the same pyunion0,
+# 10.90.0.0/24); tests/container/test_network.py tests the default in a namespace of its own.
+TEST_NETWORK = {"PYUNION_NETWORK": "host"}
+
+
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYUNION_")}
+    env.update(TEST_NETWORK)
     env.update(extra or {})
     return env
 
@@ -95,6 +103,7 @@ class Pyunion:
         self.tmp = tmp
         self.started: list[subprocess.Popen] = []
         self._count = 0
+        self.extra_env: dict[str, str] = {}   # every command's, before the call's own ``env``
 
     def command(self, *args: Any) -> list[str]:
         return [*PYUNION, "--root", str(self.root), *(str(a) for a in args)]
@@ -107,7 +116,8 @@ class Pyunion:
         Output goes through files: a daemon that inherited a pipe cannot hang the test."""
         status, raw, err = run_through_files(
             self.command(*args), timeout=timeout, input=input, on_start=self.started.append,
-            env=clean_env(env), cwd=REPO_ROOT, start_new_session=True)
+            env=clean_env({**self.extra_env, **(env or {})}), cwd=REPO_ROOT,
+            start_new_session=True)
         result = Result([str(a) for a in args], status,
                         raw if binary else raw.decode(errors="replace"),  # type: ignore
                         err.decode(errors="replace"))
@@ -124,7 +134,8 @@ class Pyunion:
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen(self.command(*args), stdout=o, stderr=e,
                                     stdin=subprocess.DEVNULL if stdin is None else stdin,
-                                    env=clean_env(env), cwd=REPO_ROOT, start_new_session=True,
+                                    env=clean_env({**self.extra_env, **(env or {})}),
+                                    cwd=REPO_ROOT, start_new_session=True,
                                     **kwargs)
         self.started.append(proc)
         return Background(proc, out, err)

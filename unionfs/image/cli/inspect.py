@@ -171,11 +171,10 @@ def describe_container(store: Store, container) -> dict:
 def _port_bindings(publish: list[str]) -> dict:
     """docker's ``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`` (HostPort "" for a free
     port chosen at start)."""
-    from unionfs.image.container.network import parse_port
+    from unionfs.image.container.network import parse_all
 
     bindings: dict[str, list] = {}
-    for text in publish:
-        p = parse_port(text)
+    for p in parse_all(publish):
         bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append(
             {"HostIp": p.host_ip, "HostPort": str(p.host_port or "")})
     return bindings

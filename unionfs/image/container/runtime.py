@@ -156,6 +156,7 @@ def execute(store: Store, container: Container, *, log_path: str | None = None) 
 def _attach_network(store: Store, container: Container) -> network.Attachment | None:
     """The container's namespace on its bridge network (None: the host's network, or none)."""
     if container.spec.network == network.SLIRP:
+        slirp.check()
         slirp.check_ports(container.spec.publish)
         return None  # started by the runtime's hook (slirp.py)
     if container.spec.network in network.MODES:
