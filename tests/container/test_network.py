@@ -362,8 +362,9 @@ def test_against_podman(npx, netns, podman_netns):
             "fetched": fetched, "by_name": by_name, "ranged": ranged,
             "bindings": json.loads(run("inspect", "-f", "{{json .HostConfig.PortBindings}}",
                                        "web").stdout),
-            "port": run("port", "web").stdout,
-            "ps_ports": run("ps", "--format", "{{.Ports}}").stdout,
+            # sorted: podman's order of several mappings varies from run to run
+            "port": sorted(run("port", "web").stdout.splitlines()),
+            "ps_ports": sorted(run("ps", "--format", "{{.Ports}}").stdout.strip().split(", ")),
             "ls": run("network", "ls").stdout.splitlines()[0].split(),
             "inspect": json.loads(run("network", "inspect", "backend").stdout)[0],
             "rm_used": run("network", "rm", "backend", check=False).returncode != 0,
