@@ -216,6 +216,24 @@ def test_the_default_is_the_bridge_and_leaves_nothing(npx, netns):
     npx("rm", "k")
 
 
+def test_a_run_killed_while_it_sets_up_the_network(npx, netns):
+    """SIGKILL of ``pyunion run`` once its network's state is written (netavark at work, the
+    rootfs being mounted): the next command tears the network down, ``rm`` the mount."""
+    killed = npx.popen("run", "--name", "early", IMAGE, "sleep", "600")
+    containers = npx.root / "containers"
+    wait_for(lambda: any(containers.glob("*/network.json")), interval=0.002,
+             what="the network's state")
+    state = next(containers.glob("*/network.json"))
+    key = json.loads(state.read_text())["netns"]
+    time.sleep(0.03)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert npx("ps", "-a", "--format", "{{.Names}} {{.Status}}").stdout == "early Created\n"
+    assert not state.exists()
+    assert_nothing_left(npx, netns, [key])
+    npx("rm", "early")   # the mount a killed mount left too (the fixture checks for mounts)
+
+
 def test_a_killed_run_and_a_reboot_leave_nothing(npx, netns):
     killed = npx.popen("run", "--name", "k", "--network", "bridge", "-p", "8081:80", IMAGE,
                        *HTTPD)

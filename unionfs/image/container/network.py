@@ -29,6 +29,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from unionfs.image.daemons import process_alive
 from unionfs.image.errors import Conflict, ImageError, NotFound
 from unionfs.image.store import Store
 from unionfs.image.store.locks import locked
@@ -362,6 +363,7 @@ class Attachment:
     ports: list[dict[str, Any]]
     mac_address: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # what netavark was given
+    owner_pid: int = 0   # the pyunion process that set it up, and tears it down at the end
 
     @property
     def container_name(self) -> str:
@@ -393,6 +395,14 @@ def attachment(store: Store, container_id: str) -> Attachment | None:
     except (OSError, ValueError, TypeError):
         return None
     return found if found.boot_id == _boot_id() else None
+
+
+def orphaned(store: Store, container_id: str) -> bool:
+    """The container's network is there but the process that set it up is gone, its container
+    not running: a ``pyunion run`` killed while it set up the network."""
+    found = attachment(store, container_id)
+    return found is not None and found.owner_pid != 0 and \
+        not process_alive(found.owner_pid, b"unionfs", b"pyunion")
 
 
 def _write_attachment(store: Store, container_id: str, found: Attachment) -> None:
@@ -504,7 +514,7 @@ def setup(store: Store, container_id: str, name: str, network_name: str,
             "network_info": {network.name: asdict(network)},
         }
         found = Attachment(network.name, netns, address, _boot_id(),
-                           [asdict(p) for p in ports], options=options)
+                           [asdict(p) for p in ports], options=options, owner_pid=os.getpid())
         _write_attachment(store, container_id, found)
         # still under the lock, as podman holds its network lock: netavark runs one at a time
         # (two at once race to make the bridge, and a teardown removes a bridge it thinks

@@ -120,9 +120,15 @@ def _runtime_message(stderr: str) -> str:
 
 
 def refresh(store: Store, container: Container) -> Container:
-    """Corrects a 'running' record whose monitor is gone (crashed, killed)."""
-    if container.state != "running" or process_alive(container.monitor_pid, b"unionfs",
-                                                       b"pyunion"):
+    """Corrects a 'running' record whose monitor is gone (crashed, killed); tears down the
+    network a killed ``run`` set up before its container started."""
+    if container.state != "running":
+        if os.path.exists(os.path.join(records.container_dir(store, container.id),
+                                       network.STATE_FILE)) \
+                and network.orphaned(store, container.id):
+            detach_network(store, container)
+        return container
+    if process_alive(container.monitor_pid, b"unionfs", b"pyunion"):
         return container
     state = runtime_state(store, container)
     if state is not None and state.get("status") in ("running", "paused", "created"):
