@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli_helpers import run_through_files
+from tests.cli_helpers import TEST_NETWORK, run_through_files
 from tests.treesnap import file_digest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,13 +58,6 @@ class Result:
     def __str__(self) -> str:
         return (f"pyunion {' '.join(self.args)} -> {self.returncode}\n"
                 f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}")
-
-
-# The network of the tests' containers: the host's, which pyunion leaves alone. The default
-# (root's: the bridge) would add a bridge, veths and NAT rules to the host's own network, shared
-# by every test run on the machine (and every store's default network is the same pyunion0,
-# 10.90.0.0/24); tests/container/test_network.py tests the default in a namespace of its own.
-TEST_NETWORK = {"PYUNION_NETWORK": "host"}
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
