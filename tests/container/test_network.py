@@ -25,7 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.conftest import IMAGE, Pyunion, clean_env, pids_with_cmdline, wait_for
+from tests.container.conftest import (
+    IMAGE,
+    Pyunion,
+    _teardown,
+    clean_env,
+    pids_with_cmdline,
+    wait_for,
+)
 from tests.container.test_differential_podman import Podman
 
 pytestmark = pytest.mark.timeout(240)
@@ -214,6 +221,28 @@ def test_the_default_is_the_bridge_and_leaves_nothing(npx, netns):
     assert npx("ps", "-a", "--format", "{{.Names}} {{.Status}}").stdout.startswith("k Exited")
     assert_nothing_left(npx, netns, keys)
     npx("rm", "k")
+
+
+def test_two_stores_at_once(npx, netns, base_tar, tmp_path):
+    """Two stores' containers on their default networks at once: netavark runs one at a time
+    on the host (both make and remove the same bridge and chains)."""
+    (tmp_path / "other-tmp").mkdir()
+    other = Pyunion(tmp_path / "other", tmp_path / "other-tmp")
+    other.root.mkdir()
+    plain = other.command
+    other.command = lambda *args: [*netns.enter, *plain(*args)]  # type: ignore[method-assign]
+    other.extra_env["PYUNION_NETWORK"] = ""
+    try:
+        other("load", "-q", "-i", base_tar)
+        for _ in range(2):
+            runs = [store.popen("run", "--rm", IMAGE, "true")
+                    for _ in range(3) for store in (npx, other)]
+            for started in runs:
+                assert started.wait() == 0, started.stderr()
+        assert netns.leftovers("10.90.") == []
+    finally:
+        left = _teardown(other)
+    assert left == []
 
 
 def test_a_run_killed_while_it_sets_up_the_network(npx, netns):

@@ -43,6 +43,7 @@ MODES = ("host", "none")     # besides network names
 SLIRP = "slirp4netns"        # a network of the container's own, for ordinary users too
 SUBNET_POOL = ipaddress.ip_network("10.90.0.0/16")   # /24 subnets, the default's first
 STATE_FILE = "network.json"
+HOST_LOCK = "/run/pyunion/netavark.lock"   # every store's netavark runs (root only)
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
@@ -421,10 +422,15 @@ def _binary(paths: tuple[str, ...], package: str) -> str:
 
 
 def _netavark(store: Store, verb: str, netns: str, options: dict[str, Any]) -> str:
+    """One netavark run, one at a time on the host (podman, too, holds one lock for the
+    host's): two stores' containers share the default bridge and the iptables chains, and
+    concurrent runs race to make and remove them ("Chain already exists")."""
     command = [_binary(NETAVARK_PATHS, "netavark"), "--config", run_dir(store),
                "--aardvark-binary", _binary(AARDVARK_PATHS, "aardvark-dns"), verb, netns]
-    result = subprocess.run(command, input=json.dumps(options), capture_output=True,
-                            text=True, timeout=60)
+    os.makedirs(os.path.dirname(HOST_LOCK), mode=0o755, exist_ok=True)
+    with locked(HOST_LOCK):
+        result = subprocess.run(command, input=json.dumps(options), capture_output=True,
+                                text=True, timeout=60)
     if result.returncode != 0:
         output = result.stderr.strip() or result.stdout.strip()
         message = output.splitlines()[-1] if output else ""
