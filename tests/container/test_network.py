@@ -195,7 +195,9 @@ def test_the_default_is_the_bridge_and_leaves_nothing(npx, netns):
     out = npx("run", "--rm", IMAGE, "busybox", "ip", "-o", "-4", "addr", "show", "eth0")
     assert "inet 10.90.0.2/24" in out.stdout, out
     npx("create", "--name", "c", IMAGE)
-    assert npx("inspect", "-f", "{{.HostConfig.NetworkMode}}", "c").stdout == "pyunion\n"
+    # podman's NetworkMode for a bridge; the network's name in ps
+    assert npx("inspect", "-f", "{{.HostConfig.NetworkMode}}", "c").stdout == "bridge\n"
+    assert npx("ps", "-a", "--format", "{{.Networks}}").stdout == "pyunion\n"
     npx("rm", "c")
     # $PYUNION_NETWORK sets another default; --network beats it
     npx("create", "--name", "h", IMAGE, env={"PYUNION_NETWORK": "host"})
@@ -407,8 +409,11 @@ def test_against_podman(npx, netns, podman_netns):
                       "http://web/a.txt").stdout
         outputs[tool] = {
             "fetched": fetched, "by_name": by_name, "ranged": ranged,
-            "bindings": json.loads(run("inspect", "-f", "{{json .HostConfig.PortBindings}}",
-                                       "web").stdout),
+            "bindings": {port: sorted(hosts, key=lambda h: (h["HostIp"], h["HostPort"]))
+                         for port, hosts in json.loads(run(
+                             "inspect", "-f", "{{json .HostConfig.PortBindings}}",
+                             "web").stdout).items()},
+            "mode": run("inspect", "-f", "{{.HostConfig.NetworkMode}}", "web").stdout,
             # sorted: podman's order of several mappings varies from run to run
             "port": sorted(run("port", "web").stdout.splitlines()),
             "ps_ports": sorted(run("ps", "--format", "{{.Ports}}").stdout.strip().split(", ")),
@@ -423,7 +428,7 @@ def test_against_podman(npx, netns, podman_netns):
     assert mine["fetched"] == theirs["fetched"] == "alpha\n"
     assert mine["by_name"] == theirs["by_name"] == "alpha\n"
     assert mine["ranged"] == theirs["ranged"] == "alpha\nalpha\n"
-    for key in ("port", "ps_ports", "bindings", "ls", "rm_used", "left"):
+    for key in ("port", "ps_ports", "bindings", "mode", "ls", "rm_used", "left"):
         assert mine[key] == theirs[key], (key, mine[key], theirs[key])
     for key in ("name", "driver", "subnets", "ipv6_enabled", "internal", "dns_enabled",
                 "ipam_options"):

@@ -138,7 +138,7 @@ def describe_container(store: Store, container) -> dict:
         "Driver": "pyunion",
         "Platform": "linux",
         "HostConfig": {
-            "Binds": list(spec.volumes), "NetworkMode": spec.network,
+            "Binds": list(spec.volumes), "NetworkMode": network_mode(spec.network),
             "AutoRemove": spec.auto_remove, "ReadonlyRootfs": spec.read_only,
             "Runtime": spec.runtime, "Privileged": spec.privileged,
             "RestartPolicy": {"Name": spec.restart.partition(":")[0],
@@ -166,6 +166,14 @@ def describe_container(store: Store, container) -> dict:
             "Labels": {**(config.get("Labels") or {}), **spec.labels},
         },
     }
+
+
+def network_mode(network: str) -> str:
+    """podman's HostConfig.NetworkMode: ``bridge`` for any bridge network (the network's
+    name is in NetworkSettings.Networks), else host, none or slirp4netns."""
+    from unionfs.image.container.network import MODES, SLIRP
+
+    return network if network in (*MODES, SLIRP) else "bridge"
 
 
 def _port_bindings(publish: list[str]) -> dict:
