@@ -427,6 +427,32 @@ class Busybox:
 # run-latency
 
 
+class PrivateNetns:
+    """A network namespace of the bench's own (``unshare --net``, loopback up, held by a
+    ``sleep``): the bridge rows make their bridges, veths and NAT rules in it, never in the
+    host's network. ``enter`` prefixes a command with ``nsenter`` into it."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["unshare", "--net", "sh", "-c", "ip link set lo up && exec sleep 86400"],
+            start_new_session=True)
+        self.enter = ["nsenter", f"--net=/proc/{self.proc.pid}/ns/net", "--"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            up = subprocess.run([*self.enter, "ip", "-br", "link", "show", "lo"],
+                                capture_output=True, text=True)
+            if "UNKNOWN" in up.stdout or "UP" in up.stdout:
+                return
+            time.sleep(0.05)
+        self.close()
+        raise Failed("the bench's network namespace did not come up")
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
 def run_latency(args: argparse.Namespace, bb: Busybox, log: Log) -> dict[str, Any]:
     why = Podman.missing()
     podman = None
@@ -443,8 +469,13 @@ def run_latency(args: argparse.Namespace, bb: Busybox, log: Log) -> dict[str, An
         return ["runc", "run", "--bundle", str(bundle), f"pyunion-bench-{os.getpid()}-"
                 f"{next(floor_ids)}"]
 
+    netns = PrivateNetns()   # the bridge rows: bridges, veths and NAT rules made in there
     cmds: dict[str, Callable[[], tuple[list[str], dict[str, str] | None]]] = {
-        "pyunion": lambda: (bb.py_cmd("run", "--rm", BUSYBOX, "true"), py_env),
+        "pyunion": lambda: (bb.py_cmd("run", "--rm", "--network", "host", BUSYBOX, "true"),
+                            py_env),
+        # root's default network (no --network): the default bridge
+        "pyunion-bridge": lambda: ([*netns.enter, *bb.py_cmd("run", "--rm", BUSYBOX, "true")],
+                                   py_env),
         "runc": lambda: (runc_cmd(), None),
         "import-cli": lambda: ([sys.executable, "-c", "import unionfs.image.cli.run"], py_env),
         "import-daemon": lambda: ([sys.executable, "-c", "import unionfs.fs.daemon"], py_env),
@@ -452,20 +483,24 @@ def run_latency(args: argparse.Namespace, bb: Busybox, log: Log) -> dict[str, An
     if podman is not None:
         cmds["podman"] = lambda: (podman.cmd("run", "--rm", "--network", "host", "--pull",
                                              "never", bb.podman_image, "true"), podman.env)
+        cmds["podman-bridge"] = lambda: ([*netns.enter, *podman.cmd(
+            "run", "--rm", "--network", "bridge", "--pull", "never", bb.podman_image, "true")],
+            podman.env)
     samples: dict[str, list[float]] = {k: [] for k in cmds}
     errors: dict[str, list[str]] = {k: [] for k in cmds}
     if why:
-        errors["podman"] = [why]
-        samples["podman"] = []
+        for name in ("podman", "podman-bridge"):
+            errors[name] = [why]
+            samples[name] = []
     names = list(cmds)
-    for name in names:  # warm-up: page cache, bytecode, podman's first-run state
-        cmd, env = cmds[name]()
-        try:
-            _run(cmd, args.timeout, env=env, cwd=REPO)
-        except (OSError, subprocess.SubprocessError) as e:
-            errors[name].append(f"warm-up: {_error(e)}")
     rounds = 3 if _quick(args) else RUN_ROUNDS
     try:
+        for name in names:  # warm-up: page cache, bytecode, podman's first-run state
+            cmd, env = cmds[name]()
+            try:
+                _run(cmd, args.timeout, env=env, cwd=REPO)
+            except (OSError, subprocess.SubprocessError) as e:
+                errors[name].append(f"warm-up: {_error(e)}")
         for rep in range(args.reps):
             for k in range(rounds):
                 shift = (rep * rounds + k) % len(names)
@@ -485,15 +520,22 @@ def run_latency(args: argparse.Namespace, bb: Busybox, log: Log) -> dict[str, An
         for cid in listed.stdout.split():
             if cid.startswith(f"pyunion-bench-{os.getpid()}-"):
                 subprocess.run(["runc", "delete", "--force", cid], capture_output=True)
+        netns.close()
     left = bb.py(["ps", "-a", "-q"]).decode().split()
     tools = {n: _summary(samples[n], errors[n]) for n in samples}
     py = tools["pyunion"]["median_s"]
     ratios = {"pyunion/podman": _ratio(py, tools["podman"]["median_s"]),
-              "pyunion/runc": _ratio(py, tools["runc"]["median_s"])}
+              "pyunion/runc": _ratio(py, tools["runc"]["median_s"]),
+              "pyunion-bridge/podman-bridge": _ratio(tools["pyunion-bridge"]["median_s"],
+                                                     tools["podman-bridge"]["median_s"]),
+              "pyunion-bridge/pyunion": _ratio(tools["pyunion-bridge"]["median_s"], py)}
     # the k-th samples of every command ran in the same round
-    paired = {f"pyunion/{t}": _per_rep({(k, n): x for n in ("pyunion", t)
-                                        for k, x in enumerate(samples[n])}, "pyunion", t)
-              if len(samples[t]) == len(samples["pyunion"]) else None for t in ("podman", "runc")}
+    pairs = [("pyunion", "podman"), ("pyunion", "runc"), ("pyunion-bridge", "podman-bridge"),
+             ("pyunion-bridge", "pyunion")]
+    paired = {f"{a}/{b}": _per_rep({(k, n): x for n in (a, b)
+                                    for k, x in enumerate(samples[n])}, a, b)
+              if samples[a] and len(samples[a]) == len(samples[b]) else None
+              for a, b in pairs}
     return {"ok": True, "tools": tools, "ratios": ratios, "per_round": paired,
             "containers_left": len(left),
             "podman_image": bb.podman_image, "rounds_per_rep": rounds}
@@ -1116,12 +1158,20 @@ def render(res: dict[str, Any]) -> list[str]:
             t, ra, pa = r["tools"], r["ratios"], r["per_round"]
             out.append(_table(HEADER, [
                 _row("pyunion run --rm IMG true", t["pyunion"], None, None,
-                     "pyunion mount (daemon) + runc + umount"),
+                     "--network host: pyunion mount (daemon) + runc + umount"),
                 _row("podman --runtime runc run --rm", t["podman"], ra["pyunion/podman"],
                      TARGETS[RUN], "fuse-overlayfs storage, host net; ratio = pyunion/podman",
                      pa["pyunion/podman"]),
                 _row("runc run BUNDLE (floor)", t["runc"], ra["pyunion/runc"], None,
                      "plain directory rootfs; ratio = pyunion/runc", pa["pyunion/runc"]),
+                _row("pyunion run --rm IMG true: bridge", t.get("pyunion-bridge"),
+                     ra.get("pyunion-bridge/pyunion"), None,
+                     "root's default network, in a private netns; ratio = this/host net",
+                     pa.get("pyunion-bridge/pyunion")),
+                _row("podman run --rm --network bridge", t.get("podman-bridge"),
+                     ra.get("pyunion-bridge/podman-bridge"), None,
+                     "podman's default (netavark), same netns; ratio = pyunion/podman",
+                     pa.get("pyunion-bridge/podman-bridge")),
                 _row("  python: import cli.run", t["import-cli"], None, None,
                      "part of pyunion run: the CLI's imports"),
                 _row("  python: import fs.daemon", t["import-daemon"], None, None,

@@ -74,8 +74,10 @@ def _sample(tool: str, cell: Path, ref: str, proxy, podman: Podman | None,
         cmd = podman.cmd("run", "--rm", "--tls-verify=false", ref, *COMMAND)
         env: dict[str, str] | None = podman.env
     else:
+        # the host's network, as podman's here (netns = "host"): root's default bridge would
+        # add netavark's setup and change the host's network
         cmd = [*pyunion_cmd(), "--root", str(cell / "store"), "run", "--rm", "-q",
-               *(["--lazy"] if tool == "lazy" else []), ref, *COMMAND]
+               "--network", "host", *(["--lazy"] if tool == "lazy" else []), ref, *COMMAND]
         env = None
     times = []
     for run in ["first"] + ["second"] * SECOND_RUNS:

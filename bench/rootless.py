@@ -38,12 +38,12 @@ before the walk.
 
 Rows (tools alternated, order rotated per round):
 
-- ``rootless-run``: ``pyunion run --rm bench/busybox:latest true`` against ``podman --runtime
-  runc ... run --rm --network host bench/busybox:latest true`` (host network: pyunion's
-  default; podman's slirp4netns would add its start). The same busybox-static rootfs tar
-  (``bench.images._busybox_rootfs``) is loaded into both: ``pyunion import`` and ``podman
-  import``. One warm-up of each, then 5 rounds per repetition (--quick: 3). Both map the
-  container's ids 0-65535 (root = the user, the rest = its subordinate ids).
+- ``rootless-run``: ``pyunion run --rm --network host bench/busybox:latest true`` against
+  ``podman --runtime runc ... run --rm --network host bench/busybox:latest true`` (the host's
+  network for both: their default, slirp4netns, would add its start). The same
+  busybox-static rootfs tar (``bench.images._busybox_rootfs``) is loaded into both: ``pyunion
+  import`` and ``podman import``. One warm-up of each, then 5 rounds per repetition (--quick:
+  3). Both map the container's ids 0-65535 (root = the user, the rest = its subordinate ids).
 - ``rootless-walk``: the Debian bookworm minbase image of the image rows
   (``bench.images.ensure_image``: debootstrap, cached in ``<cache>/images-v1/``; a busybox
   rootfs if debootstrap fails, and the report says so) loaded into both (``pyunion load -i`` and
@@ -416,7 +416,7 @@ def run_latency(args: argparse.Namespace, s: Session, podman_ok: bool, log: Log
     os.chown(tar, s.user["uid"], s.user["gid"])
     py = pyunion_cmd()
     s.run([*py, "import", "-q", "-c", 'CMD ["/bin/sh"]', str(tar), BUSYBOX])
-    cmds = {"pyunion": [*py, "run", "--rm", BUSYBOX, "true"]}
+    cmds = {"pyunion": [*py, "run", "--rm", "--network", "host", BUSYBOX, "true"]}
     errors: dict[str, list[str]] = {"pyunion": [], "podman": []}
     if podman_ok:
         try:
@@ -431,7 +431,8 @@ def run_latency(args: argparse.Namespace, s: Session, podman_ok: bool, log: Log
     maps = {}
     show = ["cat", "/proc/self/uid_map"]
     with contextlib.suppress(OSError, subprocess.SubprocessError, Failed):
-        maps["pyunion"] = " ".join(s.run([*py, "run", "--rm", BUSYBOX, *show])[1].split())
+        maps["pyunion"] = " ".join(s.run([*py, "run", "--rm", "--network", "host", BUSYBOX,
+                                          *show])[1].split())
     if "podman" in cmds:
         with contextlib.suppress(OSError, subprocess.SubprocessError, Failed):
             maps["podman"] = " ".join(s.run(cmds["podman"][:-1] + show)[1].split())

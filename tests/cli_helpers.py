@@ -26,6 +26,13 @@ import xattr
 
 from tests import mounts
 
+# The network of the tests' containers run as root: the host's, which pyunion leaves alone.
+# The default (root's: the bridge) would add a bridge, veths and NAT rules to the host's own
+# network, shared by every test run on the machine (and every store's default network is the
+# same pyunion0, 10.90.0.0/24); tests/container/test_network.py tests the default in a network
+# namespace of its own.
+TEST_NETWORK = {"PYUNION_NETWORK": "host"}
+
 HELPER = [sys.executable, "-m", "mount_helper"]
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from tests.cli_helpers import AS_NOBODY, NOBODY, WITHOUT_DEV_FUSE, public_dir
 
+# net/tun: slirp4netns's, an ordinary user's default network (as rootless podman's)
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
-           ("urandom", 1, 9), ("tty", 5, 0), ("fuse", 10, 229))
+           ("urandom", 1, 9), ("tty", 5, 0), ("fuse", 10, 229), ("net/tun", 10, 200))
 WITH_USER_DEVICES = [
     *WITHOUT_DEV_FUSE[:6],
-    "mount -t tmpfs none /dev && mk() { mknod -m 666 /dev/$1 c $2 $3; } && "
+    "mount -t tmpfs none /dev && mkdir /dev/net && mk() { mknod -m 666 /dev/$1 c $2 $3; } && "
     + " && ".join(f"mk {n} {a} {b}" for n, a, b in DEVICES) + ' && exec "$@"',
     "sh",
     *AS_NOBODY,

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli_helpers import run_through_files
+from tests.cli_helpers import TEST_NETWORK, run_through_files
 from tests.treesnap import assert_same_tree, differences, file_digest  # noqa: F401 (for the tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +62,7 @@ class Result:
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYUNION_")}
+    env.update(TEST_NETWORK)
     env.update(extra or {})
     return env
 
@@ -95,6 +96,7 @@ class Pyunion:
         self.tmp = tmp
         self.started: list[subprocess.Popen] = []
         self._count = 0
+        self.extra_env: dict[str, str] = {}   # every command's, before the call's own ``env``
 
     def command(self, *args: Any) -> list[str]:
         return [*PYUNION, "--root", str(self.root), *(str(a) for a in args)]
@@ -107,7 +109,8 @@ class Pyunion:
         Output goes through files: a daemon that inherited a pipe cannot hang the test."""
         status, raw, err = run_through_files(
             self.command(*args), timeout=timeout, input=input, on_start=self.started.append,
-            env=clean_env(env), cwd=REPO_ROOT, start_new_session=True)
+            env=clean_env({**self.extra_env, **(env or {})}), cwd=REPO_ROOT,
+            start_new_session=True)
         result = Result([str(a) for a in args], status,
                         raw if binary else raw.decode(errors="replace"),  # type: ignore
                         err.decode(errors="replace"))
@@ -124,7 +127,8 @@ class Pyunion:
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen(self.command(*args), stdout=o, stderr=e,
                                     stdin=subprocess.DEVNULL if stdin is None else stdin,
-                                    env=clean_env(env), cwd=REPO_ROOT, start_new_session=True,
+                                    env=clean_env({**self.extra_env, **(env or {})}),
+                                    cwd=REPO_ROOT, start_new_session=True,
                                     **kwargs)
         self.started.append(proc)
         return Background(proc, out, err)

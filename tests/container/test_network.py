@@ -25,7 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.conftest import IMAGE, Pyunion, pids_with_cmdline, wait_for
+from tests.container.conftest import (
+    IMAGE,
+    Pyunion,
+    _teardown,
+    clean_env,
+    pids_with_cmdline,
+    wait_for,
+)
 from tests.container.test_differential_podman import Podman
 
 pytestmark = pytest.mark.timeout(240)
@@ -36,6 +43,7 @@ HOLD = ("import socket, sys, time\ns = socket.socket()\n"
         "s.bind(('0.0.0.0', int(sys.argv[1])))\ns.listen()\nprint('ready', flush=True)\n"
         "time.sleep(60)")
 HTTPD = ("busybox", "httpd", "-f", "-p", "80", "-h", "/srv/lower")   # serves a.txt: "alpha"
+HTTPD_80_81 = ("sh", "-c", "busybox httpd -p 81 -h /srv/lower && exec " + " ".join(HTTPD))
 
 
 class Netns:
@@ -93,9 +101,11 @@ def netns() -> Iterator[Netns]:
 
 @pytest.fixture
 def npx(netns: Netns, px: Pyunion) -> Pyunion:
-    """``px`` whose commands run in the test's namespace (its teardown too: it comes after)."""
+    """``px`` whose commands run in the test's namespace (its teardown too: it comes after),
+    with pyunion's own default network (root's: the bridge), not the tests' host network."""
     plain = px.command
     px.command = lambda *args: [*netns.enter, *plain(*args)]  # type: ignore[method-assign]
+    px.extra_env["PYUNION_NETWORK"] = ""
     return px
 
 
@@ -159,8 +169,7 @@ def test_published_port_and_names_on_a_user_network(npx, netns):
 def test_default_bridge_addresses_and_a_free_port(npx, netns):
     npx("run", "-d", "--name", "a", "--network", "bridge", "-p", "127.0.0.1::80", IMAGE,
         *HTTPD)
-    # $PYUNION_NETWORK: the default of --network (docker's bridge, when a user wants it)
-    npx("run", "-d", "--name", "b", IMAGE, "sleep", "600", env={"PYUNION_NETWORK": "bridge"})
+    npx("run", "-d", "--name", "b", IMAGE, "sleep", "600")   # root's default: the bridge
     a, b = (json.loads(npx("inspect", n).stdout)[0]["NetworkSettings"] for n in "ab")
     assert a["IPAddress"] != b["IPAddress"]
     assert {a["Gateway"], b["Gateway"]} == {"10.90.0.1"}
@@ -177,6 +186,83 @@ def test_default_bridge_addresses_and_a_free_port(npx, netns):
     assert not os.path.exists(keys[1])
     npx("rm", "-f", "a", "b")
     assert_nothing_left(npx, netns, keys)
+
+
+def test_the_default_is_the_bridge_and_leaves_nothing(npx, netns):
+    """Root's default network is the default bridge (podman 4.3's and docker's);
+    ``run --rm IMAGE true`` works run concurrently (netavark one at a time) and leaves
+    nothing, after rm, a SIGKILLed ``pyunion run`` and the next command."""
+    out = npx("run", "--rm", IMAGE, "busybox", "ip", "-o", "-4", "addr", "show", "eth0")
+    assert "inet 10.90.0.2/24" in out.stdout, out
+    npx("create", "--name", "c", IMAGE)
+    # podman's NetworkMode for a bridge; the network's name in ps
+    assert npx("inspect", "-f", "{{.HostConfig.NetworkMode}}", "c").stdout == "bridge\n"
+    assert npx("ps", "-a", "--format", "{{.Networks}}").stdout == "pyunion\n"
+    npx("rm", "c")
+    # $PYUNION_NETWORK sets another default; --network beats it
+    npx("create", "--name", "h", IMAGE, env={"PYUNION_NETWORK": "host"})
+    npx("create", "--name", "n", "--network", "none", IMAGE, env={"PYUNION_NETWORK": "host"})
+    assert npx("ps", "-a", "--format", "{{.Names}} {{.Networks}}").stdout.split("\n")[:2] \
+        in (["n none", "h host"], ["h host", "n none"]), npx("ps", "-a")
+    npx("rm", "h", "n")
+    for _ in range(2):
+        runs = [npx.popen("run", "--rm", IMAGE, "true") for _ in range(5)]
+        for started in runs:
+            assert started.wait() == 0, started.stderr()
+            assert started.stderr() == ""
+    assert npx("ps", "-aq").stdout == ""
+    # the pyunion run killed: its container runs on, ends, and the next command tears down
+    killed = npx.popen("run", "--name", "k", IMAGE, "sleep", "2")
+    wait_for(lambda: npx("ps", "-q", "--filter", "name=k").stdout.strip() != "",
+             what="the container to run")
+    keys = [sandbox(npx, "k")]
+    assert os.path.exists(keys[0])
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    wait_for(lambda: not npx.runc_containers(), timeout=20, what="the container to end")
+    assert npx("ps", "-a", "--format", "{{.Names}} {{.Status}}").stdout.startswith("k Exited")
+    assert_nothing_left(npx, netns, keys)
+    npx("rm", "k")
+
+
+def test_two_stores_at_once(npx, netns, base_tar, tmp_path):
+    """Two stores' containers on their default networks at once: netavark runs one at a time
+    on the host (both make and remove the same bridge and chains)."""
+    (tmp_path / "other-tmp").mkdir()
+    other = Pyunion(tmp_path / "other", tmp_path / "other-tmp")
+    other.root.mkdir()
+    plain = other.command
+    other.command = lambda *args: [*netns.enter, *plain(*args)]  # type: ignore[method-assign]
+    other.extra_env["PYUNION_NETWORK"] = ""
+    try:
+        other("load", "-q", "-i", base_tar)
+        for _ in range(2):
+            runs = [store.popen("run", "--rm", IMAGE, "true")
+                    for _ in range(3) for store in (npx, other)]
+            for started in runs:
+                assert started.wait() == 0, started.stderr()
+        assert netns.leftovers("10.90.") == []
+    finally:
+        left = _teardown(other)
+    assert left == []
+
+
+def test_a_run_killed_while_it_sets_up_the_network(npx, netns):
+    """SIGKILL of ``pyunion run`` once its network's state is written (netavark at work, the
+    rootfs being mounted): the next command tears the network down, ``rm`` the mount."""
+    killed = npx.popen("run", "--name", "early", IMAGE, "sleep", "600")
+    containers = npx.root / "containers"
+    wait_for(lambda: any(containers.glob("*/network.json")), interval=0.002,
+             what="the network's state")
+    state = next(containers.glob("*/network.json"))
+    key = json.loads(state.read_text())["netns"]
+    time.sleep(0.03)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert npx("ps", "-a", "--format", "{{.Names}} {{.Status}}").stdout == "early Created\n"
+    assert not state.exists()
+    assert_nothing_left(npx, netns, [key])
+    npx("rm", "early")   # the mount a killed mount left too (the fixture checks for mounts)
 
 
 def test_a_killed_run_and_a_reboot_leave_nothing(npx, netns):
@@ -210,6 +296,28 @@ def test_a_killed_run_and_a_reboot_leave_nothing(npx, netns):
     assert_nothing_left(npx, netns, keys)
 
 
+def test_the_default_without_its_tools_is_one_line(px):
+    """netavark missing (hidden by an empty /usr/lib/podman in a mount namespace of the test's
+    own), or ip/iptables (not on PATH): one line naming the package, exit 125, no container
+    made, as podman fails rather than fall back to the host's network; --network host runs."""
+    hide = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs none /usr/lib/podman && exec "$@"', "sh"]
+    for prefix, env, package in ((hide, {}, "apt-get install netavark"),
+                                 ([], {"PATH": "/nonexistent"}, "apt-get install iproute2")):
+        result = subprocess.run([*prefix, *px.command("run", "--rm", IMAGE, "true")],
+                                env=clean_env({"PYUNION_NETWORK": "", **env}),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 125, result
+        assert re.fullmatch(r"pyunion: error: bridge networks need [^\n]*--network host "
+                            r"needs nothing\n", result.stderr), result
+        assert package in result.stderr
+    assert px("ps", "-aq").stdout == ""
+    out = subprocess.run([*hide, *px.command("run", "--rm", "--network", "host", IMAGE,
+                                             "echo", "ran")],
+                         env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (0, "ran\n"), out
+
+
 def test_bad_network_input(npx):
     for args, message in [
         (("run", "--rm", "--network", "nosuch", IMAGE, "true"), "network nosuch not found"),
@@ -217,6 +325,9 @@ def test_bad_network_input(npx):
          "invalid publish"),
         (("run", "--rm", "--network", "none", "-p", "80:80", IMAGE, "true"),
          "needs a bridge network"),
+        (("run", "--rm", "-p", "8080-8085:80", IMAGE, "true"),
+         "host and container port ranges have different lengths: 6 vs 1"),
+        (("run", "--rm", "-p", "81-80", IMAGE, "true"), "must be higher than the start port"),
     ]:
         result = npx(*args, check=False)
         assert result.returncode == 125, result
@@ -288,15 +399,24 @@ def test_against_podman(npx, netns, podman_netns):
         assert run("network", "create", "--subnet", "10.91.3.0/24", "backend").stdout \
             == "backend\n"
         run("run", "-d", "--name", "web", "--network", "backend", "-p", "8080:80",
-            IMAGE if tool == "pyunion" else image, *HTTPD)
+            "-p", "127.0.0.1:8090-8091:80-81", IMAGE if tool == "pyunion" else image,
+            *HTTPD_80_81)
         fetched = where.fetch("http://127.0.0.1:8080/a.txt")
+        ranged = where.fetch("http://127.0.0.1:8090/a.txt") \
+            + where.fetch("http://127.0.0.1:8091/a.txt")
         by_name = run("run", "--rm", "--network", "backend",
                       IMAGE if tool == "pyunion" else image, "busybox", "wget", "-q", "-O-",
                       "http://web/a.txt").stdout
         outputs[tool] = {
-            "fetched": fetched, "by_name": by_name,
-            "port": run("port", "web").stdout,
-            "ps_ports": run("ps", "--format", "{{.Ports}}").stdout,
+            "fetched": fetched, "by_name": by_name, "ranged": ranged,
+            "bindings": {port: sorted(hosts, key=lambda h: (h["HostIp"], h["HostPort"]))
+                         for port, hosts in json.loads(run(
+                             "inspect", "-f", "{{json .HostConfig.PortBindings}}",
+                             "web").stdout).items()},
+            "mode": run("inspect", "-f", "{{.HostConfig.NetworkMode}}", "web").stdout,
+            # sorted: podman's order of several mappings varies from run to run
+            "port": sorted(run("port", "web").stdout.splitlines()),
+            "ps_ports": sorted(run("ps", "--format", "{{.Ports}}").stdout.strip().split(", ")),
             "ls": run("network", "ls").stdout.splitlines()[0].split(),
             "inspect": json.loads(run("network", "inspect", "backend").stdout)[0],
             "rm_used": run("network", "rm", "backend", check=False).returncode != 0,
@@ -307,7 +427,8 @@ def test_against_podman(npx, netns, podman_netns):
     mine, theirs = outputs["pyunion"], outputs["podman"]
     assert mine["fetched"] == theirs["fetched"] == "alpha\n"
     assert mine["by_name"] == theirs["by_name"] == "alpha\n"
-    for key in ("port", "ps_ports", "ls", "rm_used", "left"):
+    assert mine["ranged"] == theirs["ranged"] == "alpha\nalpha\n"
+    for key in ("port", "ps_ports", "bindings", "mode", "ls", "rm_used", "left"):
         assert mine[key] == theirs[key], (key, mine[key], theirs[key])
     for key in ("name", "driver", "subnets", "ipv6_enabled", "internal", "dns_enabled",
                 "ipam_options"):
@@ -320,14 +441,16 @@ def test_against_podman(npx, netns, podman_netns):
 SLIRP_SESSION = """
 set -e
 {p} import -q rootfs base:1
-{p} run -d --name web --network slirp4netns -p 8089:80 base:1 busybox httpd -f -p 80 -h /srv
+{p} run -d --name web -p 8089:80 base:1 busybox httpd -f -p 80 -h /srv
 {p} port web
 {p} ps --format '{{{{.Ports}}}}'
 {fetch} http://127.0.0.1:8089/a.txt
-{p} run --rm --network slirp4netns base:1 sh -c 'cat /etc/resolv.conf; busybox ip -o -4 addr'
+{p} run --rm base:1 sh -c 'cat /etc/resolv.conf; busybox ip -o -4 addr'
 {p} run --rm --network slirp4netns -p 8089:80 base:1 true 2>&1 || echo "taken: $?"
+{p} inspect -f '{{{{.HostConfig.NetworkMode}}}}' web
 {p} rm -f web >/dev/null
 {p} run --rm --network bridge base:1 true || echo "bridge refused: $?"
+PATH=/nonexistent {p} run --rm base:1 true || echo "no slirp4netns: $?"
 """
 
 
@@ -337,11 +460,8 @@ def test_an_ordinary_user_publishes_a_port_with_slirp4netns() -> None:
     from tests.cli_helpers import NOBODY, public_dir
     from tests.test_rootless_images import PYUNION, WITH_USER_DEVICES
 
-    devices = [a.replace('&& exec "$@"', '&& mkdir /dev/net && mknod -m 666 /dev/net/tun c '
-                         '10 200 && exec "$@"') if "mknod" in a else a
-               for a in WITH_USER_DEVICES]
     harness = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-               *devices]
+               *WITH_USER_DEVICES]
     with public_dir() as pub:
         rootfs = pub / "rootfs"
         for d in ("bin", "etc", "srv"):
@@ -366,9 +486,12 @@ def test_an_ordinary_user_publishes_a_port_with_slirp4netns() -> None:
             out = result.stdout
             assert result.returncode == 0, out + result.stderr
             assert "80/tcp -> 0.0.0.0:8089\n0.0.0.0:8089->80/tcp\nalpha\n" in out
+            assert "\nslirp4netns\n" in out   # an ordinary user's default network
             assert "nameserver 10.0.2.3\n" in out and "inet 10.0.2.100/24" in out
             assert "Address already in use\ntaken: 125\n" in out
             assert "bridge refused: 125" in out and "--network slirp4netns" in result.stderr
+            assert "no slirp4netns: 125" in out
+            assert "needs slirp4netns (apt-get install slirp4netns)" in result.stderr
             assert not pids_with_cmdline("slirp4netns", str(pub)), "slirp4netns left"
         finally:
             for pid in pids_with_cmdline(str(pub)):

@@ -43,14 +43,22 @@ def test_system_df_and_prune(px):
     images = px("images", "-q", "--no-trunc").stdout.split()
     dangling = [i for i in images if i not in px("images", "-q", "--no-trunc", IMAGE).stdout]
     assert len(dangling) == 1
+    # networks (definitions only: nothing of the host's network is made for them): one no
+    # container uses, one whose only container is a stopped one, pruned first
+    px("network", "create", "spare")
+    px("network", "create", "kept")
+    px("create", "--name", "holder", "--network", "kept", IMAGE)
     before = {n: row["ID"] for n, row in px.containers().items()}
     asked = px("system", "prune", input="n\n")  # no -f: asks, and "n" changes nothing
+    assert "- all networks not used by at least one container\n" in asked.stdout
     assert "Are you sure you want to continue? [y/N]" in asked.stdout
     assert {n: row["ID"] for n, row in px.containers().items()} == before
     pruned = px("system", "prune", "-f").stdout
     assert pruned.startswith("Deleted Containers:\n")
     assert sorted(pruned.split("\n\n")[0].splitlines()[1:]) == sorted(
-        [before["wrote"], before["idle"]])
+        [before["wrote"], before["idle"], before["holder"]])
+    assert "\n\nDeleted Networks:\nkept\nspare\n\n" in pruned, pruned
+    assert px("network", "ls", "-q").stdout == "pyunion\n"   # the default stays
     assert f"deleted: {dangling[0]}" in pruned
     freed = re.search(r"Total reclaimed space: (\S+)\n$", pruned)
     assert freed and freed.group(1) != "0B", pruned

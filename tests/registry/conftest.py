@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 
 from tests import mounts, treesnap
-from tests.cli_helpers import run_through_files
+from tests.cli_helpers import TEST_NETWORK, run_through_files
 
 PYUNION = [sys.executable, "-m", "unionfs.image.cli"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +78,7 @@ def isolated_env(base: Path) -> dict[str, str]:
         "XDG_RUNTIME_DIR": str(base / "run"),
         "XDG_CONFIG_HOME": str(base / "config"),
         "PYUNION_REGISTRIES_CONF": str(base / "registries.json"),
+        **TEST_NETWORK,
     })
     return env
 

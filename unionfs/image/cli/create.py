@@ -6,7 +6,6 @@ The options here are shared with ``run``.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 
@@ -47,13 +46,12 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]",
                    help="bind-mount a host path")
     p.add_argument("--read-only", action="store_true", help="mount the rootfs read-only")
-    p.add_argument("--network", "--net", default=os.environ.get("PYUNION_NETWORK") or "host",
-                   metavar="host|none|bridge|NAME|slirp4netns",
-                   help="host (the default, or $PYUNION_NETWORK's: the host's network), none "
-                        "(loopback only), bridge "
-                        "(the default network, pyunion) or a network's name (root only; see "
-                        "pyunion network), slirp4netns (a network of its own, for ordinary "
-                        "users too)")
+    p.add_argument("--network", "--net", metavar="bridge|host|none|NAME|slirp4netns",
+                   help="bridge: the default network (pyunion, a bridge with NAT, as docker's "
+                        "and podman's; root's default), NAME: a network of pyunion network "
+                        "create (root), slirp4netns: a network of its own (an ordinary "
+                        "user's default), host: the host's network, none: loopback only; "
+                        "$PYUNION_NETWORK sets another default")
     p.add_argument("--entrypoint", help="override the image's entrypoint")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
@@ -67,8 +65,9 @@ def add_container_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="suppress the pull output")
     p.add_argument("-p", "--publish", action="append", default=[],
                    metavar="[IP:][HOST:]CTR[/udp]",
-                   help="forward a host port to the container's (a bridge network; HOST left "
-                        "out: a free one); discarded with --network host, as docker does")
+                   help="forward a host port to the container's (a bridge or slirp4netns; "
+                        "HOST left out: a free one; ranges of one length as 8080-8081:80-81); "
+                        "discarded with --network host, as docker does")
     p.add_argument("--env-file", action="append", default=[], metavar="FILE",
                    help="read KEY=VALUE lines (and KEY: the caller's value) from a file")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE",
@@ -141,7 +140,7 @@ def spec_from_args(args) -> RunSpec:
         entrypoint=[args.entrypoint] if args.entrypoint is not None else None,
         env=read_env_files(args.env_file) + args.env, workdir=args.workdir, user=args.user,
         hostname=args.hostname, volumes=args.volume, read_only=args.read_only,
-        network=args.network, tty=args.tty, interactive=args.interactive,
+        tty=args.tty, interactive=args.interactive,
         runtime=args.runtime, auto_remove=args.rm, labels=parse_labels(args.label),
         extra_hosts=args.add_host, init=args.init, cap_add=args.cap_add,
         cap_drop=args.cap_drop, privileged=args.privileged, restart=args.restart,
@@ -174,9 +173,8 @@ def find_image(store: Store, text: str, policy: str, quiet: bool = False,
 def network_options(args, store: Store) -> tuple[str, list[str]]:
     """``--network`` as the spec keeps it (a network's name for a bridge) and the ``-p`` kept:
     none with the host's network (docker's warning), refused with no network."""
-    mode = network.check_mode(store, args.network)
-    for text in args.publish:
-        network.parse_port(text)
+    mode = network.check_mode(store, args.network or network.default_mode())
+    network.parse_all(args.publish)
     if args.publish and mode == "host":
         print("pyunion: warning: published ports are discarded when using host network mode "
               "(the container's ports are the host's)", file=sys.stderr)

@@ -138,7 +138,7 @@ def describe_container(store: Store, container) -> dict:
         "Driver": "pyunion",
         "Platform": "linux",
         "HostConfig": {
-            "Binds": list(spec.volumes), "NetworkMode": spec.network,
+            "Binds": list(spec.volumes), "NetworkMode": network_mode(spec.network),
             "AutoRemove": spec.auto_remove, "ReadonlyRootfs": spec.read_only,
             "Runtime": spec.runtime, "Privileged": spec.privileged,
             "RestartPolicy": {"Name": spec.restart.partition(":")[0],
@@ -168,14 +168,21 @@ def describe_container(store: Store, container) -> dict:
     }
 
 
+def network_mode(network: str) -> str:
+    """podman's HostConfig.NetworkMode: ``bridge`` for any bridge network (the network's
+    name is in NetworkSettings.Networks), else host, none or slirp4netns."""
+    from unionfs.image.container.network import MODES, SLIRP
+
+    return network if network in (*MODES, SLIRP) else "bridge"
+
+
 def _port_bindings(publish: list[str]) -> dict:
     """docker's ``{"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}`` (HostPort "" for a free
     port chosen at start)."""
-    from unionfs.image.container.network import parse_port
+    from unionfs.image.container.network import parse_all
 
     bindings: dict[str, list] = {}
-    for text in publish:
-        p = parse_port(text)
+    for p in parse_all(publish):
         bindings.setdefault(f"{p.container_port}/{p.protocol}", []).append(
             {"HostIp": p.host_ip, "HostPort": str(p.host_port or "")})
     return bindings

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from unionfs.image.cli.common import parse_labels
@@ -124,11 +125,21 @@ def run_rm(args, store: Store) -> int:
     return status
 
 
-def run_prune(args, store: Store) -> int:
+def prune_networks(store: Store) -> list[str]:
+    """Removes every network no container uses (not the default one); their names."""
+    if not os.path.isdir(networks.networks_dir(store)):
+        return []   # none made yet (and the default is not made just to be kept)
+    removed = []
     for network in networks.all_networks(store):
         if network.name != networks.DEFAULT_NETWORK and not users(store, network):
             networks.remove(store, network, [])
-            print(network.name)
+            removed.append(network.name)
+    return removed
+
+
+def run_prune(args, store: Store) -> int:
+    for name in prune_networks(store):
+        print(name)
     return 0
 
 

@@ -132,7 +132,7 @@ def _ports(store: Store, c: Container) -> str:
     """docker's PORTS: ``0.0.0.0:8080->80/tcp, …`` while it runs on a bridge."""
     if c.state != "running":
         return ""
-    return ", ".join(p.shown() for p in network.published_ports(store, c.id, c.spec.network))
+    return network.shown_ports(network.published_ports(store, c.id, c.spec.network))
 
 
 def run(args, store: Store) -> int:

@@ -17,7 +17,11 @@ EPILOG = """examples:
   pyunion run -it --name dev app:2.0 sh    an interactive shell
   pyunion run -d --name web app:2.0        detached; see pyunion logs/stop/wait
   pyunion run --pull always --rm 127.0.0.1:5000/busybox:1.35 true
+  pyunion run -d -p 8080-8081:80-81 app:2.0 httpd -f -p 80
+  pyunion run --rm --network host app:2.0 wget -qO- http://127.0.0.1:5000/v2/
 An image that is not in the store is pulled first (--pull missing, the default).
+The container's network is, by default, podman's: for root the default bridge (pyunion
+network), for an ordinary user slirp4netns; --network host shares the host's.
 The exit status of the container's process is run's exit status; run's own failures exit 125,
 126 when the command cannot be invoked, 127 when it is not found (as docker's run).
 """

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from unionfs.image.cli.common import image_names, image_users, short_id, short_name
+from unionfs.image.cli.network import prune_networks
 from unionfs.image.cli.output import human_duration, human_size, print_table, since
 from unionfs.image.cli.prune import prune_images
 from unionfs.image.cli.template import print_formatted
@@ -24,9 +25,10 @@ from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
 DF_HELP = "Show the space images and containers use (docker's system df)"
-PRUNE_HELP = "Remove stopped containers and dangling (with -a: all unused) images"
+PRUNE_HELP = ("Remove stopped containers, unused networks and dangling (with -a: all unused) "
+              "images")
 PRUNE_EPILOG = """examples:
-  pyunion system prune -f          stopped containers, dangling images
+  pyunion system prune -f          stopped containers, unused networks, dangling images
   pyunion system prune -a -f       and every image no container uses
 Without -f it asks first (reading the answer from stdin: anything but y is no).
 """
@@ -167,6 +169,7 @@ def _confirmed(all_images: bool) -> bool:
     images = ("all images without at least one container associated to them" if all_images
               else "all dangling images")
     print("WARNING! This will remove:\n  - all stopped containers\n"
+          "  - all networks not used by at least one container\n"
           f"  - {images}\n\nAre you sure you want to continue? [y/N] ", end="", flush=True)
     answer = sys.stdin.readline()
     if not sys.stdin.isatty():
@@ -194,6 +197,9 @@ def run_prune(args, store: Store) -> int:
         freed += size
     if removed:
         print("Deleted Containers:\n" + "\n".join(removed) + "\n")
+    pruned_networks = prune_networks(store)
+    if pruned_networks:
+        print("Deleted Networks:\n" + "\n".join(pruned_networks) + "\n")
     untagged, deleted, image_bytes = prune_images(store, args.all)
     if untagged or deleted:
         print("Deleted Images:")

@@ -41,6 +41,7 @@ def remove(store: Store, container: Container, *, force: bool, quiet: bool = Fal
         runtime.wait(store, container)
         container = records.get(store, container.id)
     rootfs.unmount(store, container)
+    rootfs.unmount_unrecorded(store, container)  # before the directory's removal below
     runtime.delete_runtime_state(store, container)
     runtime.detach_network(store, container)  # a run killed with its monitor leaves it
     records.delete_record(store, container.id)  # a leftover directory is garbage from now on

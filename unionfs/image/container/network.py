@@ -29,6 +29,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from unionfs.image.daemons import process_alive
 from unionfs.image.errors import Conflict, ImageError, NotFound
 from unionfs.image.store import Store
 from unionfs.image.store.locks import locked
@@ -42,6 +43,7 @@ MODES = ("host", "none")     # besides network names
 SLIRP = "slirp4netns"        # a network of the container's own, for ordinary users too
 SUBNET_POOL = ipaddress.ip_network("10.90.0.0/16")   # /24 subnets, the default's first
 STATE_FILE = "network.json"
+HOST_LOCK = "/run/pyunion/netavark.lock"   # every store's netavark runs (root only)
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
@@ -240,6 +242,26 @@ def remove(store: Store, network: Network, users: list[str]) -> None:
         os.unlink(_path(store, network.name))
 
 
+def default_mode() -> str:
+    """``--network``'s default: ``$PYUNION_NETWORK``, else podman 4.3's: the default bridge
+    for root (docker's default too), slirp4netns for an ordinary user (rootless podman's)."""
+    return os.environ.get("PYUNION_NETWORK") or ("bridge" if os.geteuid() == 0 else SLIRP)
+
+
+def check_bridge_tools() -> None:
+    """A bridge's tools are there (podman, too, fails without them rather than fall back to
+    the host's network): one line naming the package that is missing."""
+    for name, paths, package in (("netavark", NETAVARK_PATHS, "netavark"),
+                                 ("aardvark-dns", AARDVARK_PATHS, "aardvark-dns")):
+        if not any(os.access(p, os.X_OK) for p in paths):
+            raise ImageError(f"bridge networks need {name} (apt-get install {package}); "
+                             "--network host needs nothing")
+    for name, package in (("ip", "iproute2"), ("iptables", "iptables")):
+        if shutil.which(name) is None:
+            raise ImageError(f"bridge networks need {name} (apt-get install {package}); "
+                             "--network host needs nothing")
+
+
 def check_mode(store: Store, text: str) -> str:
     """``--network``'s value as kept in the container's spec: host, none, or the name of an
     existing network (``bridge``: the default, made if need be)."""
@@ -248,17 +270,18 @@ def check_mode(store: Store, text: str) -> str:
     if text == SLIRP:
         from unionfs.image.container import slirp
 
-        slirp.binary()
+        slirp.check()
         return text
     if os.geteuid() != 0:
         raise ImageError(f"bridge networks need root (netavark): an ordinary user's "
                          f"containers use --network {SLIRP} (-p works there), host or none")
+    check_bridge_tools()
     return get(store, text).name
 
 
-def parse_port(text: str) -> Port:
-    """docker's ``-p [IP:][HOST:]CTR[/tcp|udp]`` (one port each; HOST empty or left out: a
-    free port)."""
+def parse_ports(text: str) -> list[Port]:
+    """docker's ``-p [IP:][HOST:]CTR[/tcp|udp]``, where HOST and CTR may be ranges of the same
+    length (``8080-8081:80-81``: one port each); HOST empty or left out: a free port each."""
     spec, _, protocol = text.partition("/")
     protocol = protocol or "tcp"
     host_ip = ""
@@ -274,14 +297,57 @@ def parse_port(text: str) -> Port:
     try:
         if host_ip:
             ipaddress.ip_address(host_ip)
-        host_port = int(host) if host else 0
-        container_port = int(container)
-        if not (0 <= host_port < 65536 and 0 < container_port < 65536):
-            raise ValueError
+        container_ports = _port_range(container, text, first=1)
+        host_ports = _port_range(host, text, first=0) if host else [0] * len(container_ports)
     except ValueError:
         raise ImageError(f"invalid publish {text!r} ([IP:][HOST:]CONTAINER[/tcp|udp], "
-                         "ports 1-65535)") from None
-    return Port(host_ip, host_port, container_port, protocol)
+                         "ports 1-65535 or ranges as 8080-8081)") from None
+    if len(host_ports) != len(container_ports):
+        raise ImageError(f"invalid publish {text!r}: host and container port ranges have "
+                         f"different lengths: {len(host_ports)} vs {len(container_ports)}")
+    return [Port(host_ip, h, c, protocol) for h, c in zip(host_ports, container_ports,
+                                                         strict=True)]
+
+
+def _port_range(text: str, whole: str, first: int) -> list[int]:
+    """``80`` or ``80-81`` (its end above its start), each port in first..65535."""
+    start, dash, end = text.partition("-")
+    low = int(start)
+    high = int(end) if dash else low
+    if dash and high <= low:
+        raise ImageError(f"invalid publish {whole!r}: the end port of a range must be higher "
+                         f"than the start port ({high} is not higher than {low})")
+    if not (first <= low and high < 65536):
+        raise ValueError(text)
+    return list(range(low, high + 1))
+
+
+def parse_all(publish: list[str]) -> list[Port]:
+    """Every ``-p``'s ports, in order."""
+    return [port for text in publish for port in parse_ports(text)]
+
+
+def shown_ports(ports: list[Port]) -> str:
+    """docker's ``ps`` PORTS: ``0.0.0.0:8080->80/tcp``, consecutive ports as one range
+    (``0.0.0.0:8080-8081->80-81/tcp``), comma separated."""
+    groups: list[list[Port]] = []
+    for port in ports:
+        last = groups[-1][-1] if groups else None
+        if last is not None and (last.host_ip, last.protocol) == (port.host_ip, port.protocol) \
+                and port.host_port == last.host_port + 1 \
+                and port.container_port == last.container_port + 1:
+            groups[-1].append(port)
+        else:
+            groups.append([port])
+    shown = []
+    for group in groups:
+        first, last = group[0], group[-1]
+        if len(group) == 1:
+            shown.append(first.shown())
+        else:
+            shown.append(f"{first.host_ip or '0.0.0.0'}:{first.host_port}-{last.host_port}->"
+                         f"{first.container_port}-{last.container_port}/{first.protocol}")
+    return ", ".join(shown)
 
 
 # ----------------------------------------------------------------------------- containers
@@ -298,6 +364,7 @@ class Attachment:
     ports: list[dict[str, Any]]
     mac_address: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # what netavark was given
+    owner_pid: int = 0   # the pyunion process that set it up, and tears it down at the end
 
     @property
     def container_name(self) -> str:
@@ -331,6 +398,14 @@ def attachment(store: Store, container_id: str) -> Attachment | None:
     return found if found.boot_id == _boot_id() else None
 
 
+def orphaned(store: Store, container_id: str) -> bool:
+    """The container's network is there but the process that set it up is gone, its container
+    not running: a ``pyunion run`` killed while it set up the network."""
+    found = attachment(store, container_id)
+    return found is not None and found.owner_pid != 0 and \
+        not process_alive(found.owner_pid, b"unionfs", b"pyunion")
+
+
 def _write_attachment(store: Store, container_id: str, found: Attachment) -> None:
     path = _state_path(store, container_id)
     with open(path + ".tmp", "w") as f:
@@ -347,12 +422,18 @@ def _binary(paths: tuple[str, ...], package: str) -> str:
 
 
 def _netavark(store: Store, verb: str, netns: str, options: dict[str, Any]) -> str:
+    """One netavark run, one at a time on the host (podman, too, holds one lock for the
+    host's): two stores' containers share the default bridge and the iptables chains, and
+    concurrent runs race to make and remove them ("Chain already exists")."""
     command = [_binary(NETAVARK_PATHS, "netavark"), "--config", run_dir(store),
                "--aardvark-binary", _binary(AARDVARK_PATHS, "aardvark-dns"), verb, netns]
-    result = subprocess.run(command, input=json.dumps(options), capture_output=True,
-                            text=True, timeout=60)
+    os.makedirs(os.path.dirname(HOST_LOCK), mode=0o755, exist_ok=True)
+    with locked(HOST_LOCK):
+        result = subprocess.run(command, input=json.dumps(options), capture_output=True,
+                                text=True, timeout=60)
     if result.returncode != 0:
-        message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+        output = result.stderr.strip() or result.stdout.strip()
+        message = output.splitlines()[-1] if output else ""
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             message = json.loads(message)["error"]
         raise ImageError(f"netavark {verb} failed: {message or result.returncode}")
@@ -423,7 +504,7 @@ def setup(store: Store, container_id: str, name: str, network_name: str,
         address = next((str(a) for a in network.subnet.hosts() if str(a) not in used), None)
         if address is None:
             raise ImageError(f"network {network.name} has no free address left")
-        ports = [parse_port(p) for p in publish]
+        ports = parse_all(publish)
         for port in ports:
             if port.host_port == 0:
                 port.host_port = _free_port(port.protocol, port.host_ip)
@@ -439,14 +520,20 @@ def setup(store: Store, container_id: str, name: str, network_name: str,
             "network_info": {network.name: asdict(network)},
         }
         found = Attachment(network.name, netns, address, _boot_id(),
-                           [asdict(p) for p in ports], options=options)
+                           [asdict(p) for p in ports], options=options, owner_pid=os.getpid())
         _write_attachment(store, container_id, found)
-    try:
-        _ip_netns("add", netns)
-        result = json.loads(_netavark(store, "setup", netns, options) or "{}")
-    except (ImageError, ValueError) as e:
+        # still under the lock, as podman holds its network lock: netavark runs one at a time
+        # (two at once race to make the bridge, and a teardown removes a bridge it thinks
+        # unused while a setup attaches to it)
+        try:
+            _ip_netns("add", netns)
+            result = json.loads(_netavark(store, "setup", netns, options) or "{}")
+            failure = None
+        except (ImageError, ValueError) as e:
+            failure = str(e)
+    if failure is not None:
         teardown(store, container_id)
-        raise ImageError(str(e)) from None
+        raise ImageError(failure)
     interfaces = result.get(network.name, {}).get("interfaces", {})
     found.mac_address = interfaces.get("eth0", {}).get("mac_address", "")
     found.options["dns"] = {"servers": result.get(network.name, {}).get("dns_server_ips", []),

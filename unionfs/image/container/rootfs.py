@@ -97,6 +97,17 @@ def unmount(store: Store, container: Container) -> None:
     _forget_dead_mount(store, container)
 
 
+def unmount_unrecorded(store: Store, container: Container) -> None:
+    """Unmounts the container's own mount point if a mount is there that its record does not
+    know: one a command killed while it mounted left (its daemon exits when unmounted)."""
+    point = os.path.realpath(os.path.join(records.container_dir(store, container.id),
+                                          "merged"))
+    if point != container.mountpoint and point in mounted_points():
+        result = subprocess.run(["umount", point], capture_output=True)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+
 def _forget_dead_mount(store: Store, container: Container) -> None:
     """A mount whose daemon died is taken away (lazily) and forgotten."""
     if container.mountpoint is None:

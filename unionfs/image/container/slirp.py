@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 
-from unionfs.image.container.network import Port, parse_port
+from unionfs.image.container.network import Port, parse_all
 from unionfs.image.errors import ImageError
 
 MODE = "slirp4netns"
@@ -30,14 +30,26 @@ ADDRESS, GATEWAY, DNS = "10.0.2.100", "10.0.2.2", "10.0.2.3"
 PID_FILE = "slirp4netns.pid"
 SOCKET = "slirp4netns.sock"
 PORTS_FILE = "slirp4netns.ports"
+TUN = "/dev/net/tun"
 
 
 def binary() -> str:
     path = shutil.which("slirp4netns")
     if path is None:
-        raise ImageError("--network slirp4netns needs slirp4netns (apt-get install "
-                         "slirp4netns)")
+        raise ImageError("--network slirp4netns (an ordinary user's default) needs "
+                         "slirp4netns (apt-get install slirp4netns); --network host needs "
+                         "nothing")
     return path
+
+
+def check() -> None:
+    """slirp4netns and the tun device it needs are there (one line, not the runtime's hook
+    error, when they are not)."""
+    binary()
+    if not os.access(TUN, os.R_OK | os.W_OK):
+        raise ImageError(f"--network slirp4netns (an ordinary user's default) needs {TUN} "
+                         "(modprobe tun), which this user cannot open; --network host needs "
+                         "nothing")
 
 
 def hook(directory: str, publish: list[str]) -> dict:
@@ -62,7 +74,7 @@ def api_socket(directory: str) -> str:
 def start(directory: str, pid: int, publish: list[str]) -> None:
     """slirp4netns for the namespace of ``pid``, ready, with ``publish``'s ports forwarded."""
     stop(directory)
-    ports = [parse_port(p) for p in publish]
+    ports = parse_all(publish)
     api = api_socket(directory)
     ready_read, ready_write = os.pipe()
     log = open(os.path.join(directory, "slirp4netns.log"), "ab")  # noqa: SIM115
@@ -95,7 +107,7 @@ def start(directory: str, pid: int, publish: list[str]) -> None:
 def check_ports(publish: list[str]) -> None:
     """Refuses a host port that a socket of the host holds, before the runtime starts (the
     hook's failure would only be the runtime's)."""
-    for port in map(parse_port, publish):
+    for port in parse_all(publish):
         if port.host_port == 0:
             continue
         kind = socket.SOCK_DGRAM if port.protocol == "udp" else socket.SOCK_STREAM
