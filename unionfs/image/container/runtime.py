@@ -223,8 +223,7 @@ def _execute(store: Store, container: Container, point: str,
     directory = records.container_dir(store, container.id)
     bundle = write_bundle(directory, container, point, image_config(store, container.image_id),
                           attached)
-    if os.path.exists(os.path.join(store.root, "runtime", container.id)):
-        delete_runtime_state(store, container)  # a stale state from a crashed run
+    delete_runtime_state(store, container)  # a stale state from a crashed run, if any
     command = runtime_command(store, container) + [
         "--log", _fresh(directory, RUNTIME_LOG), "--log-format", "json",
         "run", "--pid-file", _fresh(directory, PID_FILE), "-b", bundle, container.id]
@@ -242,8 +241,7 @@ def _execute(store: Store, container: Container, point: str,
     records.update(store, container.id, state="exited", exit_code=code, finished=time.time(),
                    pid=None, monitor_pid=None)
     events.record_container(store, records.get(store, container.id), "die", exitCode=code)
-    if os.path.exists(os.path.join(store.root, "runtime", container.id)):
-        delete_runtime_state(store, container)  # runc run deletes it itself when it can
+    delete_runtime_state(store, container)  # (runc run deletes it itself when it can)
     with contextlib.suppress(ImageError):
         rootfs.unmount(store, records.get(store, container.id))
     if failure is not None:
@@ -258,8 +256,7 @@ def _detach_and_unmount(store: Store, container: Container) -> None:
                                 name="network-teardown")
     teardown.start()
     try:
-        if os.path.exists(os.path.join(store.root, "runtime", container.id)):
-            delete_runtime_state(store, container)
+        delete_runtime_state(store, container)
         with contextlib.suppress(ImageError):
             rootfs.unmount(store, records.get(store, container.id))
     finally:
