@@ -32,6 +32,10 @@ class MisbehavingProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # As a registry's server (Go's net/http sets TCP_NODELAY): with Nagle on, an
+            # answer's last partial segment waits for the client's delayed ACK of the
+            # headers (40 ms) on every request of a kept-alive connection.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args) -> None:
                 pass
