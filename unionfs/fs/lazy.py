@@ -126,12 +126,13 @@ class LazyLayer:
                         e or type(e).__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
         written = [real]
-        _fill(real, files[name], pieces)
+        fill_placeholder(real, files[name], pieces)
         for other in batch[1:]:
             path = os.path.join(self.root, other)
             try:
-                _fill(path, files[other], [chunk_bytes(bytes(raw[c.start - start:c.end - start]),
-                                                       c) for c in files[other]])
+                fill_placeholder(path, files[other], [
+                    chunk_bytes(bytes(raw[c.start - start:c.end - start]), c)
+                    for c in files[other]])
                 written.append(path)
             except (EstargzError, OSError) as e:  # fetched again when it is opened
                 log.warning("lazy file %s (read ahead): %s", other, e)
@@ -160,7 +161,7 @@ class LazyLayer:
                         e or type(e).__name__)
 
 
-def _fill(real: str, chunks, pieces: list[bytes]) -> None:
+def fill_placeholder(real: str, chunks, pieces: list[bytes]) -> None:
     """Writes the verified ``pieces`` into the placeholder, keeping its mtime. Its mark is
     cleared by the caller once the data is flushed: a crash before leaves it to be fetched
     again."""

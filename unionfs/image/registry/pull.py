@@ -33,6 +33,7 @@ from unionfs.image.archive.formats import (
     validate_config,
 )
 from unionfs.image.archive.sources import DirectorySource
+from unionfs.image.early import EarlyFetch
 from unionfs.image.errors import ImageError
 from unionfs.image.lazy import (
     LazyToc,
@@ -88,6 +89,10 @@ class Puller:
         self.lazy = lazy  # eStargz layers made present from their TOCs (unionfs.image.lazy)
         self.lazy_rate: int | None = None  # recorded for the mounts' background fetch
         self.tocs: dict[str, LazyToc] = {}  # by blob digest: the layers pulled lazily
+        # (run/create --lazy) the image's config -> the paths its container opens first,
+        # fetched while the lazy layers' directories are made (unionfs.image.early)
+        self.first_paths: Callable[[dict], list[list[str]]] | None = None
+        self.early: EarlyFetch | None = None
         self.client = client
         self.ref = ref
         self.path = ref.path
@@ -382,6 +387,10 @@ class Puller:
         layers = self._layers(manifest, diff_ids)
         if self.lazy:
             await self._fetch_tocs(manifest["layers"], layers)
+            if self.tocs and self.first_paths is not None:
+                self.early = EarlyFetch({layer.digest: self.tocs[layer.digest]
+                                         for layer in layers if layer.digest in self.tocs},
+                                        self.first_paths(config))
         names = [self.ref.name] if self.ref.tag else []
         spec = ImageSpec(config_bytes, config, layers, names, data, media_type)
         with self.store.adding() as space:
@@ -415,7 +424,7 @@ class Puller:
                     added[i] = await trio.to_thread.run_sync(
                         add_lazy_layer, self.store, adder.space, layer, chain[:i + 1],
                         self.tocs[layer.digest], self._lazy_source(), self.ref.name,
-                        parents_done(i))
+                        parents_done(i), self.early)
                     self.progress.layer_done(layer.diff_id, "Pulled lazily")
                     return
                 if is_incomplete(self.store, chain[i]) and self.lazy:  # lazy already
@@ -452,9 +461,13 @@ class Puller:
                 done[i].set()
 
         try:
-            async with trio.open_nursery() as nursery:
-                for i, layer in enumerate(layers):
-                    nursery.start_soon(one, i, layer)
+            async with trio.open_nursery() as early:
+                if self.early is not None:  # (while the layer directories are made)
+                    early.start_soon(self.early.fetch, self._range)
+                async with trio.open_nursery() as nursery:
+                    for i, layer in enumerate(layers):
+                        nursery.start_soon(one, i, layer)
+                early.cancel_scope.cancel()  # what is still coming is not used
         finally:
             if failed.is_set():
                 for event in done:
