@@ -75,7 +75,6 @@ class EarlyFetch:
         self.top_first = [(digest, {_name(e): e for e in toc.document["entries"]
                                     if isinstance(e, dict) and e.get("type") != "chunk"})
                           for digest, toc in reversed(tocs.items())]
-        self._files: dict[str, dict[str, estargz.TocFile]] = {}
         self._fetched: dict[str, dict[str, list[bytes]]] = {d: {} for d in tocs}
         self._taken: set[str] = set()
         self._lock = threading.Lock()
@@ -102,10 +101,7 @@ class EarlyFetch:
             return dict(self._fetched.get(digest, {}))
 
     def files(self, digest: str) -> dict[str, estargz.TocFile]:
-        if digest not in self._files:
-            toc = self.tocs[digest]
-            self._files[digest] = estargz.files_of(toc.document, toc.toc_offset)
-        return self._files[digest]
+        return self.tocs[digest].files()
 
     def _locate(self, wanted: list[list[str]]) -> dict[str, list[str]]:
         """{blob digest: names} of the files ``wanted`` names (of each list, the first

@@ -27,7 +27,7 @@ import shutil
 import sys
 import tarfile
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -62,6 +62,13 @@ class LazyToc:
     toc_json: bytes
     document: dict
     tar_size: int | None = None  # the uncompressed size its descriptor declares, if it does
+    _files: dict[str, estargz.TocFile] | None = field(default=None, repr=False)
+
+    def files(self) -> dict[str, estargz.TocFile]:
+        """``estargz.files_of`` the TOC, worked out once (tens of ms for a large layer)."""
+        if self._files is None:
+            self._files = estargz.files_of(self.document, self.toc_offset)
+        return self._files
 
 
 def _members(toc: LazyToc) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
@@ -163,7 +170,7 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
     with store.layer_lock(chain_id):
         if store.layer_recorded(chain_id):
             return added
-        files = estargz.files_of(toc.document, toc.toc_offset)
+        files = toc.files()
         declared = sum(int(f.entry.get("size", 0)) for f in files.values())
         if declared > store.limits.max_layer_bytes:
             raise ImageError(f"{what}: layer {layer.digest[:19]}: its TOC declares "

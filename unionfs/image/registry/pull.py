@@ -287,14 +287,15 @@ class Puller:
             if not 0 <= offset < toc_end or toc_end - offset > MAX_TOC_BYTES:
                 raise estargz.EstargzError(f"the footer's TOC offset {offset} is out of range")
             member = await self._range(digest, offset, toc_end - 1)
-            toc_json, document = estargz.parse_toc_member(member, toc_digest)
-            estargz.files_of(document, offset)  # a malformed chunk list fails here
+            toc = LazyToc(offset, *estargz.parse_toc_member(member, toc_digest))
+            toc.files()  # a malformed chunk list fails here
         except estargz.EstargzError as e:
             raise RegistryError(f"{self.ref.name}: layer {digest[:19]}: {e}") from None
         declared = (descriptor.get("annotations") or {}).get(
             estargz.UNCOMPRESSED_SIZE_ANNOTATION, "")
-        tar_size = int(declared) if isinstance(declared, str) and declared.isdigit() else None
-        return LazyToc(offset, toc_json, document, tar_size)
+        toc.tar_size = int(declared) if isinstance(declared, str) and declared.isdigit() \
+            else None
+        return toc
 
     async def _fetch_tocs(self, descriptors: list[dict], layers: list[LayerSpec]) -> None:
         """The TOC of every eStargz layer the store lacks (the others are pulled whole); all
