@@ -44,24 +44,30 @@ def paths_opened_first(config: dict, entrypoint: list[str] | None, command: list
                        env: list[str], workdir: str | None) -> list[list[str]]:
     """What a container of the image (``config``, with these ``run`` options) opens first,
     as lists of alternatives: the runtime's /etc/passwd and /etc/group, and the program it
-    runs (each directory of its PATH in turn)."""
+    runs (each directory of its PATH in turn). A malformed config only means less."""
     image = config.get("config") if isinstance(config.get("config"), dict) else {}
-    program_args = entrypoint if entrypoint is not None else list(image.get("Entrypoint") or [])
+    program_args = entrypoint if entrypoint is not None else _strings(image.get("Entrypoint"))
     if command is not None:
         program_args = [*program_args, *command]
     elif entrypoint is None:
-        program_args = [*program_args, *(image.get("Cmd") or [])]
+        program_args = [*program_args, *_strings(image.get("Cmd"))]
     wanted = [[path] for path in RUNTIME_FILES]
-    program = program_args[0] if program_args and isinstance(program_args[0], str) else ""
+    program = program_args[0] if program_args else ""
+    image_workdir = image.get("WorkingDir")
     if "/" in program:
-        wanted.append([posixpath.join("/", workdir or image.get("WorkingDir") or "/", program)])
+        base = workdir or (image_workdir if isinstance(image_workdir, str) else "") or "/"
+        wanted.append([posixpath.join("/", base, program)])
     elif program:
-        variables = [e for e in [*(image.get("Env") or []), *env] if isinstance(e, str)]
+        variables = [*_strings(image.get("Env")), *env]
         search = next((e[5:] for e in reversed(variables) if e.startswith("PATH=")),
                       DEFAULT_PATH)
         wanted.append([posixpath.join(d, program) for d in search.split(":")
                        if d.startswith("/")])
     return wanted
+
+
+def _strings(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 class EarlyFetch:
