@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import stat
@@ -605,3 +607,35 @@ def test_create_lazy_fetches_the_files_its_container_opens_first_with_the_tocs(
     proxy.mode = "pass"
     assert cli.run(other, "start", "-a", "c2").stdout == "app\ntwo\n"
     cli.run(other, "rm", "c2")
+
+
+def test_run_lazy_fetches_a_dynamic_programs_loader_and_libraries_early(
+        cli: Cli, proxy: MisbehavingProxy, estargz_pushed: Registry, store: Path,
+        tmp_path: Path):
+    program = Path(shutil.which("true") or "/bin/true").resolve()  # coreutils: dynamic
+    ldd = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    libraries = re.findall(r"=> (/\S+)", ldd)
+    loader = re.findall(r"^\s*(/\S+)\s+\(0x", ldd, re.MULTILINE)
+    assert libraries and loader, ldd
+    rootfs = tmp_path / "rootfs"
+    for path in [str(program), *libraries, *loader]:  # each in a real directory
+        (rootfs / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, rootfs / path.lstrip("/"))
+    (rootfs / "etc").mkdir(exist_ok=True)
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc/unused").write_text("never opened\n")
+    source = tmp_path / "source"
+    cli.run(source, "import", "-q", rootfs, "dynamic:1")
+    cli.run(source, "push", "-q", "--format", "estargz", "--image", "dynamic:1",
+            estargz_pushed.ref("lazy-dynamic:1"))
+
+    ref = proxy.ref("lazy-dynamic:1")
+    cli.run(store, "create", "--lazy", "--name", "d", ref, str(program))
+    waiting = set(marked_files(store).values())
+    wanted = {p.lstrip("/") for p in [str(program), *libraries, *loader, "/etc/passwd"]}
+    assert wanted.isdisjoint(waiting) and waiting == {"etc/unused"}
+    before = len(proxy.range_requests())
+    cli.run(store, "start", "-a", "d")  # (exit status 0)
+    assert len(proxy.range_requests()) == before  # all it opened had come with the TOCs
+    cli.run(store, "rm", "d")
