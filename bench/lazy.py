@@ -8,8 +8,9 @@ to 100 Mbit/s (12.5 MB/s) with 20 ms added before each answer.
 
 Per repetition, order rotated, each into an empty store:
 
-- ``lazy``: ``pyunion run --rm --lazy IMAGE python3 -c 'print(1)'`` (TOCs, then the files
-  python3 opens, fetched as they are opened);
+- ``lazy``: ``pyunion run --rm --lazy IMAGE python3 -c 'print(1)'`` (TOCs and, while the
+  layer directory is made, the files the container opens first: runc's, python3 and its
+  libraries; then the rest of what python3 opens, fetched as it is opened);
 - ``full``: ``pyunion run --rm IMAGE python3 -c 'print(1)'`` (an ordinary pull, then the run);
 - ``podman``: ``podman run --rm --tls-verify=false IMAGE python3 -c 'print(1)'`` (its own
   storage: ``containers.Podman``), skipped with the reason if podman cannot run.

@@ -2,10 +2,11 @@
 
 Modes (``proxy.mode``, changeable while it runs): ``pass`` (forwards as is), ``ignore_range``
 (drops the Range header: the registry answers 200 with the whole blob), ``corrupt`` (flips the
-first byte after the gzip header of every 206 answer), ``stall`` (answers no Range request
-until the proxy stops), ``drop`` (closes the connection of every Range request without an
-answer). ``delay`` (seconds before each answer) and ``rate`` (bytes a second) slow every answer
-down. Every request is counted in ``requests`` as (method, path, Range header or None, status).
+first byte after the gzip header of every 206 answer but the first ``spare`` of them),
+``stall`` (answers no Range request until the proxy stops), ``drop`` (closes the connection
+of every Range request without an answer). ``delay`` (seconds before each answer) and ``rate``
+(bytes a second) slow every answer down. Every request is counted in ``requests`` as (method,
+path, Range header or None, status).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class MisbehavingProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.mode = "pass"
+        self.spare = 0  # 206 answers the corrupt mode passes unchanged before it corrupts
         self.delay = 0.0
         self.rate: float | None = None
         self.requests: list[tuple[str, str, str | None, int]] = []
@@ -32,6 +34,10 @@ class MisbehavingProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # As a registry's server (Go's net/http sets TCP_NODELAY): with Nagle on, an
+            # answer's last partial segment waits for the client's delayed ACK of the
+            # headers (40 ms) on every request of a kept-alive connection.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args) -> None:
                 pass
@@ -91,7 +97,9 @@ class MisbehavingProxy:
             body = answer.read()
         finally:
             upstream.close()
-        if answer.status == 206 and self.mode == "corrupt" and body:
+        if answer.status == 206 and self.mode == "corrupt" and body and self.spare > 0:
+            self.spare -= 1
+        elif answer.status == 206 and self.mode == "corrupt" and body:
             at = min(len(body) - 1, 10)  # the first byte after a gzip member's header
             body = body[:at] + bytes([body[at] ^ 0xFF]) + body[at + 1:]
         self.requests.append((handler.command, handler.path, wanted_range, answer.status))

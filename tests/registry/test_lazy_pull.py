@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import stat
@@ -559,3 +561,84 @@ def test_an_ordinary_pull_is_not_held_up_by_a_slow_background_fetch(
             hashlib.sha256(big_content()).digest()
     finally:
         unmount(cli, store, mnt)
+
+
+def early_ranges(proxy: MisbehavingProxy, layers: int) -> list[str]:
+    """The Range requests after the footers and TOCs of ``layers`` lazy layers."""
+    return [wanted for _, _, wanted, _ in proxy.range_requests()[2 * layers:] if wanted]
+
+
+def test_create_lazy_fetches_the_files_its_container_opens_first_with_the_tocs(
+        cli: Cli, proxy: MisbehavingProxy, estargz_pushed: Registry, store: Path,
+        tmp_path: Path):
+    ref = proxy.ref(APP)
+    full = tmp_path / "full-store"
+    cli.pull(full, estargz_pushed.ref(APP))
+    with mounted_image(cli, full, estargz_pushed.ref(APP), tmp_path / "full") as mnt:
+        expected = {name: (mnt / name).read_bytes()
+                    for name in ("bin/busybox", "etc/passwd", "etc/group", "opt/app/run")}
+    # sh: found in the image's PATH, /bin/sh -> busybox; /etc/passwd and /etc/group: runc's
+    cli.run(store, "create", "--lazy", "--name", "c1", ref, "sh", "-c", "cat /etc/app.conf")
+    waiting = set(marked_files(store).values())
+    assert {"bin/busybox", "etc/passwd", "etc/group"}.isdisjoint(waiting)
+    assert {"etc/app.conf", "opt/app/run", "etc/secret"} <= waiting  # not the program
+    for layer in layer_dirs(store, ref):
+        for name in ("bin/busybox", "etc/passwd", "etc/group"):
+            if (layer / name).is_file() and not os.path.islink(layer / name):
+                assert (layer / name).read_bytes() == expected[name]
+    ranges = early_ranges(proxy, 2)
+    assert 1 <= len(ranges) < 3  # the three files: neighbours in the blob, merged
+    before = len(proxy.range_requests())
+    result = cli.run(store, "start", "-a", "c1")
+    assert result.stdout == "version=2\n"
+    assert len(proxy.range_requests()) == before + 1  # etc/app.conf, opened by the command
+    cli.run(store, "rm", "c1")
+
+    # a program named by path, a corrupt answer: that file is left to its first open
+    proxy.mode, proxy.spare = "corrupt", 4  # the footers and TOCs of the two layers pass
+    other = tmp_path / "other-store"
+    cli.run(other, "create", "--lazy", "--name", "c2", ref, "/opt/app/run")
+    waiting = set(marked_files(other).values())
+    served = {"bin/busybox", "etc/passwd", "etc/group", "opt/app/run"} - waiting
+    assert len(served) < 4  # the first file of each answer failed its digest
+    for layer in layer_dirs(other, ref):
+        for name in served:
+            if (layer / name).is_file() and not os.path.islink(layer / name):
+                assert (layer / name).read_bytes() == expected[name]
+    for path, name in marked_files(other).items():
+        assert Path(path).read_bytes() == b"\0" * os.path.getsize(path), name
+    proxy.mode = "pass"
+    assert cli.run(other, "start", "-a", "c2").stdout == "app\ntwo\n"
+    cli.run(other, "rm", "c2")
+
+
+def test_run_lazy_fetches_a_dynamic_programs_loader_and_libraries_early(
+        cli: Cli, proxy: MisbehavingProxy, estargz_pushed: Registry, store: Path,
+        tmp_path: Path):
+    program = Path(shutil.which("true") or "/bin/true").resolve()  # coreutils: dynamic
+    ldd = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    libraries = re.findall(r"=> (/\S+)", ldd)
+    loader = re.findall(r"^\s*(/\S+)\s+\(0x", ldd, re.MULTILINE)
+    assert libraries and loader, ldd
+    rootfs = tmp_path / "rootfs"
+    for path in [str(program), *libraries, *loader]:  # each in a real directory
+        (rootfs / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, rootfs / path.lstrip("/"))
+    (rootfs / "etc").mkdir(exist_ok=True)
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc/unused").write_text("never opened\n")
+    source = tmp_path / "source"
+    cli.run(source, "import", "-q", rootfs, "dynamic:1")
+    cli.run(source, "push", "-q", "--format", "estargz", "--image", "dynamic:1",
+            estargz_pushed.ref("lazy-dynamic:1"))
+
+    ref = proxy.ref("lazy-dynamic:1")
+    cli.run(store, "create", "--lazy", "--name", "d", ref, str(program))
+    waiting = set(marked_files(store).values())
+    wanted = {p.lstrip("/") for p in [str(program), *libraries, *loader, "/etc/passwd"]}
+    assert wanted.isdisjoint(waiting) and waiting == {"etc/unused"}
+    before = len(proxy.range_requests())
+    cli.run(store, "start", "-a", "d")  # (exit status 0)
+    assert len(proxy.range_requests()) == before  # all it opened had come with the TOCs
+    cli.run(store, "rm", "d")

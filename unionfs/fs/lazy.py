@@ -40,7 +40,7 @@ import pyfuse3
 import trio
 
 from unionfs.fs.inodes import Node
-from unionfs.fs.lazy_layout import LAYER_MARK, MARK, record_path
+from unionfs.fs.lazy_layout import LAYER_MARK, MARK, fill_placeholder, record_path
 from unionfs.fs.state import UnionFS
 
 READAHEAD = 512 << 10  # compressed bytes after a file whose whole files come with it
@@ -119,12 +119,13 @@ class LazyLayer:
                         e or type(e).__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
         written = [real]
-        _fill(real, files[name], pieces)
+        fill_placeholder(real, files[name], pieces)
         for other in batch[1:]:
             path = os.path.join(self.root, other)
             try:
-                _fill(path, files[other], [chunk_bytes(bytes(raw[c.start - start:c.end - start]),
-                                                       c) for c in files[other]])
+                fill_placeholder(path, files[other], [
+                    chunk_bytes(bytes(raw[c.start - start:c.end - start]), c)
+                    for c in files[other]])
                 written.append(path)
             except (EstargzError, OSError) as e:  # fetched again when it is opened
                 log.warning("lazy file %s (read ahead): %s", other, e)
@@ -151,25 +152,6 @@ class LazyLayer:
         except Exception as e:  # noqa: BLE001 - a system task must not end the mount
             log.warning("prefetch of %s stopped: %s", self.record["digest"][:19],
                         e or type(e).__name__)
-
-
-def _fill(real: str, chunks, pieces: list[bytes]) -> None:
-    """Writes the verified ``pieces`` into the placeholder, keeping its mtime. Its mark is
-    cleared by the caller once the data is flushed: a crash before leaves it to be fetched
-    again."""
-    before = os.stat(real, follow_symlinks=False)
-    try:
-        fd = os.open(real, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except PermissionError:  # an ordinary user's layer file without write permission
-        os.chmod(real, before.st_mode | stat.S_IWUSR)
-        fd = os.open(real, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        for chunk, data in zip(chunks, pieces, strict=True):
-            os.pwrite(fd, data, chunk.chunk_offset)
-        os.fchmod(fd, stat.S_IMODE(before.st_mode))
-        os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
-    finally:
-        os.close(fd)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

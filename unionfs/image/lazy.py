@@ -27,10 +27,11 @@ import shutil
 import sys
 import tarfile
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-from unionfs.fs.lazy_layout import LAYER_MARK, MARK, record_path
+from unionfs.fs.lazy_layout import LAYER_MARK, MARK, fill_placeholder, record_path
 from unionfs.image import reference
 from unionfs.image.archive import estargz
 from unionfs.image.archive.compression import DecompressingReader
@@ -40,6 +41,9 @@ from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
 from unionfs.image.store import Store, Workspace, syncfs
 from unionfs.image.store.adding import AddedLayer, ImageAdder
+
+if TYPE_CHECKING:
+    from unionfs.image.early import EarlyFetch
 
 _TAR_TYPES = {"dir": tarfile.DIRTYPE, "reg": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE,
               "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
@@ -56,6 +60,13 @@ class LazyToc:
     toc_json: bytes
     document: dict
     tar_size: int | None = None  # the uncompressed size its descriptor declares, if it does
+    _files: dict[str, estargz.TocFile] | None = field(default=None, repr=False)
+
+    def files(self) -> dict[str, estargz.TocFile]:
+        """``estargz.files_of`` the TOC, worked out once (tens of ms for a large layer)."""
+        if self._files is None:
+            self._files = estargz.files_of(self.document, self.toc_offset)
+        return self._files
 
 
 def _members(toc: LazyToc) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
@@ -146,16 +157,18 @@ def _build_layer_dir(store: Store, toc: LazyToc, target: str, placeholders: dict
 
 
 def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list[str],
-                   toc: LazyToc, source: dict, what: str, wait_for_parents) -> AddedLayer:
+                   toc: LazyToc, source: dict, what: str, wait_for_parents,
+                   early: EarlyFetch | None = None) -> AddedLayer:
     """Makes ``layer`` present from its TOC (see the module); ``source`` says where its blob
-    is (registry, repository, insecure)."""
+    is (registry, repository, insecure). The files ``early`` has fetched (verified) for it
+    (``unionfs.image.early``) are written in, no longer placeholders."""
     assert layer.digest is not None and layer.size is not None
     chain_id = chain[-1]
     added = AddedLayer(chain_id, layer.diff_id, layer.digest, layer.media_type, layer.size)
     with store.layer_lock(chain_id):
         if store.layer_recorded(chain_id):
             return added
-        files = estargz.files_of(toc.document, toc.toc_offset)
+        files = toc.files()
         declared = sum(int(f.entry.get("size", 0)) for f in files.values())
         if declared > store.limits.max_layer_bytes:
             raise ImageError(f"{what}: layer {layer.digest[:19]}: its TOC declares "
@@ -169,6 +182,8 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
                         and name not in landmarks}
         entries = _build_layer_dir(store, toc, target, placeholders, landmarks, parents,
                                    wait_for_parents, f"{what} layer {layer.diff_id[7:19]}")
+        if early is not None:
+            _write_early(target, early.take(layer.digest), files)
         lazy_bytes = sum(int(files[name].entry.get("size", 0)) for name in placeholders.values())
         landmark = files.get(estargz.PREFETCH_LANDMARK)
         prefetch = sorted((f.chunks[0].start, name) for name, f in files.items()
@@ -191,6 +206,19 @@ def add_lazy_layer(store: Store, space: Workspace, layer: LayerSpec, chain: list
                                compression="gzip", entries=entries)
         ImageAdder(store, space)._install_layer(chain, layer.diff_id, target, digests)
     return added
+
+
+def _write_early(target: str, fetched: dict[str, list[bytes]],
+                 files: dict[str, estargz.TocFile]) -> None:
+    """Fills the placeholders of the files fetched early and clears their marks (the
+    layer's ``syncfs`` follows, before the layer is recorded)."""
+    for name, pieces in fetched.items():
+        path = os.path.join(target, normalize_name(name))
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, MARK, follow_symlinks=False).decode() != name:
+                continue  # not a placeholder (a landmark)
+            fill_placeholder(path, files[name].chunks, pieces)
+            os.removexattr(path, MARK, follow_symlinks=False)
 
 
 def _is_landmark(name: str, found: estargz.TocFile) -> bool:

@@ -150,9 +150,10 @@ def spec_from_args(args) -> RunSpec:
 
 
 def find_image(store: Store, text: str, policy: str, quiet: bool = False,
-               lazy: bool = False) -> Resolved:
+               lazy: bool = False, spec: RunSpec | None = None) -> Resolved:
     """The image by name, digest or id, pulled first as ``policy`` says (docker's and podman's
-    ``--pull``); "invalid reference format" for text that is neither a name nor an id."""
+    ``--pull``); "invalid reference format" for text that is neither a name nor an id. A lazy
+    pull for the container ``spec`` fetches the files it opens first along with the TOCs."""
     if not ID_PREFIX.fullmatch(text):
         reference.parse(text)
     try:
@@ -167,7 +168,16 @@ def find_image(store: Store, text: str, policy: str, quiet: bool = False,
         return local
     from unionfs.image.cli.pull import image_for_container  # the registry client: only now
 
-    return image_for_container(store, reference.parse(text), policy, local, quiet, lazy)
+    first_paths = None
+    if lazy and spec is not None:
+        from unionfs.image.early import paths_opened_first
+
+        def first_paths(config: dict) -> list[list[str]]:
+            return paths_opened_first(config, spec.entrypoint, spec.command, spec.env,
+                                      spec.workdir)
+
+    return image_for_container(store, reference.parse(text), policy, local, quiet, lazy,
+                               first_paths)
 
 
 def network_options(args, store: Store) -> tuple[str, list[str]]:
@@ -187,7 +197,7 @@ def network_options(args, store: Store) -> tuple[str, list[str]]:
 def create_from_args(args, store: Store) -> Container:
     spec = spec_from_args(args)  # bad options are refused before anything is pulled
     spec.network, spec.publish = network_options(args, store)
-    found = find_image(store, args.image, args.pull, args.quiet, args.lazy)
+    found = find_image(store, args.image, args.pull, args.quiet, args.lazy, spec)
     warn_foreign_platform(store, found.image_id)
     label = short_name(found.name) if found.name else short_id(found.image_id)
     return lifecycle.create(store, found.image_id, label, args.name, spec)

@@ -112,11 +112,13 @@ def _shown(ref: Reference) -> str:
 def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None,
                insecure: bool = False, quiet: bool = False,
                out: TextIO | None = None, lazy: bool = False,
-               status: bool = True, lazy_rate: int | None = None) -> PullResult:
+               status: bool = True, lazy_rate: int | None = None,
+               first_paths: Callable[[dict], list[list[str]]] | None = None) -> PullResult:
     """Pulls ``ref``, telling ``out`` (stdout by default) what happens as docker does: the
     registry, each layer (on stderr), the digest and (if ``status``) a ``Status:`` line:
     "Downloaded newer image" when anything was fetched or the tag now names another image,
-    "Image is up to date" otherwise."""
+    "Image is up to date" otherwise. ``first_paths`` (a lazy pull for a container): the
+    image's config -> the paths the container opens first (``Puller.first_paths``)."""
     out = out or sys.stdout
     if not quiet:
         print(f"{ref.tag or ref.digest}: Pulling from {ref.short_repository}", file=out,
@@ -126,6 +128,7 @@ def pull_image(store: Store, ref: Reference, *, platform: Platform | None = None
     def pull(client: RegistryClient) -> Awaitable[PullResult]:
         puller = Puller(store, client, ref, platform, progress, lazy=lazy)
         puller.lazy_rate = lazy_rate
+        puller.first_paths = first_paths
         return puller.pull()
 
     try:
@@ -202,7 +205,9 @@ def _pull_all_tags(args, store: Store, ref: Reference, platform: Platform | None
 
 
 def image_for_container(store: Store, ref: Reference, policy: str, local: Resolved | None,
-                        quiet: bool, lazy: bool = False) -> Resolved:
+                        quiet: bool, lazy: bool = False,
+                        first_paths: Callable[[dict], list[list[str]]] | None = None
+                        ) -> Resolved:
     """The image ``run`` or ``create`` uses under the pull policy ``policy`` (``missing``,
     ``always`` or ``newer``), ``local`` being what the store has by that name. The pull's
     output goes to stderr: stdout is the container's (or its id)."""
@@ -210,7 +215,8 @@ def image_for_container(store: Store, ref: Reference, policy: str, local: Resolv
         return local
     if local is None:
         print(f"Unable to find image '{_shown(ref)}' locally", file=sys.stderr, flush=True)
-    result = pull_image(store, ref, quiet=quiet, out=sys.stderr, lazy=lazy)
+    result = pull_image(store, ref, quiet=quiet, out=sys.stderr, lazy=lazy,
+                        first_paths=first_paths)
     return Resolved(result.image_id, ref.name if ref.tag else None)
 
 

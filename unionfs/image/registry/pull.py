@@ -41,6 +41,7 @@ from unionfs.image.archive.formats import (
 )
 from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.archive.unpack import LayerError, unpack_layer
+from unionfs.image.early import EarlyFetch
 from unionfs.image.errors import ImageError
 from unionfs.image.lazy import (
     LazyToc,
@@ -97,6 +98,10 @@ class Puller:
         self.lazy = lazy  # eStargz layers made present from their TOCs (unionfs.image.lazy)
         self.lazy_rate: int | None = None  # recorded for the mounts' background fetch
         self.tocs: dict[str, LazyToc] = {}  # by blob digest: the layers pulled lazily
+        # (run/create --lazy) the image's config -> the paths its container opens first,
+        # fetched while the lazy layers' directories are made (unionfs.image.early)
+        self.first_paths: Callable[[dict], list[list[str]]] | None = None
+        self.early: EarlyFetch | None = None
         self.client = client
         self.ref = ref
         self.path = ref.path
@@ -291,14 +296,15 @@ class Puller:
             if not 0 <= offset < toc_end or toc_end - offset > MAX_TOC_BYTES:
                 raise estargz.EstargzError(f"the footer's TOC offset {offset} is out of range")
             member = await self._range(digest, offset, toc_end - 1)
-            toc_json, document = estargz.parse_toc_member(member, toc_digest)
-            estargz.files_of(document, offset)  # a malformed chunk list fails here
+            toc = LazyToc(offset, *estargz.parse_toc_member(member, toc_digest))
+            toc.files()  # a malformed chunk list fails here
         except estargz.EstargzError as e:
             raise RegistryError(f"{self.ref.name}: layer {digest[:19]}: {e}") from None
         declared = (descriptor.get("annotations") or {}).get(
             estargz.UNCOMPRESSED_SIZE_ANNOTATION, "")
-        tar_size = int(declared) if isinstance(declared, str) and declared.isdigit() else None
-        return LazyToc(offset, toc_json, document, tar_size)
+        toc.tar_size = int(declared) if isinstance(declared, str) and declared.isdigit() \
+            else None
+        return toc
 
     async def _fetch_tocs(self, descriptors: list[dict], layers: list[LayerSpec]) -> None:
         """The TOC of every eStargz layer the store lacks (the others are pulled whole); all
@@ -391,6 +397,10 @@ class Puller:
         layers = self._layers(manifest, diff_ids)
         if self.lazy:
             await self._fetch_tocs(manifest["layers"], layers)
+            if self.tocs and self.first_paths is not None:
+                self.early = EarlyFetch({layer.digest: self.tocs[layer.digest]
+                                         for layer in layers if layer.digest in self.tocs},
+                                        self.first_paths(config))
         names = [self.ref.name] if self.ref.tag else []
         spec = ImageSpec(config_bytes, config, layers, names, data, media_type)
         with self.store.adding() as space:
@@ -424,7 +434,7 @@ class Puller:
                     added[i] = await trio.to_thread.run_sync(
                         add_lazy_layer, self.store, adder.space, layer, chain[:i + 1],
                         self.tocs[layer.digest], self._lazy_source(), self.ref.name,
-                        parents_done(i))
+                        parents_done(i), self.early)
                     self.progress.layer_done(layer.diff_id, "Pulled lazily")
                     return
                 if is_incomplete(self.store, chain[i]) and self.lazy:  # lazy already
@@ -460,9 +470,13 @@ class Puller:
                 done[i].set()
 
         try:
-            async with trio.open_nursery() as nursery:
-                for i, layer in enumerate(layers):
-                    nursery.start_soon(one, i, layer)
+            async with trio.open_nursery() as early:
+                if self.early is not None:  # (while the layer directories are made)
+                    early.start_soon(self.early.fetch, self._range)
+                async with trio.open_nursery() as nursery:
+                    for i, layer in enumerate(layers):
+                        nursery.start_soon(one, i, layer)
+                early.cancel_scope.cancel()  # what is still coming is not used
         finally:
             if failed.is_set():
                 for event in done:
