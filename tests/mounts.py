@@ -63,19 +63,26 @@ def _umount(mnt: str, *args: str) -> bool:
     return result.returncode == 0
 
 
+# How long a busy mount gets before the lazy unmount. A lazily unmounted kernel overlay whose
+# upper (index=on) is mounted again fails with "already mounted": on a loaded machine a
+# just-closed file has kept a mount busy for over 2 s.
+BUSY_WAIT = 10.0
+
+
 def unmount(mnt: os.PathLike | str, proc: subprocess.Popen | None = None) -> None:
     """Unmount ``mnt`` and wait for ``proc`` (the daemon we started, if any) to exit.
 
-    Tries a normal unmount a few times (a just-closed file can keep it busy for a moment),
-    then a lazy one; kills only ``proc``, by pid, if it does not exit after that.
+    Tries a normal unmount for up to ``BUSY_WAIT`` seconds (a just-closed file can keep it busy
+    for a moment), then a lazy one; kills only ``proc``, by pid, if it does not exit after
+    that.
     """
     mnt = os.path.realpath(mnt)
-    for _ in range(20):
-        if not is_mounted(mnt) or _umount(mnt):
+    deadline = time.monotonic() + BUSY_WAIT
+    while is_mounted(mnt) and not _umount(mnt):
+        if time.monotonic() > deadline:
+            _umount(mnt, "-l")
             break
         time.sleep(0.1)
-    else:
-        _umount(mnt, "-l")
     if proc is None:
         return
     try:

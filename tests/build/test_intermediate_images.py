@@ -6,7 +6,14 @@ are the same images: ids themselves differ between the tools)."""
 
 from __future__ import annotations
 
-from tests.build.conftest import write_context
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.build.conftest import Podman, write_context
 from tests.container.conftest import IMAGE
 
 FIRST = f"FROM {IMAGE}\nRUN echo a > /a\nRUN echo b > /b\nENV X=1\n"
@@ -37,9 +44,23 @@ def _session(run, context) -> dict[str, list[str]]:
     return seen
 
 
-def test_intermediate_images_as_podman_keeps_them(px, podman, tmp_path):
+@pytest.fixture
+def own_podman(base_tar) -> Iterator[Podman]:
+    """A podman with a store of its own: the session's holds the other tests' images, which
+    its listings would show and its prune would delete."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed (make test installs it)")
+    tool = Podman(Path(tempfile.mkdtemp(prefix="pyub-", dir="/var/tmp")))
+    try:
+        tool("load", "-i", base_tar)
+        yield tool
+    finally:
+        tool.close()
+
+
+def test_intermediate_images_as_podman_keeps_them(px, own_podman, tmp_path):
     ours = _session(px, write_context(tmp_path / "ours", {}))
-    theirs = _session(podman, write_context(tmp_path / "theirs", {}))
+    theirs = _session(own_podman, write_context(tmp_path / "theirs", {}))
     assert ours == theirs
     assert ours["after one build"] == ["app:1"]
     assert ours["after one build, -a"] == ["<none>:<none>", "<none>:<none>", "app:1"]

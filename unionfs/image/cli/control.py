@@ -89,9 +89,11 @@ def run_kill(args, store: Store) -> int:
             raise Conflict(f"container {container.name} is paused: unpause it first")
         if number in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
             restart.mark_stopped(store, container)
+        # recorded first: the container's "die", which the signal may cause at once, is
+        # recorded by its monitor and must come after it, as in docker's event stream
+        events.record_container(store, container, "kill", signal=number)
         if not runtime.send_signal(store, container, number):
             raise ImageError(f"cannot signal {container.name}: the runtime refused")
-        events.record_container(store, container, "kill", signal=number)
 
     return _each(args.containers, kill)
 
