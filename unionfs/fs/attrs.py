@@ -25,7 +25,11 @@ def entry_attributes(fs: UnionFS, node: Node, st: os.stat_result) -> pyfuse3.Ent
     attr.generation = 0
     attr.entry_timeout = fs.config.timeout
     attr.attr_timeout = fs.config.timeout
-    attr.st_mode, attr.st_uid, attr.st_gid, attr.st_rdev = fs.visible_attrs(node, st)
+    if fs.config.override_stat:
+        attr.st_mode, attr.st_uid, attr.st_gid, attr.st_rdev = fs.visible_attrs(node, st)
+    else:  # (what visible_attrs gives then, without the call: this runs for every entry)
+        attr.st_mode, attr.st_uid, attr.st_gid, attr.st_rdev = (st.st_mode, st.st_uid,
+                                                                st.st_gid, st.st_rdev)
     # A merged directory's real link count is unknown; report 1 as kernel overlayfs does.
     merged = node.is_dir and (node.upper + len(node.lowers)) > 1
     attr.st_nlink = 1 if merged else (0 if node.dead else st.st_nlink)
@@ -208,10 +212,23 @@ def _xattr_name(fs: UnionFS, name: bytes) -> str:
 
 
 def getxattr(fs: UnionFS, node: Node, name: bytes) -> bytes:
-    text = os.fsdecode(name)
-    if _hidden(fs, text):
+    # (The most frequent request of all: ``ls -l`` asks every entry's SELinux label. The
+    # name goes to the system call as the kernel sent it, not decoded and encoded again.)
+    key = (name, fs.config.override_stat)
+    hidden = _hidden_names.get(key)
+    if hidden is None:
+        hidden = _hidden(fs, os.fsdecode(name))
+        if len(_hidden_names) >= MAX_CACHED_NAMES:
+            _hidden_names.clear()
+        _hidden_names[key] = hidden
+    if hidden:
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-    return os.getxattr(fs.real_path(node), text, follow_symlinks=False)
+    return os.getxattr(fs.real_path(node), name, follow_symlinks=False)
+
+
+# xattr names (as the kernel sends them, and whether override_stat is on) -> hidden or not
+_hidden_names: dict[tuple[bytes, bool], bool] = {}
+MAX_CACHED_NAMES = 1000
 
 
 def listxattr(fs: UnionFS, node: Node) -> list[bytes]:

@@ -74,6 +74,8 @@ def _handler(fn: Callable) -> Callable:
             scope = longpaths.begin_request()
             try:
                 return await fn(self, *args)
+            except pyfuse3.FUSEError:
+                raise
             except Exception as e:
                 raise _fuse_error(e, name, args) from None
             finally:
@@ -87,6 +89,8 @@ def _handler(fn: Callable) -> Callable:
         scope = longpaths.begin_request()
         try:
             return fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
         except Exception as e:
             raise _fuse_error(e, name, args) from None
         finally:
@@ -115,8 +119,20 @@ def _fuse_error(e: Exception, name: str, args: tuple) -> pyfuse3.FUSEError:
 def readdir_cookie(name: str) -> int:
     """A directory offset that names a place in any listing of the directory: a hash of the
     name (above 2, the offsets of "." and ".."), listings being in hash order, as ext4's."""
-    digest = hashlib.blake2b(os.fsencode(name), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") >> 2) + 3
+    cookie = _cookies.get(name)
+    if cookie is None:
+        digest = hashlib.blake2b(os.fsencode(name), digest_size=8).digest()
+        cookie = (int.from_bytes(digest, "big") >> 2) + 3
+        if len(_cookies) >= MAX_CACHED_COOKIES:
+            _cookies.clear()
+        _cookies[name] = cookie
+    return cookie
+
+
+# Names' cookies, computed once: the same names are listed again and again (every listing a
+# kernel dropped, every directory of a tree that has the same names).
+_cookies: dict[str, int] = {}
+MAX_CACHED_COOKIES = 100_000
 
 
 def backing_flags(flags: int) -> int:
@@ -470,10 +486,12 @@ class UnionOperations(pyfuse3.Operations):
         directory = handle.node
         if start_id == 0 or handle.names is None:
             names, handle.in_upper = merged_listing(fs, directory)
-            handle.names = [".", "..", *sorted(names, key=readdir_cookie)]
-            handle.cookies = [1, 2, *map(readdir_cookie, handle.names[2:])]
+            in_order = sorted([(readdir_cookie(name), name) for name in names])
+            handle.names = [".", "..", *(name for _, name in in_order)]
+            handle.encoded = [os.fsencode(name) for name in handle.names]
+            handle.cookies = [1, 2, *(cookie for cookie, _ in in_order)]
             handle.generation = fs.generation
-        names, cookies = handle.names, handle.cookies
+        names, encoded, cookies = handle.names, handle.encoded, handle.cookies
         path = fs.path(directory)
         upper_known = handle.generation == fs.generation
         # The offset is the last cookie the kernel got, perhaps from a listing of another
@@ -483,7 +501,7 @@ class UnionOperations(pyfuse3.Operations):
             if index < 2:  # "." and "..": the kernel takes no reference for these
                 node = directory if index == 0 else (directory.parent or directory)
                 attr = attrs.getattr_(fs, node)
-                if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, cookies[index]):
+                if not pyfuse3.readdir_reply(token, encoded[index], attr, cookies[index]):
                     break
                 continue
             look_in_upper = directory.upper and (not upper_known or name in handle.in_upper)
@@ -492,7 +510,7 @@ class UnionOperations(pyfuse3.Operations):
                 continue
             node = fs.table.node_for(found, directory, name)
             attr = attrs.entry_attributes(fs, node, found.st)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, cookies[index]):
+            if not pyfuse3.readdir_reply(token, encoded[index], attr, cookies[index]):
                 break
             node.lookups += 1
         else:

@@ -6,13 +6,11 @@ The operation modules (copyup, dirops, attrs, readdir) take a ``UnionFS`` and ac
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
 import stat
 from collections import Counter
-from collections.abc import AsyncIterator
 from itertools import count
 
 import pyfuse3
@@ -32,6 +30,31 @@ NAME_MAX = 255
 # release cannot ask for either; `make setup` builds one with the extension.
 PYFUSE3_CACHE_READDIR = hasattr(pyfuse3.FileInfo(), "cache_readdir")
 PYFUSE3_CACHE_SYMLINKS = hasattr(pyfuse3.Operations, "enable_cache_symlinks")
+
+
+class Changing:
+    """What ``UnionFS.changing`` returns: a class rather than an ``asynccontextmanager``
+    (every change request enters one; a generator-based one costs several times as much)."""
+
+    __slots__ = ("fs", "directories")
+
+    def __init__(self, fs: UnionFS, directories: tuple[Node, ...]) -> None:
+        self.fs = fs
+        self.directories = directories
+
+    async def __aenter__(self) -> None:
+        await self.fs._lock_namespace()
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: object) -> None:
+        fs = self.fs
+        try:
+            if error is not None:
+                for directory in self.directories:
+                    fs.invalidate_listing(directory)
+        finally:
+            fs.generation += 1
+            fs.ns_lock.release()
 
 
 class UnionFS:
@@ -87,24 +110,15 @@ class UnionFS:
         """A fresh name in the workdir, on the upper's filesystem (for atomic renames)."""
         return os.path.join(self.temp_dir, f"t{next(self._temp_ids)}")
 
-    @contextlib.asynccontextmanager
-    async def changing(self, *directories: Node) -> AsyncIterator[None]:
-        """Serializes changes to the namespace and the upper; counts them for readdir.
+    def changing(self, *directories: Node) -> Changing:
+        """Serializes changes to the namespace and the upper; counts them for readdir
+        (``async with fs.changing(...)``).
 
         ``directories``: those whose names the change is about. The kernel drops its cached
         listings of them only when the request succeeds; one that fails may have changed them
         part way (a rename whose whiteout could not be made), so they are dropped here then.
         """
-        await self._lock_namespace()
-        try:
-            yield
-        except BaseException:
-            for directory in directories:
-                self.invalidate_listing(directory)
-            raise
-        finally:
-            self.generation += 1
-            self.ns_lock.release()
+        return Changing(self, directories)
 
     async def _lock_namespace(self) -> None:
         """Takes ``ns_lock``; without a trip through trio's scheduler when it is free (a
@@ -135,7 +149,7 @@ class UnionFS:
     # --- nodes and paths -----------------------------------------------------------------------
 
     def node(self, ino: int) -> Node:
-        node = self.table.get(ino)
+        node = self.table.nodes.get(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ESTALE)
         return node
@@ -152,7 +166,7 @@ class UnionFS:
     def real_path(self, node: Node) -> str:
         """Where the top-most object of ``node`` lives now."""
         if node.upper:
-            return self.upper_path(node)
+            return self.stack.real(UPPER, self.path(node))
         if not node.lowers:
             raise pyfuse3.FUSEError(errno.ESTALE)
         return self.stack.real(*node.lowers[0])
