@@ -31,7 +31,7 @@ def entry_attributes(fs: UnionFS, node: Node, st: os.stat_result) -> pyfuse3.Ent
         attr.st_mode, attr.st_uid, attr.st_gid, attr.st_rdev = (st.st_mode, st.st_uid,
                                                                 st.st_gid, st.st_rdev)
     # A merged directory's real link count is unknown; report 1 as kernel overlayfs does.
-    merged = node.is_dir and (node.upper + len(node.lowers)) > 1
+    merged = node.kind == stat.S_IFDIR and (node.upper + len(node.lowers)) > 1
     attr.st_nlink = 1 if merged else (0 if node.dead else st.st_nlink)
     attr.st_size = st.st_size
     attr.st_blksize = st.st_blksize

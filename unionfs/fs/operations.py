@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import stat
+import sys
 from collections.abc import Callable
 
 import pyfuse3
@@ -33,6 +34,8 @@ PYFUSE3_NO_OPEN = hasattr(pyfuse3.Operations, "enable_no_open")
 PYFUSE3_DONT_MASK = hasattr(pyfuse3.Operations, "enable_dont_mask")
 # ... and handlers that are plain functions, called inline (the PyPI release awaits them all)
 PYFUSE3_PLAIN_METHODS = getattr(pyfuse3, "PLAIN_METHODS", False)
+
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 log = logging.getLogger("pyunion")
 BIG_IO = 1 << 20  # reads and writes at least this large run in a worker thread
@@ -76,6 +79,8 @@ def _handler(fn: Callable) -> Callable:
                 return await fn(self, *args)
             except pyfuse3.FUSEError:
                 raise
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
             except Exception as e:
                 raise _fuse_error(e, name, args) from None
             finally:
@@ -86,15 +91,20 @@ def _handler(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def plain(self: UnionOperations, *args):
         self.fs.stats[name] += 1
-        scope = longpaths.begin_request()
+        inline = longpaths.INLINE
+        inline.active = True
         try:
             return fn(self, *args)
         except pyfuse3.FUSEError:
             raise
+        except OSError as e:  # (ENODATA from getxattr: the most frequent answer of all)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         except Exception as e:
             raise _fuse_error(e, name, args) from None
         finally:
-            longpaths.end_request(scope)
+            inline.active = False
+            if inline.fds:
+                inline.close_fds()
 
     if PYFUSE3_PLAIN_METHODS:
         return plain
@@ -201,7 +211,7 @@ class UnionOperations(pyfuse3.Operations):
     def lookup(self, parent_inode, name, ctx):
         fs = self.fs
         parent = fs.node(parent_inode)
-        text = os.fsdecode(name)
+        text = name.decode(FS_ENCODING, FS_ERRORS)  # (os.fsdecode, without its checks)
         if text == ".":
             return self._entry(parent)
         if text == "..":

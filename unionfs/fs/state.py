@@ -136,7 +136,8 @@ class UnionFS:
 
     @staticmethod
     def check_name(name: str) -> None:
-        if len(os.fsencode(name)) > NAME_MAX:
+        # (A name of n characters encodes to at most 4n bytes: most need no encoding here.)
+        if len(name) * 4 > NAME_MAX and len(os.fsencode(name)) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
 
     @staticmethod
@@ -245,7 +246,7 @@ class UnionFS:
         return override.read(self.real_path(node))
 
     def resolve(self, parent: Node, name: str) -> Found | None:
-        if not parent.is_dir:
+        if parent.kind != stat.S_IFDIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         parent_path = self.path(parent)
         return self.stack.resolve(parent_path, parent.upper, parent.lowers, name)
