@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
 
 import pyfuse3
 
@@ -66,7 +64,8 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
     truncating_to_zero = fields.update_size and attr.st_size == 0
     await copy_up(fs, node, with_data=not truncating_to_zero,
                   metadata_only=not fields.update_size)
-    with _target(fs, node, fh) as target:
+    target, opened = _target(fs, node, fh)
+    try:
         if fs.config.override_stat and not stat.S_ISLNK(node.kind):
             _record_owner_and_mode(fs, node, target, attr, fields)
         else:
@@ -87,6 +86,9 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
             # What the kernel sends before an unprivileged write to a set-id file (it leaves
             # the clearing of the bits to the file system; see inode_io.py).
             clear_setid(target, caller_of(ctx))
+    finally:
+        if opened:
+            os.close(target)
     return getattr_(fs, node)
 
 
@@ -117,29 +119,23 @@ def _record_owner_and_mode(fs: UnionFS, node: Node, target: str | int,
     override.write(target, uid, gid, mode, rdev)
 
 
-@contextlib.contextmanager
-def _target(fs: UnionFS, node: Node, fh: int | None) -> Iterator[str | int]:
+def _target(fs: UnionFS, node: Node, fh: int | None) -> tuple[str | int, bool]:
     """The upper path of ``node``, or an open fd of it when it has no name any more: an open
     file's, else one opened for the call from the fd kept for it (files used without
-    handles, see inode_io.py)."""
+    handles, see inode_io.py). The flag says whether the fd was opened here (the caller
+    closes it). (Not a context manager: every setattr asks for one.)"""
     if fs.table.path_of(node) is not None:
-        yield fs.upper_path(node)
-        return
+        return fs.upper_path(node), False
     handle = fs.handles.files.get(fh) if fh is not None else None
     fd = handle.fd if handle is not None else fs.handles.any_fd(node)
     if fd is not None:
-        yield fd
-        return
+        return fd, False
     if node.kind != stat.S_IFREG:
         raise pyfuse3.FUSEError(errno.ESTALE)
     try:
-        fd = fs.reopen_unnamed(node, os.O_RDWR)
+        return fs.reopen_unnamed(node, os.O_RDWR), True
     except PermissionError:  # (an ordinary user's daemon, a file its owner cannot write)
-        fd = fs.reopen_unnamed(node, os.O_RDONLY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+        return fs.reopen_unnamed(node, os.O_RDONLY), True
 
 
 def _chown(target: str | int, uid: int, gid: int) -> None:
