@@ -19,9 +19,18 @@ import sys
 from collections.abc import Callable
 
 import pyfuse3
-import trio
 
-from unionfs.fs import attrs, dirops, inode_io, lazy, longpaths, ondisk, override, passthrough
+from unionfs.fs import (
+    attrs,
+    dirops,
+    inode_io,
+    lazy,
+    longpaths,
+    offload,
+    ondisk,
+    override,
+    passthrough,
+)
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.handles import Caller, FileHandle
 from unionfs.fs.inodes import Node
@@ -58,7 +67,7 @@ async def read_without_blocking(fd: int, size: int, off: int) -> bytes:
         if n == size or off + n >= os.fstat(fd).st_size:  # all of it, or up to the end
             return bytes(buf[:n])
         data = bytes(buf[:n])
-    rest = await trio.to_thread.run_sync(os.pread, fd, size - len(data), off + len(data))
+    rest = await offload.run_sync(os.pread, fd, size - len(data), off + len(data))
     return data + rest
 
 
@@ -442,7 +451,7 @@ class UnionOperations(pyfuse3.Operations):
             return await inode_io.write(self.fs, self.fs.node(fh), off, buf, BIG_IO)
         handle = self.fs.handles.files[fh]
         if len(buf) >= BIG_IO:
-            written = await trio.to_thread.run_sync(os.pwrite, handle.fd, buf, off)
+            written = await offload.run_sync(os.pwrite, handle.fd, buf, off)
         else:
             written = os.pwrite(handle.fd, buf, off)
         attrs.clear_setid(handle.fd, handle.caller)
@@ -464,7 +473,7 @@ class UnionOperations(pyfuse3.Operations):
             return
         handle = self.fs.handles.files[fh]
         if handle.fd >= 0:
-            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
+            await offload.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
         else:  # a read-only passthrough open holds no descriptor here
             await inode_io.fsync(self.fs, handle.node, datasync)
 
@@ -541,7 +550,7 @@ class UnionOperations(pyfuse3.Operations):
         if node.upper:
             fd = os.open(self.fs.upper_path(node), os.O_RDONLY | os.O_DIRECTORY)
             try:
-                await trio.to_thread.run_sync(os.fsync, fd)
+                await offload.run_sync(os.fsync, fd)
             finally:
                 os.close(fd)
 
