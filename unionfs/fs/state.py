@@ -32,6 +32,33 @@ PYFUSE3_CACHE_READDIR = hasattr(pyfuse3.FileInfo(), "cache_readdir")
 PYFUSE3_CACHE_SYMLINKS = hasattr(pyfuse3.Operations, "enable_cache_symlinks")
 
 
+class NamespaceLock:
+    """The lock changes to the namespace take (``UnionFS.changing``): a flag while free,
+    trio's parking lot only when contended. ``trio.Lock`` records and checks its owner task
+    at every acquire and release, which costs more than most changes; here every holder is
+    a request handler that releases what it took. Handed over in arrival order."""
+
+    __slots__ = ("held", "_waiters")
+
+    def __init__(self) -> None:
+        self.held = False
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    async def acquire(self) -> None:
+        """Takes the lock; without a trip through trio's scheduler when it is free (a
+        checkpoint costs more than most changes, and handlers are never cancelled)."""
+        if not self.held and not self._waiters:
+            self.held = True
+            return
+        await self._waiters.park()  # woken by release, which hands the lock over held
+
+    def release(self) -> None:
+        if self._waiters:
+            self._waiters.unpark()  # (still held: now by the task it wakes)
+        else:
+            self.held = False
+
+
 class Changing:
     """What ``UnionFS.changing`` returns: a class rather than an ``asynccontextmanager``
     (every change request enters one; a generator-based one costs several times as much)."""
@@ -43,7 +70,7 @@ class Changing:
         self.directories = directories
 
     async def __aenter__(self) -> None:
-        await self.fs._lock_namespace()
+        await self.fs.ns_lock.acquire()
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         traceback: object) -> None:
@@ -68,7 +95,7 @@ class UnionFS:
         self.handles = HandleTable()
         self.backings = Backings(self.stack.roots)  # FUSE passthrough (passthrough.py)
         self.table.on_drop = self.backings.forget
-        self.ns_lock = trio.Lock()
+        self.ns_lock = NamespaceLock()
         self.stats: Counter[str] = Counter()
         # The kernel may keep directory listings and symlink targets (for as long as it likes:
         # only invalidation drops them) where nothing changes underneath: not with timeout=0.
@@ -119,14 +146,6 @@ class UnionFS:
         part way (a rename whose whiteout could not be made), so they are dropped here then.
         """
         return Changing(self, directories)
-
-    async def _lock_namespace(self) -> None:
-        """Takes ``ns_lock``; without a trip through trio's scheduler when it is free (a
-        checkpoint costs more than most changes, and handlers are never cancelled)."""
-        try:
-            self.ns_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.ns_lock.acquire()
 
     # --- checks ------------------------------------------------------------------------------
 
