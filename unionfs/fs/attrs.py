@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
 
 import pyfuse3
 
@@ -25,9 +23,13 @@ def entry_attributes(fs: UnionFS, node: Node, st: os.stat_result) -> pyfuse3.Ent
     attr.generation = 0
     attr.entry_timeout = fs.config.timeout
     attr.attr_timeout = fs.config.timeout
-    attr.st_mode, attr.st_uid, attr.st_gid, attr.st_rdev = fs.visible_attrs(node, st)
+    if fs.config.override_stat:
+        attr.st_mode, attr.st_uid, attr.st_gid, attr.st_rdev = fs.visible_attrs(node, st)
+    else:  # (what visible_attrs gives then, without the call: this runs for every entry)
+        attr.st_mode, attr.st_uid, attr.st_gid, attr.st_rdev = (st.st_mode, st.st_uid,
+                                                                st.st_gid, st.st_rdev)
     # A merged directory's real link count is unknown; report 1 as kernel overlayfs does.
-    merged = node.is_dir and (node.upper + len(node.lowers)) > 1
+    merged = node.kind == stat.S_IFDIR and (node.upper + len(node.lowers)) > 1
     attr.st_nlink = 1 if merged else (0 if node.dead else st.st_nlink)
     attr.st_size = st.st_size
     attr.st_blksize = st.st_blksize
@@ -62,7 +64,8 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
     truncating_to_zero = fields.update_size and attr.st_size == 0
     await copy_up(fs, node, with_data=not truncating_to_zero,
                   metadata_only=not fields.update_size)
-    with _target(fs, node, fh) as target:
+    target, opened = _target(fs, node, fh)
+    try:
         if fs.config.override_stat and not stat.S_ISLNK(node.kind):
             _record_owner_and_mode(fs, node, target, attr, fields)
         else:
@@ -83,6 +86,9 @@ async def setattr_(fs: UnionFS, node: Node, attr: pyfuse3.EntryAttributes,
             # What the kernel sends before an unprivileged write to a set-id file (it leaves
             # the clearing of the bits to the file system; see inode_io.py).
             clear_setid(target, caller_of(ctx))
+    finally:
+        if opened:
+            os.close(target)
     return getattr_(fs, node)
 
 
@@ -113,29 +119,23 @@ def _record_owner_and_mode(fs: UnionFS, node: Node, target: str | int,
     override.write(target, uid, gid, mode, rdev)
 
 
-@contextlib.contextmanager
-def _target(fs: UnionFS, node: Node, fh: int | None) -> Iterator[str | int]:
+def _target(fs: UnionFS, node: Node, fh: int | None) -> tuple[str | int, bool]:
     """The upper path of ``node``, or an open fd of it when it has no name any more: an open
     file's, else one opened for the call from the fd kept for it (files used without
-    handles, see inode_io.py)."""
+    handles, see inode_io.py). The flag says whether the fd was opened here (the caller
+    closes it). (Not a context manager: every setattr asks for one.)"""
     if fs.table.path_of(node) is not None:
-        yield fs.upper_path(node)
-        return
+        return fs.upper_path(node), False
     handle = fs.handles.files.get(fh) if fh is not None else None
     fd = handle.fd if handle is not None else fs.handles.any_fd(node)
     if fd is not None:
-        yield fd
-        return
+        return fd, False
     if node.kind != stat.S_IFREG:
         raise pyfuse3.FUSEError(errno.ESTALE)
     try:
-        fd = fs.reopen_unnamed(node, os.O_RDWR)
+        return fs.reopen_unnamed(node, os.O_RDWR), True
     except PermissionError:  # (an ordinary user's daemon, a file its owner cannot write)
-        fd = fs.reopen_unnamed(node, os.O_RDONLY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+        return fs.reopen_unnamed(node, os.O_RDONLY), True
 
 
 def _chown(target: str | int, uid: int, gid: int) -> None:
@@ -208,10 +208,23 @@ def _xattr_name(fs: UnionFS, name: bytes) -> str:
 
 
 def getxattr(fs: UnionFS, node: Node, name: bytes) -> bytes:
-    text = os.fsdecode(name)
-    if _hidden(fs, text):
+    # (The most frequent request of all: ``ls -l`` asks every entry's SELinux label. The
+    # name goes to the system call as the kernel sent it, not decoded and encoded again.)
+    key = (name, fs.config.override_stat)
+    hidden = _hidden_names.get(key)
+    if hidden is None:
+        hidden = _hidden(fs, os.fsdecode(name))
+        if len(_hidden_names) >= MAX_CACHED_NAMES:
+            _hidden_names.clear()
+        _hidden_names[key] = hidden
+    if hidden:
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-    return os.getxattr(fs.real_path(node), text, follow_symlinks=False)
+    return os.getxattr(fs.real_path(node), name, follow_symlinks=False)
+
+
+# xattr names (as the kernel sends them, and whether override_stat is on) -> hidden or not
+_hidden_names: dict[tuple[bytes, bool], bool] = {}
+MAX_CACHED_NAMES = 1000
 
 
 def listxattr(fs: UnionFS, node: Node) -> list[bytes]:

@@ -16,9 +16,7 @@ import os
 import stat
 from collections.abc import Awaitable, Callable, Iterator
 
-import trio
-
-from unionfs.fs import lazy, ondisk, override, syscalls
+from unionfs.fs import lazy, offload, ondisk, override, syscalls
 from unionfs.fs.inodes import Node
 from unionfs.fs.layers import join, open_lower
 from unionfs.fs.state import UnionFS
@@ -210,7 +208,7 @@ async def copy_file_off_loop(fs: UnionFS, src: str, dst: str, size: int) -> None
     if size < INLINE_COPY:
         copy_file(src, dst, size, fs.config.fsync)
     else:
-        await trio.to_thread.run_sync(copy_file, src, dst, size, fs.config.fsync)
+        await offload.run_sync(copy_file, src, dst, size, fs.config.fsync)
 
 
 def copy_file(src: str, dst: str, size: int, fsync: bool) -> None:

@@ -50,12 +50,13 @@ class FileHandle:
 
 
 class DirHandle:
-    __slots__ = ("fh", "node", "names", "cookies", "in_upper", "generation")
+    __slots__ = ("fh", "node", "names", "encoded", "cookies", "in_upper", "generation")
 
     def __init__(self, fh: int, node: Node) -> None:
         self.fh = fh
         self.node = node
         self.names: list[str] | None = None  # snapshot taken at offset 0, in cookie order
+        self.encoded: list[bytes] = []       # the same names as the kernel gets them
         self.cookies: list[int] = []         # their offsets (operations.readdir_cookie)
         self.in_upper: set[str] = set()      # the names of it that the upper has ...
         self.generation = -1                 # ... as long as the upper has not changed since

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import os
 
-import trio
-
+from unionfs.fs import offload
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.inodes import Node
 from unionfs.fs.state import UnionFS
@@ -38,7 +37,7 @@ async def write(fs: UnionFS, node: Node, off: int, buf: bytes, big: int) -> int:
     fd = fs.open_data(node, os.O_WRONLY)
     try:
         if len(buf) >= big:
-            return await trio.to_thread.run_sync(os.pwrite, fd, buf, off)
+            return await offload.run_sync(os.pwrite, fd, buf, off)
         return os.pwrite(fd, buf, off)
     finally:
         os.close(fd)
@@ -47,6 +46,6 @@ async def write(fs: UnionFS, node: Node, off: int, buf: bytes, big: int) -> int:
 async def fsync(fs: UnionFS, node: Node, datasync: bool) -> None:
     fd = fs.open_data(node, os.O_RDONLY)
     try:
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+        await offload.run_sync(os.fdatasync if datasync else os.fsync, fd)
     finally:
         os.close(fd)

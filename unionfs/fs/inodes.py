@@ -21,18 +21,25 @@ from unionfs.fs.layers import Found, LowerRef
 
 INO_BITS = 48
 
+# Bumped whenever a directory's parent or name changes: a merged path cached
+# (``NodeTable.path_of``) under an older value may be wrong. (A file's change drops only its
+# own.) Renames are rare beside the requests that need a path.
+_names_epoch = 0
+
 
 class Node:
     """One merged object as the kernel knows it."""
 
-    __slots__ = ("ino", "kind", "parent", "name", "upper", "lowers", "lookups", "open_count",
-                 "dead", "metacopy", "kept_fd", "next_read")
+    __slots__ = ("ino", "kind", "_parent", "_name", "upper", "lowers", "lookups", "open_count",
+                 "dead", "metacopy", "kept_fd", "next_read", "_path", "_path_epoch")
 
     def __init__(self, ino: int, kind: int, parent: Node | None, name: str) -> None:
         self.ino = ino
         self.kind = kind
-        self.parent = parent          # a directory this object is reachable from (None: no name)
-        self.name = name              # its name there
+        self._parent = parent         # a directory this object is reachable from (None: no name)
+        self._name = name             # its name there
+        self._path: str | None = None  # its merged path, as of ...
+        self._path_epoch = -1          # ... this _names_epoch
         self.upper = False            # the upper holds this object at its merged path
         self.lowers: tuple[LowerRef, ...] = ()
         self.lookups = 0
@@ -41,6 +48,32 @@ class Node:
         self.metacopy = False         # upper has the metadata, the data is lowers[0]'s
         self.kept_fd = -1             # O_PATH fd of its upper object once its name went
         self.next_read = -1           # where a sequential reader's next read starts (no_open)
+
+    @property
+    def parent(self) -> Node | None:
+        return self._parent
+
+    @parent.setter
+    def parent(self, parent: Node | None) -> None:
+        self._names_changed()
+        self._parent = parent
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        self._names_changed()
+        self._name = name
+
+    def _names_changed(self) -> None:
+        """Drops the merged paths cached of this node, and of those below it."""
+        global _names_epoch
+        if self.kind == stat.S_IFDIR:
+            _names_epoch += 1
+        else:
+            self._path_epoch = -1
 
     @property
     def is_dir(self) -> bool:
@@ -121,7 +154,8 @@ class NodeTable:
         if node is None:
             node = Node(ino, kind, parent, name)
             self.nodes[ino] = node
-        node.parent, node.name = parent, name
+        if node._parent is not parent or node._name != name:
+            node.parent, node.name = parent, name
         node.upper = found.upper
         node.lowers = found.lowers
         node.metacopy = found.metacopy
@@ -164,12 +198,30 @@ class NodeTable:
                 node.kept_fd = -1
 
     def path_of(self, node: Node) -> str | None:
-        """The merged path of ``node`` (which is also its path in the upper), None if unnamed."""
+        """The merged path of ``node`` (which is also its path in the upper), None if unnamed.
+        Cached in the node until a name changes anywhere (``_names_epoch``)."""
+        if node._path_epoch == _names_epoch:
+            return node._path
+        path = self._walk_path(node)
+        node._path, node._path_epoch = path, _names_epoch
+        return path
+
+    def _walk_path(self, node: Node) -> str | None:
+        """The path of ``node`` from its names up to the nearest ancestor whose path is
+        cached, or up to the root."""
         names = []
-        while node.parent is not None:
-            names.append(node.name)
-            node = node.parent
-        if node is not self.root:
-            return None
+        while node._path_epoch != _names_epoch:
+            parent = node._parent
+            if parent is None:
+                if node is not self.root:
+                    return None
+                break
+            names.append(node._name)
+            node = parent
+        else:
+            if node._path is None:
+                return None
+            if node._path:
+                names.append(node._path)
         names.reverse()
         return "/".join(names)

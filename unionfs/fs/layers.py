@@ -108,6 +108,10 @@ class LayerStack:
         """The backing path of ``path`` in ``layer``, usable whatever its length."""
         root = self.roots[layer]
         assert root is not None
+        # longpaths.backing_path's own first test, here: nearly every path passes it
+        full = f"{root}/{path}" if path else root
+        if len(full) * 4 < longpaths.DIRECT_LIMIT:
+            return full
         return longpaths.backing_path(root, self.root_fds[layer], path)
 
     def upper_path(self, path: str) -> str:

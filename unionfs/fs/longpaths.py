@@ -10,8 +10,9 @@ part of at most ``CHUNK`` bytes at a time) and the path given to the system call
 takes a path (``lstat``, ``rename``, xattrs, ``scandir`` ...) then works unchanged.
 
 The descriptors live as long as the FUSE request that made them (:func:`begin_request` /
-:func:`end_request`): a path is used only while its request runs. Short paths, nearly all
-of them, are plain strings.
+:func:`end_request` around a handler that may wait; ``INLINE`` around one that never waits,
+which runs start to end in the request loop's thread): a path is used only while its request
+runs. Short paths, nearly all of them, are plain strings.
 """
 
 from __future__ import annotations
@@ -32,6 +33,26 @@ _request_fds: ContextVar[list[int] | None] = ContextVar("pyunion_request_fds", d
 
 
 RequestScope = tuple[Token, list[int]]
+
+
+class InlineRequest:
+    """The request being answered inline (by a handler that never waits), if any: it sets
+    ``active`` and, at its end, closes ``fds`` if there are any. Two attribute stores per
+    request instead of a context variable's set and reset (every request pays for them)."""
+
+    __slots__ = ("active", "fds")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.fds: list[int] = []
+
+    def close_fds(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+INLINE = InlineRequest()
 
 
 def begin_request() -> RequestScope:
@@ -65,10 +86,24 @@ def backing_path(root: str, root_fd: int, rel: str) -> str:
     if len(os.fsencode(full)) < DIRECT_LIMIT:
         return full
     fds = _request_fds.get()
+    if fds is None and INLINE.active and _in_request_loop():
+        fds = INLINE.fds
     if fds is None:  # outside a request (mount set-up): the path is used as it is
         return full
     dir_fd, tail = _open_leading_dirs(root_fd, os.fsencode(rel), fds)
     return os.fsdecode(f"{_PROC_FD}/{dir_fd}/".encode() + tail)
+
+
+def _in_request_loop() -> bool:
+    """Runs in the thread of trio's loop (where inline requests are answered), not in a
+    worker thread that may run meanwhile."""
+    import trio  # (only here, for a long path: the image tools import this module too)
+
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _open_leading_dirs(root_fd: int, rel: bytes, fds: list[int]) -> tuple[int, bytes]:

@@ -15,12 +15,22 @@ import inspect
 import logging
 import os
 import stat
+import sys
 from collections.abc import Callable
 
 import pyfuse3
-import trio
 
-from unionfs.fs import attrs, dirops, inode_io, lazy, longpaths, ondisk, override, passthrough
+from unionfs.fs import (
+    attrs,
+    dirops,
+    inode_io,
+    lazy,
+    longpaths,
+    offload,
+    ondisk,
+    override,
+    passthrough,
+)
 from unionfs.fs.copyup import copy_up
 from unionfs.fs.handles import Caller, FileHandle
 from unionfs.fs.inodes import Node
@@ -33,6 +43,8 @@ PYFUSE3_NO_OPEN = hasattr(pyfuse3.Operations, "enable_no_open")
 PYFUSE3_DONT_MASK = hasattr(pyfuse3.Operations, "enable_dont_mask")
 # ... and handlers that are plain functions, called inline (the PyPI release awaits them all)
 PYFUSE3_PLAIN_METHODS = getattr(pyfuse3, "PLAIN_METHODS", False)
+
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 log = logging.getLogger("pyunion")
 BIG_IO = 1 << 20  # reads and writes at least this large run in a worker thread
@@ -55,7 +67,7 @@ async def read_without_blocking(fd: int, size: int, off: int) -> bytes:
         if n == size or off + n >= os.fstat(fd).st_size:  # all of it, or up to the end
             return bytes(buf[:n])
         data = bytes(buf[:n])
-    rest = await trio.to_thread.run_sync(os.pread, fd, size - len(data), off + len(data))
+    rest = await offload.run_sync(os.pread, fd, size - len(data), off + len(data))
     return data + rest
 
 
@@ -74,6 +86,10 @@ def _handler(fn: Callable) -> Callable:
             scope = longpaths.begin_request()
             try:
                 return await fn(self, *args)
+            except pyfuse3.FUSEError:
+                raise
+            except OSError as e:
+                raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
             except Exception as e:
                 raise _fuse_error(e, name, args) from None
             finally:
@@ -84,13 +100,20 @@ def _handler(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def plain(self: UnionOperations, *args):
         self.fs.stats[name] += 1
-        scope = longpaths.begin_request()
+        inline = longpaths.INLINE
+        inline.active = True
         try:
             return fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:  # (ENODATA from getxattr: the most frequent answer of all)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         except Exception as e:
             raise _fuse_error(e, name, args) from None
         finally:
-            longpaths.end_request(scope)
+            inline.active = False
+            if inline.fds:
+                inline.close_fds()
 
     if PYFUSE3_PLAIN_METHODS:
         return plain
@@ -115,8 +138,20 @@ def _fuse_error(e: Exception, name: str, args: tuple) -> pyfuse3.FUSEError:
 def readdir_cookie(name: str) -> int:
     """A directory offset that names a place in any listing of the directory: a hash of the
     name (above 2, the offsets of "." and ".."), listings being in hash order, as ext4's."""
-    digest = hashlib.blake2b(os.fsencode(name), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") >> 2) + 3
+    cookie = _cookies.get(name)
+    if cookie is None:
+        digest = hashlib.blake2b(os.fsencode(name), digest_size=8).digest()
+        cookie = (int.from_bytes(digest, "big") >> 2) + 3
+        if len(_cookies) >= MAX_CACHED_COOKIES:
+            _cookies.clear()
+        _cookies[name] = cookie
+    return cookie
+
+
+# Names' cookies, computed once: the same names are listed again and again (every listing a
+# kernel dropped, every directory of a tree that has the same names).
+_cookies: dict[str, int] = {}
+MAX_CACHED_COOKIES = 100_000
 
 
 def backing_flags(flags: int) -> int:
@@ -185,7 +220,7 @@ class UnionOperations(pyfuse3.Operations):
     def lookup(self, parent_inode, name, ctx):
         fs = self.fs
         parent = fs.node(parent_inode)
-        text = os.fsdecode(name)
+        text = name.decode(FS_ENCODING, FS_ERRORS)  # (os.fsdecode, without its checks)
         if text == ".":
             return self._entry(parent)
         if text == "..":
@@ -416,7 +451,7 @@ class UnionOperations(pyfuse3.Operations):
             return await inode_io.write(self.fs, self.fs.node(fh), off, buf, BIG_IO)
         handle = self.fs.handles.files[fh]
         if len(buf) >= BIG_IO:
-            written = await trio.to_thread.run_sync(os.pwrite, handle.fd, buf, off)
+            written = await offload.run_sync(os.pwrite, handle.fd, buf, off)
         else:
             written = os.pwrite(handle.fd, buf, off)
         attrs.clear_setid(handle.fd, handle.caller)
@@ -438,7 +473,7 @@ class UnionOperations(pyfuse3.Operations):
             return
         handle = self.fs.handles.files[fh]
         if handle.fd >= 0:
-            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
+            await offload.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
         else:  # a read-only passthrough open holds no descriptor here
             await inode_io.fsync(self.fs, handle.node, datasync)
 
@@ -470,10 +505,12 @@ class UnionOperations(pyfuse3.Operations):
         directory = handle.node
         if start_id == 0 or handle.names is None:
             names, handle.in_upper = merged_listing(fs, directory)
-            handle.names = [".", "..", *sorted(names, key=readdir_cookie)]
-            handle.cookies = [1, 2, *map(readdir_cookie, handle.names[2:])]
+            in_order = sorted([(readdir_cookie(name), name) for name in names])
+            handle.names = [".", "..", *(name for _, name in in_order)]
+            handle.encoded = [os.fsencode(name) for name in handle.names]
+            handle.cookies = [1, 2, *(cookie for cookie, _ in in_order)]
             handle.generation = fs.generation
-        names, cookies = handle.names, handle.cookies
+        names, encoded, cookies = handle.names, handle.encoded, handle.cookies
         path = fs.path(directory)
         upper_known = handle.generation == fs.generation
         # The offset is the last cookie the kernel got, perhaps from a listing of another
@@ -483,7 +520,7 @@ class UnionOperations(pyfuse3.Operations):
             if index < 2:  # "." and "..": the kernel takes no reference for these
                 node = directory if index == 0 else (directory.parent or directory)
                 attr = attrs.getattr_(fs, node)
-                if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, cookies[index]):
+                if not pyfuse3.readdir_reply(token, encoded[index], attr, cookies[index]):
                     break
                 continue
             look_in_upper = directory.upper and (not upper_known or name in handle.in_upper)
@@ -492,7 +529,7 @@ class UnionOperations(pyfuse3.Operations):
                 continue
             node = fs.table.node_for(found, directory, name)
             attr = attrs.entry_attributes(fs, node, found.st)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, cookies[index]):
+            if not pyfuse3.readdir_reply(token, encoded[index], attr, cookies[index]):
                 break
             node.lookups += 1
         else:
@@ -513,7 +550,7 @@ class UnionOperations(pyfuse3.Operations):
         if node.upper:
             fd = os.open(self.fs.upper_path(node), os.O_RDONLY | os.O_DIRECTORY)
             try:
-                await trio.to_thread.run_sync(os.fsync, fd)
+                await offload.run_sync(os.fsync, fd)
             finally:
                 os.close(fd)
 

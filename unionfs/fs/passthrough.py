@@ -31,7 +31,7 @@ import ctypes
 import errno
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyfuse3
 import trio
@@ -90,7 +90,9 @@ class Backing:
     backing_id: int
     of_lower: bool  # registered on the lower (or metacopy data) file, not the upper one
     opens: int = 0
-    released: trio.Event = field(default_factory=trio.Event)  # set when opens drops to 0
+    # Set when opens drops to 0; made only for a writer that waits for it (check_writable):
+    # most opens are never waited for, and an Event costs more than the rest of an open.
+    released: trio.Event | None = None
 
 
 class Backings:
@@ -113,6 +115,8 @@ class Backings:
         if backing is None or not backing.of_lower:
             return
         if backing.opens:
+            if backing.released is None:
+                backing.released = trio.Event()
             with trio.move_on_after(RELEASE_WAIT):
                 await backing.released.wait()
         self._drop_lower_for_writer(ino)
@@ -160,16 +164,15 @@ class Backings:
         return backing.backing_id
 
     def _opened(self, ino: int, backing: Backing) -> None:
-        if backing.opens == 0:
-            backing.released = trio.Event()
         backing.opens += 1
 
     def detach(self, ino: int) -> None:
         """A passthrough open of ``ino`` was released (its backing stays, for the next)."""
         backing = self.by_node[ino]
         backing.opens -= 1
-        if backing.opens == 0:
+        if backing.opens == 0 and backing.released is not None:
             backing.released.set()
+            backing.released = None  # (the next writer to wait makes a new one)
 
     def forget(self, ino: int) -> None:
         """Releases the backing of ``ino`` if none of its opens is left (the node is gone,

@@ -6,13 +6,11 @@ The operation modules (copyup, dirops, attrs, readdir) take a ``UnionFS`` and ac
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
 import stat
 from collections import Counter
-from collections.abc import AsyncIterator
 from itertools import count
 
 import pyfuse3
@@ -34,6 +32,58 @@ PYFUSE3_CACHE_READDIR = hasattr(pyfuse3.FileInfo(), "cache_readdir")
 PYFUSE3_CACHE_SYMLINKS = hasattr(pyfuse3.Operations, "enable_cache_symlinks")
 
 
+class NamespaceLock:
+    """The lock changes to the namespace take (``UnionFS.changing``): a flag while free,
+    trio's parking lot only when contended. ``trio.Lock`` records and checks its owner task
+    at every acquire and release, which costs more than most changes; here every holder is
+    a request handler that releases what it took. Handed over in arrival order."""
+
+    __slots__ = ("held", "_waiters")
+
+    def __init__(self) -> None:
+        self.held = False
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    async def acquire(self) -> None:
+        """Takes the lock; without a trip through trio's scheduler when it is free (a
+        checkpoint costs more than most changes, and handlers are never cancelled)."""
+        if not self.held and not self._waiters:
+            self.held = True
+            return
+        await self._waiters.park()  # woken by release, which hands the lock over held
+
+    def release(self) -> None:
+        if self._waiters:
+            self._waiters.unpark()  # (still held: now by the task it wakes)
+        else:
+            self.held = False
+
+
+class Changing:
+    """What ``UnionFS.changing`` returns: a class rather than an ``asynccontextmanager``
+    (every change request enters one; a generator-based one costs several times as much)."""
+
+    __slots__ = ("fs", "directories")
+
+    def __init__(self, fs: UnionFS, directories: tuple[Node, ...]) -> None:
+        self.fs = fs
+        self.directories = directories
+
+    async def __aenter__(self) -> None:
+        await self.fs.ns_lock.acquire()
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: object) -> None:
+        fs = self.fs
+        try:
+            if error is not None:
+                for directory in self.directories:
+                    fs.invalidate_listing(directory)
+        finally:
+            fs.generation += 1
+            fs.ns_lock.release()
+
+
 class UnionFS:
     def __init__(self, config: MountConfig) -> None:
         self.config = config
@@ -45,7 +95,7 @@ class UnionFS:
         self.handles = HandleTable()
         self.backings = Backings(self.stack.roots)  # FUSE passthrough (passthrough.py)
         self.table.on_drop = self.backings.forget
-        self.ns_lock = trio.Lock()
+        self.ns_lock = NamespaceLock()
         self.stats: Counter[str] = Counter()
         # The kernel may keep directory listings and symlink targets (for as long as it likes:
         # only invalidation drops them) where nothing changes underneath: not with timeout=0.
@@ -87,32 +137,15 @@ class UnionFS:
         """A fresh name in the workdir, on the upper's filesystem (for atomic renames)."""
         return os.path.join(self.temp_dir, f"t{next(self._temp_ids)}")
 
-    @contextlib.asynccontextmanager
-    async def changing(self, *directories: Node) -> AsyncIterator[None]:
-        """Serializes changes to the namespace and the upper; counts them for readdir.
+    def changing(self, *directories: Node) -> Changing:
+        """Serializes changes to the namespace and the upper; counts them for readdir
+        (``async with fs.changing(...)``).
 
         ``directories``: those whose names the change is about. The kernel drops its cached
         listings of them only when the request succeeds; one that fails may have changed them
         part way (a rename whose whiteout could not be made), so they are dropped here then.
         """
-        await self._lock_namespace()
-        try:
-            yield
-        except BaseException:
-            for directory in directories:
-                self.invalidate_listing(directory)
-            raise
-        finally:
-            self.generation += 1
-            self.ns_lock.release()
-
-    async def _lock_namespace(self) -> None:
-        """Takes ``ns_lock``; without a trip through trio's scheduler when it is free (a
-        checkpoint costs more than most changes, and handlers are never cancelled)."""
-        try:
-            self.ns_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.ns_lock.acquire()
+        return Changing(self, directories)
 
     # --- checks ------------------------------------------------------------------------------
 
@@ -122,7 +155,8 @@ class UnionFS:
 
     @staticmethod
     def check_name(name: str) -> None:
-        if len(os.fsencode(name)) > NAME_MAX:
+        # (A name of n characters encodes to at most 4n bytes: most need no encoding here.)
+        if len(name) * 4 > NAME_MAX and len(os.fsencode(name)) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
 
     @staticmethod
@@ -135,7 +169,7 @@ class UnionFS:
     # --- nodes and paths -----------------------------------------------------------------------
 
     def node(self, ino: int) -> Node:
-        node = self.table.get(ino)
+        node = self.table.nodes.get(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ESTALE)
         return node
@@ -152,7 +186,7 @@ class UnionFS:
     def real_path(self, node: Node) -> str:
         """Where the top-most object of ``node`` lives now."""
         if node.upper:
-            return self.upper_path(node)
+            return self.stack.real(UPPER, self.path(node))
         if not node.lowers:
             raise pyfuse3.FUSEError(errno.ESTALE)
         return self.stack.real(*node.lowers[0])
@@ -231,7 +265,7 @@ class UnionFS:
         return override.read(self.real_path(node))
 
     def resolve(self, parent: Node, name: str) -> Found | None:
-        if not parent.is_dir:
+        if parent.kind != stat.S_IFDIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         parent_path = self.path(parent)
         return self.stack.resolve(parent_path, parent.upper, parent.lowers, name)
