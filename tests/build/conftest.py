@@ -107,17 +107,23 @@ class Podman:
                 directory.rmdir()
 
 
-@pytest.fixture(scope="session")
-def podman(base_tar) -> Iterator[Podman]:
+@contextlib.contextmanager
+def podman_with_base(base_tar: Path) -> Iterator[Podman]:
+    """A podman with a store of its own holding the busybox image; removed at the end."""
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed (make test installs it)")
-    base = Path(tempfile.mkdtemp(prefix="pyub-", dir="/var/tmp"))
-    tool = Podman(base)
+    tool = Podman(Path(tempfile.mkdtemp(prefix="pyub-", dir="/var/tmp")))
     try:
         tool("load", "-i", base_tar)
         yield tool
     finally:
         tool.close()
+
+
+@pytest.fixture(scope="session")
+def podman(base_tar) -> Iterator[Podman]:
+    with podman_with_base(base_tar) as tool:
+        yield tool
 
 
 def write_context(directory: Path, files: dict[str, str | bytes]) -> Path:

@@ -42,14 +42,7 @@ def _rootfs(root) -> None:
 def test_an_ordinary_user_builds_what_podman_builds(podman, tmp_path):
     with public_dir() as pub:
         _rootfs(pub / "rootfs")
-        context = pub / "ctx"
-        context.mkdir()
-        (context / "a.txt").write_text("a\n")
-        with tarfile.open(context / "x.tar", "w") as tar:
-            info = tarfile.TarInfo("f")
-            info.size, info.uid, info.gid, info.mode = 2, 7, 8, 0o640
-            tar.addfile(info, io.BytesIO(b"x\n"))
-        (context / "Containerfile").write_text(CONTAINERFILE)
+        write_build_context(pub / "ctx")
         base_tar = tmp_path / "base.tar"
         with tarfile.open(base_tar, "w") as tar:
             tar.add(pub / "rootfs", arcname=".")
@@ -74,7 +67,8 @@ def test_an_ordinary_user_builds_what_podman_builds(podman, tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.splitlines()[-1].strip() == "0"  # no container left
         podman("load", "-i", pub / "built.tar")
-    theirs = podman("build", "--layers", "-q", "-t", "podman-built:1", context_copy(tmp_path),
+    theirs = podman("build", "--layers", "-q", "-t", "podman-built:1",
+                    write_build_context(tmp_path / "podman-ctx"),
                     ).stdout.split()[-1]
     trees = []
     for image in ("localhost/rootless-built:1", theirs):
@@ -91,9 +85,9 @@ def test_an_ordinary_user_builds_what_podman_builds(podman, tmp_path):
         _config(podman.inspect(theirs)["Config"])
 
 
-def context_copy(tmp_path):
-    """The build context again, for podman (the user's copy is gone with its directory)."""
-    context = tmp_path / "podman-ctx"
+def write_build_context(context):
+    """The build context (both tools build one of their own: the user's goes with its
+    directory): a file, a tar with owners for ADD, the Containerfile."""
     context.mkdir()
     (context / "a.txt").write_text("a\n")
     with tarfile.open(context / "x.tar", "w") as tar:

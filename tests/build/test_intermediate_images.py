@@ -1,19 +1,16 @@
 """Intermediate images, as podman (and docker) keep them: a build's step images are listed by
 ``images -a`` only, the image a rebuild took the tag from is dangling, and ``rmi`` and
 ``image prune`` take the untagged parents nothing else needs with them. The same session runs
-with podman and with pyunion, and the listings are compared row for row (tags, and which ids
-are the same images: ids themselves differ between the tools)."""
+with podman and with pyunion, and the listings are compared row for row as REPOSITORY:TAG
+(the ids differ between the tools)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.build.conftest import Podman, write_context
+from tests.build.conftest import Podman, podman_with_base, write_context
 from tests.container.conftest import IMAGE
 
 FIRST = f"FROM {IMAGE}\nRUN echo a > /a\nRUN echo b > /b\nENV X=1\n"
@@ -48,14 +45,8 @@ def _session(run, context) -> dict[str, list[str]]:
 def own_podman(base_tar) -> Iterator[Podman]:
     """A podman with a store of its own: the session's holds the other tests' images, which
     its listings would show and its prune would delete."""
-    if shutil.which("podman") is None:
-        pytest.fail("podman is not installed (make test installs it)")
-    tool = Podman(Path(tempfile.mkdtemp(prefix="pyub-", dir="/var/tmp")))
-    try:
-        tool("load", "-i", base_tar)
+    with podman_with_base(base_tar) as tool:
         yield tool
-    finally:
-        tool.close()
 
 
 def test_intermediate_images_as_podman_keeps_them(px, own_podman, tmp_path):
