@@ -482,6 +482,12 @@ def _check_host_port(store: Store, port: Port) -> None:
                 raise Conflict(f"Bind for {port.host_ip or '0.0.0.0'}:{port.host_port} failed: "
                                f"port is already allocated (container "
                                f"{other.container_name})")
+    check_port_free(port)
+
+
+def check_port_free(port: Port) -> None:
+    """Refuses a host port that a socket of the host holds (a bridge's ``-p``, and
+    slirp4netns's, checked before the runtime starts)."""
     kind = socket.SOCK_DGRAM if port.protocol == "udp" else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as s:
         try:

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 
-from unionfs.image.container.network import Port, parse_all
+from unionfs.image.container.network import Port, check_port_free, parse_all
 from unionfs.image.errors import ImageError
 
 MODE = "slirp4netns"
@@ -108,15 +108,8 @@ def check_ports(publish: list[str]) -> None:
     """Refuses a host port that a socket of the host holds, before the runtime starts (the
     hook's failure would only be the runtime's)."""
     for port in parse_all(publish):
-        if port.host_port == 0:
-            continue
-        kind = socket.SOCK_DGRAM if port.protocol == "udp" else socket.SOCK_STREAM
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind((port.host_ip or "0.0.0.0", port.host_port))
-            except OSError as e:
-                raise ImageError(f"cannot publish {port.host_ip or '0.0.0.0'}:"
-                                 f"{port.host_port}: {e.strerror}") from None
+        if port.host_port != 0:
+            check_port_free(port)
 
 
 def _free_port(port: Port) -> int:
