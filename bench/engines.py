@@ -34,16 +34,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import images, standalone
+from bench import containerd, images, standalone
 from bench.containers import (
     Busybox,
     Failed,
@@ -154,15 +152,6 @@ def _env_args(env: dict[str, str]) -> list[str]:
 # containerd
 
 
-def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 class Containerd:
     """A private containerd and a pyunion snapshotter, below ``base`` (a short path)."""
 
@@ -173,11 +162,7 @@ class Containerd:
         self.snap_address = base / "s.sock"
         self.env = {**env, "PATH": f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"}
         (base / "config.toml").write_text(
-            f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{self.address}"\n'
-            f'[ttrpc]\n  address = "{base}/c.ttrpc.sock"\n'
-            f'[proxy_plugins.pyunion]\n  type = "snapshot"\n  address = "{self.snap_address}"\n')
+            containerd.config_toml(base, self.address, self.snap_address))
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def _start(self, cmd: list[str], log_name: str, address: Path) -> None:
@@ -185,12 +170,9 @@ class Containerd:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     env=self.env, start_new_session=True)
         self.procs.append(proc)
-        deadline = time.monotonic() + 60
-        while not _answers(address):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.base / log_name).read_text(errors="replace")[-300:]
-                raise Failed(f"{Path(cmd[0]).name} did not start: {tail}")
-            time.sleep(0.05)
+        if not containerd.wait_for_socket(address, proc, timeout=60):
+            tail = (self.base / log_name).read_text(errors="replace")[-300:]
+            raise Failed(f"{Path(cmd[0]).name} did not start: {tail}")
 
     def start(self) -> None:
         self._start([*pyunion_cmd(), "--root", str(self.base / "store"), "snapshotter",
@@ -204,13 +186,7 @@ class Containerd:
 
     def close(self) -> list[str]:
         for proc in reversed(self.procs):  # containerd first, then the snapshotter
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            containerd.stop(proc, timeout=30)
         return unmount_below(self.base)
 
 

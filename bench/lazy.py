@@ -18,8 +18,8 @@ Per repetition, order rotated, each into an empty store:
 Then, into the same store, more ``run``s of the same command (``second``: the median of
 ``SECOND_RUNS``): for ``lazy`` what is still missing stays in the registry, so this is what a
 second container of a lazily pulled image costs, against the same for a fully pulled one.
-Bytes are those the proxy sent (manifest, config, TOCs, files; the image's compressed size is
-in the report).
+Bytes and requests (of the first start) are those the proxy saw (manifest, config, TOCs,
+files; the image's compressed size is in the report).
 
 Targets (issue 21): lazy first start <= 20% of full's and of podman's; bytes <= 15% of the
 image; lazy second start about full's second start.
@@ -82,12 +82,13 @@ def _sample(tool: str, cell: Path, ref: str, proxy, podman: Podman | None,
         env = None
     times = []
     for run in ["first"] + ["second"] * SECOND_RUNS:
-        sent = proxy.bytes_sent
+        sent, asked = proxy.bytes_sent, len(proxy.requests)
         seconds, _, out = timed(cmd, timeout, env=env, cwd=REPO)
         if out.strip() != b"1":
             raise Failed(f"{tool}: python3 printed {out[-100:]!r}")
         times.append(seconds)
         rec[f"{run}_bytes"] = rec.get(f"{run}_bytes", 0) + proxy.bytes_sent - sent
+        rec[f"{run}_requests"] = rec.get(f"{run}_requests", 0) + len(proxy.requests) - asked
     rec["first_s"], rec["second_runs_s"] = times[0], times[1:]
     rec["second_s"] = statistics.median(times[1:])
     return rec
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace, names: list[str], run_dir: Path, log) -> dict[
                     rec["rep"] = rep
                     samples.append(rec)
                     log(f"lazy rep {rep + 1}/{args.reps} {tool:6s} " + (
-                        f"first {rec['first_s']:.2f}s ({rec['first_bytes'] / 2**20:.1f} MiB), "
+                        f"first {rec['first_s']:.2f}s ({rec['first_bytes'] / 2**20:.1f} MiB, "
+                        f"{rec['first_requests']} requests), "
                         f"second {rec['second_s']:.2f}s" if rec["ok"]
                         else f"FAILED: {rec['error']}"))
     except (OSError, subprocess.SubprocessError, Failed) as e:
@@ -151,7 +153,7 @@ def summarize(samples: list[dict[str, Any]], image_bytes: int) -> dict[str, Any]
     for tool in TOOLS:
         ok = [s for s in samples if s["tool"] == tool and s["ok"]]
         out[tool] = {key: statistics.median(s[key] for s in ok) if ok else None
-                     for key in ("first_s", "second_s", "first_bytes")}
+                     for key in ("first_s", "second_s", "first_bytes", "first_requests")}
         out[tool]["errors"] = [s["error"] for s in samples if s["tool"] == tool and not s["ok"]]
     lazy, full, podman = out["lazy"], out["full"], out["podman"]
     out["ratios"] = {
@@ -180,9 +182,10 @@ def render(res: dict[str, Any]) -> list[str]:
         v = s[tool]
         mib = v["first_bytes"] / 2**20 if v["first_bytes"] is not None else None
         rows.append([tool, _fmt(v["first_s"], ".2f"), _fmt(mib, ".1f"),
-                     _fmt(v["second_s"], ".2f"), "; ".join(v["errors"])[:60]])
-    lines.append(_table(["", "first start s", "MiB fetched", "second start s", "errors"],
-                        rows))
+                     _fmt(v["first_requests"], ".0f"), _fmt(v["second_s"], ".2f"),
+                     "; ".join(v["errors"])[:60]])
+    lines.append(_table(["", "first start s", "MiB fetched", "requests", "second start s",
+                         "errors"], rows))
     r = s["ratios"]
     lines.append(f"  image {row['image']['compressed_bytes'] / 2**20:.1f} MiB compressed; "
                  + ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in r.items())

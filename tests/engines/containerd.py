@@ -19,13 +19,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench import containerd
 from tests.cli_helpers import mounts_below, undo_mounts
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -43,34 +43,11 @@ UNAVAILABLE_RETRIES = 40
 UNAVAILABLE = re.compile(r"\bunavailable\b|code = Unavailable")
 
 
-def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def _wait_for_socket(path: Path, proc: subprocess.Popen, log: Path,
                      timeout: float = START_TIMEOUT) -> None:
     """Until something accepts connections on ``path`` (a killed daemon's socket file stays)."""
-    deadline = time.monotonic() + timeout
-    while not _answers(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{proc.args[0]} did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=15)
+    if not containerd.wait_for_socket(path, proc, timeout):
+        raise AssertionError(f"{proc.args[0]} did not start:\n{log.read_text()[-3000:]}")
 
 
 class Containerd:
@@ -81,13 +58,7 @@ class Containerd:
         self.snapshotter_address = self.base / "snapshotter.sock"
         self.env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin')}"}
         (self.base / "config.toml").write_text(
-            "version = 2\n"
-            f'root = "{self.base}/root"\nstate = "{self.base}/state"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{self.address}"\n'
-            f'[ttrpc]\n  address = "{self.base}/containerd.ttrpc.sock"\n'
-            "[proxy_plugins.pyunion]\n"
-            f'  type = "snapshot"\n  address = "{self.snapshotter_address}"\n')
+            containerd.config_toml(self.base, self.address, self.snapshotter_address))
         self.snapshotter: subprocess.Popen | None = None
         self.containerd: subprocess.Popen | None = None
 
@@ -128,7 +99,7 @@ class Containerd:
         self.start_snapshotter(options=options)
 
     def stop_containerd(self) -> None:
-        _stop(self.containerd)
+        containerd.stop(self.containerd, timeout=15)
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 120,
             env: dict[str, str] | None = None, retry_unavailable: bool = False
@@ -217,8 +188,8 @@ class Containerd:
                 self.ctr("tasks", "rm", "-f", task, check=False)
             for container in self.ctr("containers", "ls", "-q", check=False).stdout.split():
                 self.ctr("containers", "rm", container, check=False)
-        _stop(self.containerd)
-        _stop(self.snapshotter)
+        containerd.stop(self.containerd, timeout=15)
+        containerd.stop(self.snapshotter, timeout=15)
         left = mounts_below([self.base])
         undo_mounts(left)
         shutil.rmtree(self.base, ignore_errors=True)

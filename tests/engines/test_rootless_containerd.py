@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import containerd
 from tests.cli_helpers import AS_NOBODY, NOBODY
 
 pytestmark = pytest.mark.timeout(240)
@@ -80,11 +81,7 @@ def test_rootless_containerd_with_the_snapshotter(base_tar):
         shutil.copy(base_tar, base / "busybox.tar")
         (base / "subid").write_text("nobody:200000:65536\n")  # (by uid, rootlesskit maps it twice)
         (base / "config.toml").write_text(
-            f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{base}/c.sock"\n'
-            f'[ttrpc]\n  address = "{base}/c.ttrpc.sock"\n'
-            f'[proxy_plugins.pyunion]\n  type = "snapshot"\n  address = "{base}/s.sock"\n')
+            containerd.config_toml(base, base / "c.sock", base / "s.sock"))
         for dirpath, dirnames, filenames in os.walk(base):
             for name in (".", *dirnames, *filenames):
                 os.chown(os.path.join(dirpath, name), NOBODY, NOBODY)

@@ -2,7 +2,8 @@
 
 Modes (``proxy.mode``, changeable while it runs): ``pass`` (forwards as is), ``ignore_range``
 (drops the Range header: the registry answers 200 with the whole blob), ``corrupt`` (flips the
-first byte after the gzip header of every 206 answer but the first ``spare`` of them),
+byte ``corrupt_at`` of every 206 answer but the first ``spare`` of them: from the answer's start,
+or from its end if negative; by default the first byte after a gzip member's header),
 ``stall`` (answers no Range request until the proxy stops), ``drop`` (closes the connection
 of every Range request without an answer). ``delay`` (seconds before each answer) and ``rate``
 (bytes a second) slow every answer down. Every request is counted in ``requests`` as (method,
@@ -25,6 +26,7 @@ class MisbehavingProxy:
         self.upstream_port = upstream_port
         self.mode = "pass"
         self.spare = 0  # 206 answers the corrupt mode passes unchanged before it corrupts
+        self.corrupt_at = 10  # the byte it flips (negative: from the end)
         self.delay = 0.0
         self.rate: float | None = None
         self.requests: list[tuple[str, str, str | None, int]] = []
@@ -100,7 +102,8 @@ class MisbehavingProxy:
         if answer.status == 206 and self.mode == "corrupt" and body and self.spare > 0:
             self.spare -= 1
         elif answer.status == 206 and self.mode == "corrupt" and body:
-            at = min(len(body) - 1, 10)  # the first byte after a gzip member's header
+            at = min(len(body) - 1, self.corrupt_at) if self.corrupt_at >= 0 \
+                else max(0, len(body) + self.corrupt_at)
             body = body[:at] + bytes([body[at] ^ 0xFF]) + body[at + 1:]
         self.requests.append((handler.command, handler.path, wanted_range, answer.status))
         if self.delay:

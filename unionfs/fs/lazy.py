@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from unionfs.fs import offload
 from unionfs.fs.inodes import Node
 from unionfs.fs.lazy_layout import LAYER_MARK, MARK, fill_placeholder, record_path
 from unionfs.fs.state import UnionFS
@@ -265,9 +266,10 @@ async def complete_in_background(fs: UnionFS) -> None:
 async def _background_code():
     """``unionfs.image.lazy.complete_in_background``: that module brings the store's and the
     pull's code, 0.1-0.2 s of imports that would hold the loop (and every request of a
-    starting container) if done in it at mount; imported in a worker thread, once the
-    mount's first reads are over."""
-    module = await trio.to_thread.run_sync(importlib.import_module, "unionfs.image.lazy")
+    starting container) if done in it at mount; imported in one of the daemon's worker
+    threads (``offload``: like ``trio.to_thread``'s default, not abandoned if the mount ends
+    meanwhile; an import error raised here), once the mount's first reads are over."""
+    module = await offload.run_sync(importlib.import_module, "unionfs.image.lazy")
     return module.complete_in_background
 
 

@@ -344,11 +344,14 @@ class TocFile:
 
 def _toc_json(member: bytes) -> bytes:
     """The TOC JSON from the TOC's gzip member (its tar header, the JSON, the tar's end)."""
+    gunzip = zlib.decompressobj(wbits=31)
     try:
-        plain = zlib.decompressobj(wbits=31).decompress(member)
+        plain = gunzip.decompress(member)
         info = tarfile.TarInfo.frombuf(plain[:tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
     except (zlib.error, tarfile.TarError) as e:
         raise EstargzError(f"the TOC is not a gzip tar entry ({e})") from None
+    if not gunzip.eof:  # (its JSON may be whole: the digest would not tell)
+        raise EstargzError("the TOC's gzip member does not end before the footer")
     if info.name != TOC_NAME:
         raise EstargzError(f"the TOC entry is named {info.name!r}, not {TOC_NAME}")
     return plain[tarfile.BLOCKSIZE:tarfile.BLOCKSIZE + info.size]

@@ -66,6 +66,12 @@ from unionfs.image.store.locks import FileLock
 PARALLEL_DOWNLOADS = 3
 DOWNLOAD_ATTEMPTS = 5
 MAX_TOC_BYTES = 64 << 20
+# The blob's tail fetched for an eStargz footer: it holds the TOC too when the layer has up to
+# some 1,200 files (a compressed TOC takes some 50 bytes a file), so one request brings both.
+# A TOC that starts before it is fetched from its start to the tail's: a tail smaller than the
+# TOC costs nothing; one larger costs the file data before the TOC (64 KiB: 5 ms at 100 Mbit/s,
+# less than a round trip).
+TOC_TAIL_BYTES = 64 << 10
 
 
 @dataclass
@@ -285,17 +291,26 @@ class Puller:
         return data
 
     async def fetch_toc(self, descriptor: dict, toc_digest: str) -> LazyToc:
-        """An eStargz layer's TOC, from its footer, checked against ``toc_digest``."""
+        """An eStargz layer's TOC, from its footer, checked against ``toc_digest``.
+
+        One Range request for the blob's last ``TOC_TAIL_BYTES`` (or the whole blob, if
+        smaller): the footer, and the TOC with it when the TOC starts within them. Only a TOC
+        that starts before the tail costs a second request, for the bytes from its start to
+        the tail's (as stargz-snapshotter reads a layer's footer: with a tail that usually
+        holds the TOC too)."""
         digest, size = descriptor["digest"], descriptor["size"]
         try:
             if size < estargz.FOOTER_SIZE:
                 raise estargz.EstargzError("the blob is smaller than an eStargz footer")
-            offset = estargz.parse_footer(await self._range(
-                digest, size - estargz.FOOTER_SIZE, size - 1))
+            tail_start = max(0, size - TOC_TAIL_BYTES)
+            tail = await self._range(digest, tail_start, size - 1)
+            offset = estargz.parse_footer(tail[-estargz.FOOTER_SIZE:])
             toc_end = size - estargz.FOOTER_SIZE
             if not 0 <= offset < toc_end or toc_end - offset > MAX_TOC_BYTES:
                 raise estargz.EstargzError(f"the footer's TOC offset {offset} is out of range")
-            member = await self._range(digest, offset, toc_end - 1)
+            member = tail[max(offset - tail_start, 0):-estargz.FOOTER_SIZE]
+            if offset < tail_start:  # the TOC's first bytes are before the tail
+                member = await self._range(digest, offset, tail_start - 1) + member
             toc = LazyToc(offset, *estargz.parse_toc_member(member, toc_digest))
             toc.files()  # a malformed chunk list fails here
         except estargz.EstargzError as e:
