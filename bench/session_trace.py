@@ -16,9 +16,17 @@ through untracked modules in between (the store, events, the FUSE API) are skipp
 ``session -> store -> records`` counts once. Module bodies (imports) are not counted, and the
 modules ``run`` imports are imported before the trace starts.
 
-Prints the number of transitions, the tracked modules the flow entered (with calls into each)
-and the busiest module pairs. The store is deleted at the end (its rootfs unmounted by ``--rm``;
-the script fails if anything is still mounted below it).
+Prints the number of transitions, the tracked modules the flow entered (with calls into each),
+how many pairs of modules it crosses between, and the busiest crossings. The store is deleted
+at the end (its rootfs unmounted by ``--rm``; the script fails if anything is still mounted
+below it).
+
+Measured (host network): before container/session.py (commit 53e0f99), 122 transitions, 14
+modules, 23 module pairs; with it, 128, 15 and 22. The session still calls records, rootfs,
+network, bundle, logs and runtime, each of which stays one concern; what went is the zig-zag
+of cli.run -> runtime/lifecycle/records and lifecycle -> runtime -> rootfs. The new
+take-over under the container's lock (record read again, an unrecorded mount looked for) costs
+about 8.
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ class Transitions:
         return {
             "transitions": self.count,
             "modules": len(self.calls),
+            "module_pairs": len({frozenset(pair) for pair in self.pairs}),
             "calls_per_module": {short(m): n for m, n in sorted(self.calls.items())},
             "busiest_pairs": [f"{short(a)} -> {short(b)}: {n}"
                               for (a, b), n in self.pairs.most_common(15)],
@@ -149,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result['command']}: exit status {result['exit_status']}")
     print(f"module transitions (calls and returns): {result['transitions']}")
     print(f"tracked modules entered: {result['modules']}")
+    print(f"pairs of modules the flow crosses between: {result['module_pairs']}")
     for module, calls in result["calls_per_module"].items():
         print(f"  {module}: {calls} calls")
     print("busiest crossings:")
