@@ -20,9 +20,10 @@ command is missing or not executable, a mount fails), ``run`` raises ``StartFail
 runtime's message as one line (see runtime_output), the container recorded as exited with
 docker's status for it.
 
-``stop``, ``kill``, ``restart``, ``wait`` and ``remove`` act on the session from another
-process: the runtime signals the process, and the monitor tears the session down; ``remove``
-tears down (under the lock) what a dead monitor left. If the monitor dies, ``refresh`` (which
+The lock is not held while the process runs. ``stop``, ``kill``, ``restart``, ``wait`` and
+``remove`` act on the session from another process: the runtime signals the process, and the
+monitor tears the session down; ``remove`` then takes the lock (so it waits for that teardown)
+and tears down what a dead monitor left. If the monitor dies, ``refresh`` (which
 every command that shows or acts on a container calls first) asks the runtime and records the
 end itself.
 """
@@ -56,35 +57,9 @@ MONITOR_LOG = "monitor.log"
 
 
 def refresh(store: Store, container: Container) -> Container:
-    """Corrects a 'running' record whose monitor is gone (crashed, killed); tears down the
-    network a killed ``run`` set up before its container started."""
-    if container.state != "running":
-        if os.path.exists(os.path.join(records.container_dir(store, container.id),
-                                       network.STATE_FILE)) \
-                and network.orphaned(store, container.id):
-            detach_network(store, container)
-        return container
-    if process_alive(container.monitor_pid, b"unionfs", b"pyunion"):
-        return container
-    state = runtime.runtime_state(store, container)
-    if state is not None and state.get("status") in ("running", "paused", "created"):
-        return container  # an orphan process, still running: stop/rm reach it via runc
-    records.update(store, container.id, state="exited", finished=time.time(), pid=None,
-                   monitor_pid=None,
-                   exit_code=container.exit_code if container.exit_code is not None else -1)
-    runtime.delete_runtime_state(store, container)
-    detach_network(store, container)
-    return records.get(store, container.id)
-
-
-def detach_network(store: Store, container: Container) -> None:
-    """Tears down the container's network, if it has one; a failure is reported, not
-    raised (the container has ended either way)."""
-    try:
-        slirp.stop(records.container_dir(store, container.id))
-        network.teardown(store, container.id)
-    except (ImageError, OSError, subprocess.SubprocessError) as e:
-        print(f"pyunion: warning: {container.name}: {e}", file=sys.stderr)
+    """``Session.refresh``: the container as it really is (every command that shows or acts on
+    containers asks this first)."""
+    return Session(store, container).refresh()
 
 
 class Session:
@@ -97,8 +72,40 @@ class Session:
 
     def current(self) -> Container:
         """The container as its record is now (``refresh``-ed)."""
-        self.container = refresh(self.store, records.get(self.store, self.container.id))
+        self.container = records.get(self.store, self.container.id)
+        return self.refresh()
+
+    def refresh(self) -> Container:
+        """Corrects a 'running' record whose monitor is gone (crashed, killed); tears down the
+        network a killed ``run`` set up before its container started."""
+        store, container = self.store, self.container
+        if container.state != "running":
+            if os.path.exists(os.path.join(self.directory, network.STATE_FILE)) \
+                    and network.orphaned(store, container.id):
+                self.detach_network()
+            return container
+        if process_alive(container.monitor_pid, b"unionfs", b"pyunion"):
+            return container
+        state = runtime.runtime_state(store, container)
+        if state is not None and state.get("status") in ("running", "paused", "created"):
+            return container  # an orphan process, still running: stop/rm reach it via runc
+        records.update(store, container.id, state="exited", finished=time.time(), pid=None,
+                       monitor_pid=None,
+                       exit_code=container.exit_code if container.exit_code is not None
+                       else -1)
+        runtime.delete_runtime_state(store, container)
+        self.detach_network()
+        self.container = records.get(store, container.id)
         return self.container
+
+    def detach_network(self) -> None:
+        """Tears down the container's network, if it has one; a failure is reported, not
+        raised (the container has ended either way)."""
+        try:
+            slirp.stop(self.directory)
+            network.teardown(self.store, self.container.id)
+        except (ImageError, OSError, subprocess.SubprocessError) as e:
+            print(f"pyunion: warning: {self.container.name}: {e}", file=sys.stderr)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -106,13 +113,12 @@ class Session:
         lock = FileLock(os.path.join(self.directory, LOCK_FILE))
         try:
             lock.acquire(exclusive=True)
-        except FileNotFoundError:  # no directory (removed meanwhile): nothing there to guard
-            yield
-            return
+        except FileNotFoundError:
+            pass  # no directory (removed meanwhile): nothing there to guard
         try:
             yield
         finally:
-            lock.release()
+            lock.release()  # (nothing if it was not taken)
 
     # ------------------------------------------------------------------ the monitor's part
 
@@ -121,7 +127,7 @@ class Session:
         status. ``log_path``: a detached monitor's log (the output goes only there).
         StartFailed if the runtime could not start it."""
         with self.locked():
-            container = self._take_over()
+            self._take_over()
             point, attached = self._mount_and_attach()
             try:
                 command = self._prepare(point, attached)
@@ -131,7 +137,7 @@ class Session:
         try:
             code, failure = self._run_runtime(command, log_path)
         except BaseException:
-            detach_network(self.store, container)  # the process may still run: only this
+            self.detach_network()  # the process may still run: only this
             raise
         with self.locked():
             self._tear_down(code, attached is not None)
@@ -139,15 +145,15 @@ class Session:
             raise failure
         return code
 
-    def _take_over(self) -> Container:
-        """The container, refused if another session runs it; what a killed session left (a
-        mount it had not recorded yet, a stale runtime state) taken away. Under the lock."""
+    def _take_over(self) -> None:
+        """The container read again, refused if another session runs it; what a killed
+        session left (a mount it had not recorded yet, a stale runtime state) taken away.
+        Under the lock."""
         container = self.current()
         if container.state == "running":
             raise Conflict(f"container {container.name} is already running")
         rootfs.unmount_unrecorded(self.store, container)
         runtime.delete_runtime_state(self.store, container)
-        return container
 
     def _mount_and_attach(self) -> tuple[str, network.Attachment | None]:
         """The rootfs mounted and the network set up; a bridge's (netavark, ~0.1 s of waiting
@@ -175,7 +181,7 @@ class Session:
             point = rootfs.mount(store, container)
         except BaseException:
             setup.join()
-            detach_network(store, container)
+            self.detach_network()
             raise
         setup.join()
         if "error" in outcome:
@@ -213,7 +219,7 @@ class Session:
     def _undo_setup(self, bridged: bool) -> None:
         """A setup that failed after the mount: the network, then the rootfs."""
         if bridged or self.container.spec.network == network.SLIRP:
-            detach_network(self.store, self.container)
+            self.detach_network()
         self._unmount()
 
     def _tear_down(self, code: int, bridged: bool) -> None:
@@ -222,8 +228,7 @@ class Session:
         while the runtime's state goes and the rootfs is unmounted."""
         store, container = self.store, self.container
         if bridged:
-            teardown = threading.Thread(target=detach_network, args=(store, container),
-                                        name="network-teardown")
+            teardown = threading.Thread(target=self.detach_network, name="network-teardown")
             teardown.start()
             try:
                 runtime.delete_runtime_state(store, container)
@@ -231,7 +236,7 @@ class Session:
             finally:
                 teardown.join()
         elif container.spec.network == network.SLIRP:
-            detach_network(store, container)
+            self.detach_network()
         records.update(store, container.id, state="exited", exit_code=code,
                        finished=time.time(), pid=None, monitor_pid=None)
         events.record_container(store, records.get(store, container.id), "die", exitCode=code)
@@ -458,7 +463,7 @@ class Session:
             rootfs.unmount(self.store, container)
             rootfs.unmount_unrecorded(self.store, container)  # before the rmtree below
             runtime.delete_runtime_state(self.store, container)
-            detach_network(self.store, container)  # a run killed with its monitor leaves it
+            self.detach_network()  # a run killed with its monitor leaves it
             records.delete_record(self.store, container.id)  # its directory: garbage now
             shutil.rmtree(self.directory, ignore_errors=True)
         if not quiet:
