@@ -447,27 +447,37 @@ class Session:
 
     def remove(self, *, force: bool, quiet: bool = False) -> None:
         """Removes the container: refused while it runs unless forced (then it is killed and
-        its monitor's teardown waited for); what a dead monitor or a killed command left is
-        taken away under the lock."""
-        container = self.current()
-        if container.state == "running":
-            if not force:
-                raise Conflict(f"cannot remove container {container.name}: it is running "
-                               "(stop it first, or use rm -f)")
-            restart.mark_stopped(self.store, container)
-            runtime.send_signal(self.store, container, 9)
-            runtime.thaw(self.store, container)
-            self.wait()
-        with self.locked():
-            container = records.get(self.store, container.id)
-            rootfs.unmount(self.store, container)
-            rootfs.unmount_unrecorded(self.store, container)  # before the rmtree below
-            runtime.delete_runtime_state(self.store, container)
-            self.detach_network()  # a run killed with its monitor leaves it
-            records.delete_record(self.store, container.id)  # its directory: garbage now
-            shutil.rmtree(self.directory, ignore_errors=True)
+        its monitor's teardown waited for: the lock); what a dead monitor or a killed command
+        left is taken away under the lock."""
+        while True:
+            self._end_for_removal(force)
+            with self.locked():
+                container = self.current()
+                if container.state == "running":  # a session started meanwhile
+                    continue
+                rootfs.unmount(self.store, container)
+                rootfs.unmount_unrecorded(self.store, container)  # before the rmtree below
+                runtime.delete_runtime_state(self.store, container)
+                self.detach_network()  # a run killed with its monitor leaves it
+                records.delete_record(self.store, container.id)  # its directory: garbage now
+                shutil.rmtree(self.directory, ignore_errors=True)
+                break
         if not quiet:
             events.record_container(self.store, container, "destroy")
+
+    def _end_for_removal(self, force: bool) -> None:
+        """A running container: refused (Conflict) unless ``force``, else SIGKILLed and waited
+        for."""
+        container = self.current()
+        if container.state != "running":
+            return
+        if not force:
+            raise Conflict(f"cannot remove container {container.name}: it is running "
+                           "(stop it first, or use rm -f)")
+        restart.mark_stopped(self.store, container)
+        runtime.send_signal(self.store, container, 9)
+        runtime.thaw(self.store, container)
+        self.wait()
 
 
 def _fresh(directory: str, name: str) -> str:
