@@ -46,7 +46,7 @@ from unionfs.image.container import logs, network, records, restart, rootfs, run
 from unionfs.image.container.bundle import image_config, write_bundle
 from unionfs.image.container.records import Container
 from unionfs.image.container.runtime_output import StderrRelay, start_failure
-from unionfs.image.daemons import process_alive
+from unionfs.image.daemons import process_alive, wait_exit
 from unionfs.image.errors import Conflict, ImageError, StartFailed
 from unionfs.image.store import Store
 from unionfs.image.store.locks import FileLock
@@ -54,6 +54,7 @@ from unionfs.image.store.locks import FileLock
 LOCK_FILE = "session.lock"  # in the container's directory: held while a session changes state
 STDIN_FIFO = "stdin"        # a detached -i container's stdin, which ``attach`` writes to
 MONITOR_LOG = "monitor.log"
+DAEMON_EXIT_WAIT = 60.0     # seconds a teardown waits for the rootfs's daemon to exit
 
 
 def refresh(store: Store, container: Container) -> Container:
@@ -244,10 +245,15 @@ class Session:
         self._unmount()
 
     def _unmount(self) -> None:
-        """The rootfs unmounted (``self.container`` knows the mount: it was read under the
-        lock, and ``rootfs.mount`` updates it)."""
+        """The rootfs unmounted and its daemon gone (``self.container`` knows the mount: it
+        was read under the lock, and ``rootfs.mount`` updates it). ``rootfs.unmount`` waits
+        10 s for the daemon; a loaded machine has seen longer exits, and until the daemon
+        exits it holds the upper, which the next session (waiting for the lock) mounts."""
+        daemon = self.container.mount_pid if rootfs.is_mounted(self.container) else None
         with contextlib.suppress(ImageError):
             rootfs.unmount(self.store, self.container)
+        if daemon is not None:
+            wait_exit(daemon, timeout=DAEMON_EXIT_WAIT)
 
     def _run_runtime(self, command: list[str], log_path: str | None
                      ) -> tuple[int, StartFailed | None]:
