@@ -22,11 +22,12 @@ at the end (its rootfs unmounted by ``--rm``; the script fails if anything is st
 below it).
 
 Measured (host network): before container/session.py (commit 53e0f99), 122 transitions, 14
-modules, 23 module pairs; with it, 122, 15 (session.py) and 22. The session still calls
+modules, 23 module pairs; with it, 124, 15 (session.py) and 22. The session still calls
 records, rootfs, network, bundle, logs and runtime, each of which stays one concern; what went
 is the zig-zag of cli.run -> runtime/lifecycle/records and lifecycle -> runtime -> rootfs
-(cli.run now calls create and the session only). The new take-over under the container's lock
-(the record read again, an unrecorded mount looked for) costs 8 of the 122.
+(cli.run now calls create and the session only). New work costs 10 of the 124: the take-over
+under the container's lock (the record read again, an unrecorded mount looked for: 8) and the
+teardown's check that the rootfs's daemon has exited (2).
 """
 
 from __future__ import annotations
