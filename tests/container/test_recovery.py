@@ -4,8 +4,13 @@ SIGKILLed while its container runs. pyunion must notice, never show a stale "Up"
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
+import sqlite3
+import time
+
+import pytest
 
 from tests.cli_helpers import pid_alive
 from tests.container.conftest import IMAGE, mounts_under, pids_with_cmdline, wait_for
@@ -112,3 +117,71 @@ def test_foreground_run_killed(px):
     assert px.runc_containers() == []
     assert mounts_under(px.tmp) == []
     assert pids_with_cmdline(str(px.root)) == []
+
+
+def _recorded_mountpoint(px, name: str) -> str | None:
+    """The rootfs mount the store's record of ``name`` knows of (None: none)."""
+    db = sqlite3.connect(f"file:{px.root / 'db.sqlite'}?mode=ro", uri=True, timeout=30)
+    try:
+        row = db.execute("SELECT mountpoint FROM containers WHERE name = ?", (name,)).fetchone()
+    finally:
+        db.close()
+    assert row is not None, f"no record of {name}"
+    return row[0]
+
+
+def _kill_when_mounted(px, run, containers: str) -> bool:
+    """SIGKILLs ``run`` as soon as a rootfs is mounted below ``containers`` (its mount daemon
+    answering, the record not yet written, if we are quick enough); False if it ended first."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(point.endswith("/merged") for point, _t, _s in mounts_under(containers)):
+            os.kill(run.pid, signal.SIGKILL)
+            run.wait(timeout=10)
+            return True
+        if run.proc.poll() is not None:
+            return False
+    raise AssertionError(f"no rootfs was mounted within 30 s: {run.stderr()}")
+
+
+def test_start_after_a_run_killed_while_mounting(px):
+    """A ``run`` SIGKILLed while it mounted the rootfs leaves a mount its record does not know
+    (the daemon lives on in its own session). ``start`` must take it over, not fail with "is
+    already a mount point" until ``rm``. The kill must land between the mount and its record:
+    tried again (with a new container) when it was too late."""
+    containers = px.root / "containers"
+    for attempt in range(20):
+        name = f"killed{attempt}"
+        run = px.popen("run", "--name", name, IMAGE, "true")
+        if not _kill_when_mounted(px, run, str(containers)) \
+                or _recorded_mountpoint(px, name) is not None:
+            px("rm", "-f", name)
+            continue
+        assert px.container(name)["State"] == "created"
+        started = px("start", name, check=False)
+        assert started.returncode == 0, str(started)
+        assert px("wait", name).stdout.split() == ["0"]
+        assert px("start", "-a", name).returncode == 0  # and again, from a clean state
+        px("rm", name)
+        assert mounts_under(px.tmp) == []
+        return
+    pytest.fail("the kill never landed between the rootfs's mount and its record")
+
+
+def test_a_session_waits_for_the_containers_lock(px):
+    """While someone holds the container's lock (``session.lock`` in its directory, an
+    flock), ``start -a`` mounts nothing; it goes on as soon as the lock is free."""
+    px("create", "--name", "locked", IMAGE, "true")
+    lock_path = px.container_dir("locked") / "session.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        start = px.popen("start", "-a", "locked")
+        time.sleep(1.5)
+        assert start.proc.poll() is None, start.stderr()
+        assert mounts_under(px.container_dir("locked")) == []
+        assert px.container("locked")["State"] == "created"
+    finally:
+        os.close(fd)  # the lock goes with it
+    assert start.wait(timeout=60) == 0, start.stderr()
+    assert px.container("locked")["State"] == "exited"

@@ -33,9 +33,10 @@ from unionfs.image.build.dockerfile import Dockerfile, DockerfileError, Instruct
 from unionfs.image.build.ignore import IgnoreRules
 from unionfs.image.build.squash import write_squashed
 from unionfs.image.build.words import expand_word, expand_words, split_keeping_quotes
-from unionfs.image.container import lifecycle, records, rootfs, runtime
+from unionfs.image.container import lifecycle, records, rootfs
 from unionfs.image.container.commit import UpperLayer, upper_layer
 from unionfs.image.container.records import Container, RunSpec
+from unionfs.image.container.session import Session
 from unionfs.image.errors import ImageError
 from unionfs.image.mounts import layer_dirs
 from unionfs.image.store import Store, Workspace
@@ -639,7 +640,7 @@ class Builder:
         os.close(devnull)
         log = self._workspace().new_path("run.log") if self.options.quiet else None
         try:
-            code = runtime.execute(self.store, container, log_path=log)
+            code = Session(self.store, container).run(log_path=log)
         except ImageError as e:
             raise ImageError(f"cannot run {' '.join(container.spec.command or [])}: {e}",
                              e.exit_status) from None

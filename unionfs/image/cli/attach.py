@@ -19,7 +19,7 @@ import threading
 import time
 
 from unionfs.image import events
-from unionfs.image.container import logs, records, runtime
+from unionfs.image.container import logs, records, runtime, session
 from unionfs.image.container.records import Container
 from unionfs.image.errors import Conflict, ImageError
 from unionfs.image.store import Store
@@ -46,7 +46,7 @@ def register(commands) -> None:
 
 
 def stdin_fifo(store: Store, container: Container) -> str:
-    return os.path.join(records.container_dir(store, container.id), runtime.STDIN_FIFO)
+    return os.path.join(records.container_dir(store, container.id), session.STDIN_FIFO)
 
 
 def _feed_stdin(path: str) -> None:
@@ -78,7 +78,7 @@ def _proxy_signals(store: Store, container: Container) -> None:
 
 
 def run(args, store: Store) -> int:
-    container = runtime.refresh(store, records.get(store, args.container))
+    container = session.refresh(store, records.get(store, args.container))
     if container.state != "running":
         raise Conflict(f"you cannot attach to a stopped container, start it first "
                        f"({container.name})")
@@ -99,7 +99,7 @@ def run(args, store: Store) -> int:
             _feed_stdin(fifo)  # only now: what it answers is after the end just found
         while True:
             _copy(f)
-            current = runtime.refresh(store, records.get(store, container.id))
+            current = session.refresh(store, records.get(store, container.id))
             if current.state != "running":
                 _copy(f)  # what was written before it stopped
                 return current.exit_code if current.exit_code is not None else 0

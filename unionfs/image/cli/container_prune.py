@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from unionfs.image.container import lifecycle, records, runtime
+from unionfs.image.container import lifecycle, records, session
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
@@ -27,7 +27,7 @@ def run(args, store: Store) -> int:
     status = 0
     print("Deleted Containers:")
     for container in records.all_containers(store):
-        container = runtime.refresh(store, container)
+        container = session.refresh(store, container)
         if container.state == "running":
             continue
         try:

@@ -7,8 +7,8 @@ import signal
 import sys
 
 from unionfs.image import events
-from unionfs.image.cli.run import start_detached
-from unionfs.image.container import records, restart, runtime
+from unionfs.image.container import records, runtime
+from unionfs.image.container.session import Session, refresh
 from unionfs.image.errors import Conflict, ImageError
 from unionfs.image.store import Store
 
@@ -74,7 +74,7 @@ def _each(names: list[str], action) -> int:
 
 
 def _running(store: Store, text: str) -> records.Container:
-    container = runtime.refresh(store, records.get(store, text))
+    container = refresh(store, records.get(store, text))
     if container.state != "running":
         raise Conflict(f"container {container.name} is not running")
     return container
@@ -84,27 +84,14 @@ def run_kill(args, store: Store) -> int:
     number = signal_number(args.signal)
 
     def kill(text: str) -> None:
-        container = _running(store, text)
-        if runtime.is_paused(store, container):
-            raise Conflict(f"container {container.name} is paused: unpause it first")
-        if number in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
-            restart.mark_stopped(store, container)
-        # recorded first: the container's "die", which the signal may cause at once, is
-        # recorded by its monitor and must come after it, as in docker's event stream
-        events.record_container(store, container, "kill", signal=number)
-        if not runtime.send_signal(store, container, number):
-            raise ImageError(f"cannot signal {container.name}: the runtime refused")
+        Session(store, _running(store, text)).kill(number)
 
     return _each(args.containers, kill)
 
 
 def run_restart(args, store: Store) -> int:
     def restart(text: str) -> None:
-        container = runtime.refresh(store, records.get(store, text))
-        if container.state == "running":
-            runtime.stop(store, container, args.time)
-        start_detached(store, records.get(store, container.id))
-        events.record_container(store, container, "restart")
+        Session(store, refresh(store, records.get(store, text))).restart(args.time)
 
     return _each(args.containers, restart)
 

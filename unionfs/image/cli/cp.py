@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from unionfs.image.container import copy, records, rootfs, runtime
+from unionfs.image.container import copy, records, rootfs, session
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
@@ -49,7 +49,7 @@ def split_location(text: str) -> tuple[str | None, str]:
 @contextlib.contextmanager
 def mounted_rootfs(store: Store, text: str) -> Iterator[str]:
     """The container's rootfs, mounted for the copy if it was not (and unmounted after)."""
-    container = runtime.refresh(store, records.get(store, text))
+    container = session.refresh(store, records.get(store, text))
     was_mounted = rootfs.is_mounted(container)
     point = rootfs.mount(store, container)
     try:

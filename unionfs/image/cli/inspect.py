@@ -102,10 +102,10 @@ def _time(when: float | None) -> str:
 
 def describe_container(store: Store, container) -> dict:
     """docker's fields that apply to a pyunion container."""
-    from unionfs.image.container import restart, rootfs, runtime
+    from unionfs.image.container import restart, rootfs, runtime, session
     from unionfs.image.container.bundle import image_config, process_args
 
-    container = runtime.refresh(store, container)
+    container = session.refresh(store, container)
     spec = container.spec
     config = image_config(store, container.image_id)
     try:

@@ -11,7 +11,7 @@ from unionfs.image.cli.common import resolve
 from unionfs.image.cli.filters import label_matches, matches, parse_filters
 from unionfs.image.cli.output import human_duration, print_table
 from unionfs.image.cli.template import print_formatted
-from unionfs.image.container import network, records, rootfs, runtime
+from unionfs.image.container import network, records, rootfs, runtime, session
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
@@ -136,7 +136,7 @@ def _ports(store: Store, c: Container) -> str:
 
 
 def run(args, store: Store) -> int:
-    containers = [runtime.refresh(store, c) for c in records.all_containers(store)]
+    containers = [session.refresh(store, c) for c in records.all_containers(store)]
     if args.latest:
         args.last = 1
     if args.last >= 0:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from unionfs.image.container import lifecycle, records
+from unionfs.image.container import records
+from unionfs.image.container.session import Session
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
@@ -23,7 +24,7 @@ def run(args, store: Store) -> int:
     status = 0
     for text in args.containers:
         try:
-            lifecycle.remove(store, records.get(store, text), force=args.force)
+            Session(store, records.get(store, text)).remove(force=args.force)
             print(text)
         except ImageError as e:
             print(f"pyunion: error: {e}", file=sys.stderr)

@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from unionfs.image.cli.create import add_container_options, create_from_args
-from unionfs.image.container import lifecycle, records, restart, runtime
-from unionfs.image.container.records import Container
-from unionfs.image.errors import Conflict, ImageError, StartFailed
+from unionfs.image.container import records, restart
+from unionfs.image.container.session import Session, refresh
+from unionfs.image.errors import Conflict, ImageError
 from unionfs.image.store import Store
 
 HELP = "Create and run a container (mount its rootfs, start it with runc, wait)"
@@ -45,19 +45,20 @@ def run(args, store: Store) -> int:
     if args.tty and not sys.stdin.isatty():  # exit status 1, as docker's client has it
         raise ImageError("the input device is not a TTY (drop -t, or run from a terminal)", 1)
     container = create_from_args(args, store)
+    session = Session(store, container)
     if args.detach:
-        start_detached(store, container)
+        session.start_detached()
         print(container.id)
         return 0
     try:
-        code = runtime.execute(store, container)
+        code = session.run()
     finally:
         if args.rm:
-            lifecycle.remove(store, records.get(store, container.id), force=True)
+            session.remove(force=True)
     current = records.get(store, container.id) if not args.rm else None
     if current is not None and restart.wanted(store, current, code, 0):
         restart.count(store, current, 1)
-        start_detached(store, current, clear=False)  # the monitor restarts it from now on
+        Session(store, current).start_detached(clear=False)  # its monitor restarts it now
     return code
 
 
@@ -65,26 +66,15 @@ def run_start(args, store: Store) -> int:
     status = 0
     for text in args.containers:
         try:
-            container = runtime.refresh(store, records.get(store, text))
+            container = refresh(store, records.get(store, text))
             if container.state == "running":
                 raise Conflict(f"container {container.name} is already running")
             if args.attach:
-                status = runtime.execute(store, container)
+                status = Session(store, container).run()
             else:
-                start_detached(store, container)
+                Session(store, container).start_detached()
                 print(text)
         except ImageError as e:
             print(f"pyunion: error: {e}", file=sys.stderr)
             status = 1
     return status
-
-
-def start_detached(store: Store, container: Container, *, clear: bool = True) -> None:
-    """``runtime.start_detached``; a container that could not start goes if it was to be
-    removed (``--rm``), as its monitor leaves that to us."""
-    try:
-        runtime.start_detached(store, container, clear=clear)
-    except StartFailed:
-        if container.spec.auto_remove:
-            lifecycle.remove(store, records.get(store, container.id), force=True)
-        raise

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from unionfs.image.cli.output import human_size, print_table
 from unionfs.image.cli.template import print_formatted
-from unionfs.image.container import records, runtime
+from unionfs.image.container import records, runtime, session
 from unionfs.image.container.bundle import caller_limits
 from unionfs.image.container.records import Container
 from unionfs.image.store import Store
@@ -188,8 +188,8 @@ def _row(container: Container, before: Sample | None, after: Sample | None,
 
 def _chosen(args, store: Store) -> list[Container]:
     if args.containers:
-        return [runtime.refresh(store, records.get(store, t)) for t in args.containers]
-    return [c for c in (runtime.refresh(store, c) for c in records.all_containers(store))
+        return [session.refresh(store, records.get(store, t)) for t in args.containers]
+    return [c for c in (session.refresh(store, c) for c in records.all_containers(store))
             if args.all or c.state == "running"]
 
 

@@ -10,7 +10,8 @@ import sys
 import time
 
 from unionfs.image.cli.output import parse_time
-from unionfs.image.container import logs, records, runtime
+from unionfs.image.container import logs, records
+from unionfs.image.container.session import Session, refresh
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
@@ -58,14 +59,14 @@ def _count(text: str) -> int | None:
 
 def run_stop(args, store: Store) -> int:
     for text in args.containers:
-        runtime.stop(store, runtime.refresh(store, records.get(store, text)), args.time)
+        Session(store, refresh(store, records.get(store, text))).stop(args.time)
         print(text)
     return 0
 
 
 def run_wait(args, store: Store) -> int:
     for text in args.containers:
-        print(runtime.wait(store, records.get(store, text)))
+        print(Session(store, records.get(store, text)).wait())
     return 0
 
 
@@ -91,7 +92,7 @@ def run_logs(args, store: Store) -> int:
             for piece in logs.read_pieces(f):
                 if _wanted(piece, since, until):
                     _show(piece, args.timestamps, at_start)
-            if runtime.refresh(store, records.get(store, container.id)).state != "running":
+            if refresh(store, records.get(store, container.id)).state != "running":
                 for piece in logs.read_pieces(f):  # what was written before it stopped
                     if _wanted(piece, since, until):
                         _show(piece, args.timestamps, at_start)

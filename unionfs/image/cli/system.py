@@ -19,7 +19,7 @@ from unionfs.image.cli.network import prune_networks
 from unionfs.image.cli.output import human_duration, human_size, print_table, since
 from unionfs.image.cli.prune import prune_images
 from unionfs.image.cli.template import print_formatted
-from unionfs.image.container import lifecycle, records, runtime
+from unionfs.image.container import lifecycle, records, session
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
@@ -94,7 +94,7 @@ def measure(store: Store) -> Usage:
                            (row["id"],))],
                        "containers": len(image_users(store, row["id"]))})
     containers = [(c, upper_size(store, c)) for c in
-                  (runtime.refresh(store, c) for c in records.all_containers(store))]
+                  (session.refresh(store, c) for c in records.all_containers(store))]
     return Usage(images, layer_sizes, containers)
 
 
@@ -183,7 +183,7 @@ def run_prune(args, store: Store) -> int:
     status = 0
     removed, freed = [], 0
     for container in records.all_containers(store):
-        container = runtime.refresh(store, container)
+        container = session.refresh(store, container)
         if container.state == "running":
             continue
         size = upper_size(store, container)

@@ -7,7 +7,7 @@ import argparse
 import json
 import subprocess
 
-from unionfs.image.container import network, records, runtime
+from unionfs.image.container import network, records, runtime, session
 from unionfs.image.errors import Conflict, ImageError
 from unionfs.image.store import Store
 
@@ -40,7 +40,7 @@ def container_pids(store: Store, container: records.Container) -> set[int]:
 
 
 def run_top(args, store: Store) -> int:
-    container = runtime.refresh(store, records.get(store, args.container))
+    container = session.refresh(store, records.get(store, args.container))
     if container.state != "running":
         raise Conflict(f"container {container.name} is not running")
     pids = container_pids(store, container)
@@ -66,7 +66,7 @@ def run_top(args, store: Store) -> int:
 def run_port(args, store: Store) -> int:
     """docker's lines: ``80/tcp -> 0.0.0.0:8080``, or ``0.0.0.0:8080`` for one port asked;
     only a running container on a bridge network has any."""
-    container = runtime.refresh(store, records.get(store, args.container))
+    container = session.refresh(store, records.get(store, args.container))
     ports = network.published_ports(store, container.id, container.spec.network) \
         if container.state == "running" else []
     if args.port:

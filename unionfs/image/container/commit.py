@@ -28,7 +28,7 @@ from unionfs.image.archive.sources import DirectorySource
 from unionfs.image.archive.tarwriter import Entry, as_tarinfo
 from unionfs.image.archive.unpack import LayerDigests, LayerWriter
 from unionfs.image.config_changes import apply_changes
-from unionfs.image.container import rootfs, runtime
+from unionfs.image.container import rootfs, runtime, session
 from unionfs.image.container.idmap import rootless_id_map
 from unionfs.image.container.records import Container
 from unionfs.image.errors import ImageError
@@ -142,7 +142,7 @@ def commit(store: Store, container: Container, names: list[str], *, message: str
            author: str, changes: list[str], pause: bool,
            progress: Progress | None = None, layer_format: str = "gzip") -> str:
     """The new image's id. ``layer_format``: the new layer's blob, gzip or estargz."""
-    container = runtime.refresh(store, container)
+    container = session.refresh(store, container)
     running = container.state == "running"
     paused = False
     if running and pause:

@@ -12,7 +12,7 @@ import secrets
 import subprocess
 from dataclasses import dataclass, field
 
-from unionfs.image.container import records, runtime
+from unionfs.image.container import records, runtime, session
 from unionfs.image.container.bundle import process_user
 from unionfs.image.container.records import Container
 from unionfs.image.container.runtime_output import StderrRelay, start_failure
@@ -34,7 +34,7 @@ class ExecSpec:
 def exec_process(store: Store, container: Container, spec: ExecSpec) -> int:
     """Runs ``spec.command`` in the container: its exit status (0 at once if detached).
     StartFailed (126/127 where docker has them) if the runtime could not start it."""
-    container = runtime.refresh(store, container)
+    container = session.refresh(store, container)
     if container.state != "running":
         raise Conflict(f"container {container.name} is not running")
     if runtime.is_paused(store, container):

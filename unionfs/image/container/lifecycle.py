@@ -1,14 +1,14 @@
-"""Creating and removing containers (the steps ``create``, ``run --rm`` and ``rm`` share)."""
+"""Creating containers (``create``, ``run``, ``build``'s steps); removing one is
+``Session.remove``'s (session.py), ``remove`` here for the callers that create them."""
 
 from __future__ import annotations
 
-import shutil
-
 from unionfs.image import events
-from unionfs.image.container import records, restart, rootfs, runtime
+from unionfs.image.container import records, rootfs
 from unionfs.image.container.initlayer import build_init_layer, restore_parent_times
 from unionfs.image.container.records import Container, RunSpec
-from unionfs.image.errors import Conflict, ImageError
+from unionfs.image.container.session import Session
+from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
 
@@ -29,22 +29,6 @@ def create(store: Store, image_id: str, image_name: str, name: str | None,
 
 
 def remove(store: Store, container: Container, *, force: bool, quiet: bool = False) -> None:
-    """Removes a container: refused while it runs unless forced (then it is killed)."""
-    container = runtime.refresh(store, container)
-    if container.state == "running":
-        if not force:
-            raise Conflict(f"cannot remove container {container.name}: it is running "
-                           "(stop it first, or use rm -f)")
-        restart.mark_stopped(store, container)
-        runtime.send_signal(store, container, 9)
-        runtime.thaw(store, container)
-        runtime.wait(store, container)
-        container = records.get(store, container.id)
-    rootfs.unmount(store, container)
-    rootfs.unmount_unrecorded(store, container)  # before the directory's removal below
-    runtime.delete_runtime_state(store, container)
-    runtime.detach_network(store, container)  # a run killed with its monitor leaves it
-    records.delete_record(store, container.id)  # a leftover directory is garbage from now on
-    shutil.rmtree(records.container_dir(store, container.id), ignore_errors=True)
-    if not quiet:
-        events.record_container(store, container, "destroy")
+    """Removes a container: refused while it runs unless forced (then it is killed); see
+    ``Session.remove``."""
+    Session(store, container).remove(force=force, quiet=quiet)

@@ -1,8 +1,9 @@
 """The detached monitor of one container (``pyunion run -d``, ``pyunion start``).
 
-Runs in its own session: mounts the rootfs, runs the runtime with the container's output going
-to its log, records the exit status, unmounts, and removes the container if asked (``--rm``),
-or runs it again as its ``--restart`` policy says (restart.py).
+A process of its own (its own process session too), which runs ``Session.monitor``
+(session.py): the container's session with its output going to its log, again as its
+``--restart`` policy says (restart.py), and the container removed at the end if asked
+(``--rm``).
 
 Its own exit status is for ``start_detached``: 0 once the process ran (its status is in the
 record), else that of the failure (126 or 127 when the runtime could not invoke or find the
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from unionfs.image.container import lifecycle, records, restart, runtime
+from unionfs.image.container import records
+from unionfs.image.container.session import Session
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
@@ -37,29 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 def _monitor(store: Store, name: str, log: str) -> int:
     try:
         container = records.get(store, name)
-        code = runtime.execute(store, container, log_path=log)
     except ImageError as e:
         print(f"pyunion: error: {e}", file=sys.stderr, flush=True)
         return e.exit_status or 125
-    restarts = 0
-    while restart.wanted(store, container, code, restarts):
-        time.sleep(restart.delay(restarts))
-        restarts += 1
-        try:
-            container = records.get(store, container.id)  # gone if it was removed meanwhile
-            if container.state == "running" or restart.stopped_by_user(store, container):
-                return 0
-            restart.count(store, container, restarts)
-            code = runtime.execute(store, container, log_path=log)
-        except ImageError as e:
-            print(f"pyunion: error: {e}", file=sys.stderr, flush=True)
-            return 0
-    if container.spec.auto_remove:
-        try:
-            lifecycle.remove(store, records.get(store, container.id), force=True)
-        except ImageError as e:
-            print(f"pyunion: error: {e}", file=sys.stderr)
-    return 0
+    return Session(store, container).monitor(log)
 
 
 if __name__ == "__main__":
