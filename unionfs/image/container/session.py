@@ -226,14 +226,14 @@ class Session:
     def _tear_down(self, code: int, bridged: bool) -> None:
         """The end of a run, recorded and undone. The network goes before "exited" is recorded
         (whoever waits finds it gone); a bridge's teardown (netavark: ~0.15 s) in a thread
-        while the runtime's state goes and the rootfs is unmounted."""
+        while the runtime's state goes and the rootfs is unmounted, which otherwise follow
+        "exited"."""
         store, container = self.store, self.container
         if bridged:
             teardown = threading.Thread(target=self.detach_network, name="network-teardown")
             teardown.start()
             try:
-                runtime.delete_runtime_state(store, container)
-                self._unmount()
+                self._release_rootfs()
             finally:
                 teardown.join()
         elif container.spec.network == network.SLIRP:
@@ -241,7 +241,13 @@ class Session:
         records.update(store, container.id, state="exited", exit_code=code,
                        finished=time.time(), pid=None, monitor_pid=None)
         events.record_container(store, records.get(store, container.id), "die", exitCode=code)
-        runtime.delete_runtime_state(store, container)  # (runc run deletes it when it can)
+        if not bridged:
+            self._release_rootfs()
+
+    def _release_rootfs(self) -> None:
+        """The runtime's state deleted (``runc run`` deletes it when it can), the rootfs
+        unmounted."""
+        runtime.delete_runtime_state(self.store, self.container)
         self._unmount()
 
     def _unmount(self) -> None:
