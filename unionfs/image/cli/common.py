@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from dataclasses import dataclass
 
@@ -112,3 +113,19 @@ def parse_labels(items: list[str]) -> dict[str, str]:
             raise ImageError(f"invalid label {item!r} (KEY=VALUE)")
         labels[key] = value
     return labels
+
+
+def add_lazy_rate_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--lazy-rate`` (pull, mount-image): here, not in cli.pull, whose registry client
+    (trio, httpx: 0.1 s of imports) a mount must not wait for."""
+    p.add_argument("--lazy-rate", type=_rate, metavar="RATE",
+                   help=f"bytes a second at which {what} (e.g. 4M, 512k; 0: not at all)")
+
+
+def _rate(text: str) -> int:
+    from unionfs.fs.options import MountError, parse_rate
+
+    try:
+        return parse_rate(text)
+    except MountError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from unionfs.image.cli.common import resolve, short_id, short_name
-from unionfs.image.cli.pull import add_lazy_rate_option
+from unionfs.image.cli.common import add_lazy_rate_option, resolve, short_id, short_name
 from unionfs.image.errors import ImageError
 from unionfs.image.mounts import mount_image, unmount_image
 from unionfs.image.store import Store

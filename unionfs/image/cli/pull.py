@@ -12,7 +12,7 @@ import trio
 
 from unionfs.image import events, reference
 from unionfs.image.archive.formats import Platform
-from unionfs.image.cli.common import Resolved, warn_foreign_platform
+from unionfs.image.cli.common import Resolved, add_lazy_rate_option, warn_foreign_platform
 from unionfs.image.cli.output import CliProgress
 from unionfs.image.errors import ImageError
 from unionfs.image.progress import Progress
@@ -72,20 +72,6 @@ def add_lazy_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lazy", action="store_true",
                    help="fetch only the TOC of eStargz layers now, each file on its first "
                         "use (the registry must serve Range requests)")
-
-
-def add_lazy_rate_option(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--lazy-rate", type=_rate, metavar="RATE",
-                   help=f"bytes a second at which {what} (e.g. 4M, 512k; 0: not at all)")
-
-
-def _rate(text: str) -> int:
-    from unionfs.fs.options import MountError, parse_rate
-
-    try:
-        return parse_rate(text)
-    except MountError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 async def _through_mirrors(ref: Reference, insecure: bool,
