@@ -1,6 +1,7 @@
 """Where a lazily pulled layer keeps its state, for the mount (``fs/lazy.py``) and for the
-store's commands (``image/lazy.py``; ``images`` and ``df`` show how much is present) alike,
-without importing the mount's code (pyfuse3, trio: 0.1 s of every such command).
+store's commands (``image/lazy.py``; ``images`` and ``df``, through ``presence``, show how
+much is present) alike, without importing the mount's code (pyfuse3, trio: 0.1 s of every
+such command) nor the pull's (``image/lazy.py``: httpx, the unpacker: 0.05 s).
 
 A lazy layer's root and each file still to fetch carry the xattr ``MARK`` (the root's value
 ``LAYER_MARK``, a file's its name in the TOC); the layer's record (its blob's digest, size,
@@ -10,8 +11,14 @@ file's verified data in its placeholder.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import stat
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unionfs.image.store import Store
 
 MARK = "user.pyunion.lazy"
 LAYER_MARK = "layer"  # MARK's value on the root of a lazy layer (its files': their TOC name)
@@ -40,3 +47,32 @@ def fill_placeholder(real: str, chunks, pieces: list[bytes]) -> None:
         os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
     finally:
         os.close(fd)
+
+
+def presence(store: Store, chain_id: str) -> tuple[int, int] | None:
+    """(bytes present, bytes in all) of the files a lazy layer fetches on demand; None for an
+    ordinary layer."""
+    try:
+        with open(record_path(store.layer_path(chain_id))) as f:
+            total = int(json.load(f).get("bytes", 0))
+    except (OSError, ValueError):
+        return None
+    missing = 0
+    for top, _, names in os.walk(store.layer_path(chain_id)):
+        for name in names:
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                os.getxattr(path, MARK, follow_symlinks=False)
+                missing += os.lstat(path).st_size
+    return max(total - missing, 0), total
+
+
+def image_presence(store: Store, image_id: str) -> tuple[int, int] | None:
+    """(bytes present, bytes in all) of the image's lazy layers' files; None for an image
+    with no lazy layer."""
+    rows = store.db.execute("SELECT DISTINCT chain_id FROM image_layers WHERE image_id = ?",
+                            (image_id,)).fetchall()
+    found = [p for r in rows if (p := presence(store, r["chain_id"])) is not None]
+    if not found:
+        return None
+    return sum(p for p, _ in found), sum(t for _, t in found)

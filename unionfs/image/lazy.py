@@ -234,35 +234,6 @@ def incomplete_layers(store: Store, image_id: str) -> list[str]:
     return [r["diff_id"] for r in rows if is_incomplete(store, r["chain_id"])]
 
 
-def presence(store: Store, chain_id: str) -> tuple[int, int] | None:
-    """(bytes present, bytes in all) of the files a lazy layer fetches on demand; None for an
-    ordinary layer."""
-    try:
-        with open(record_path(store.layer_path(chain_id))) as f:
-            total = int(json.load(f).get("bytes", 0))
-    except (OSError, ValueError):
-        return None
-    missing = 0
-    for top, _, names in os.walk(store.layer_path(chain_id)):
-        for name in names:
-            path = os.path.join(top, name)
-            with contextlib.suppress(OSError):
-                os.getxattr(path, MARK, follow_symlinks=False)
-                missing += os.lstat(path).st_size
-    return max(total - missing, 0), total
-
-
-def image_presence(store: Store, image_id: str) -> tuple[int, int] | None:
-    """(bytes present, bytes in all) of the image's lazy layers' files; None for an image
-    with no lazy layer."""
-    rows = store.db.execute("SELECT DISTINCT chain_id FROM image_layers WHERE image_id = ?",
-                            (image_id,)).fetchall()
-    found = [p for r in rows if (p := presence(store, r["chain_id"])) is not None]
-    if not found:
-        return None
-    return sum(p for p, _ in found), sum(t for _, t in found)
-
-
 def refuse_incomplete(store: Store, image_id: str, what: str) -> None:
     """One clear line for ``save``/``push`` of an image whose lazy layers are not whole."""
     missing = incomplete_layers(store, image_id)

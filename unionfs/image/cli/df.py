@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from unionfs.fs.lazy_layout import presence
 from unionfs.image.cli.common import image_names, image_users, short_id, short_name
 from unionfs.image.cli.output import human_size, print_table, since
-from unionfs.image.lazy import presence
 from unionfs.image.store import Store
 
 HELP = "Show the store's disk usage"

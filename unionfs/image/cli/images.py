@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from unionfs.fs.lazy_layout import image_presence
 from unionfs.image import reference
 from unionfs.image.cli.common import resolve, short_id
 from unionfs.image.cli.filters import (
@@ -16,7 +17,6 @@ from unionfs.image.cli.filters import (
 )
 from unionfs.image.cli.output import docker_time, human_size, parse_time, print_table, since
 from unionfs.image.cli.template import print_formatted
-from unionfs.image.lazy import image_presence
 from unionfs.image.store import Store
 from unionfs.image.store import images as store_images
 
