@@ -27,7 +27,12 @@ LAYER_MARK = "layer"  # MARK's value on the root of a lazy layer (its files': th
 def record_path(layer_root: str) -> str:
     """Where the lazy record of the layer directory ``<store>/layers/<hex>`` is."""
     layers_dir, name = os.path.split(os.path.normpath(layer_root))
-    return os.path.join(os.path.dirname(layers_dir), "lazy", name + ".json")
+    return os.path.join(records_dir(layers_dir), name + ".json")
+
+
+def records_dir(layers_dir: str) -> str:
+    """Where the lazy records of the layers in ``layers_dir`` (``<store>/layers``) are."""
+    return os.path.join(os.path.dirname(os.path.normpath(layers_dir)), "lazy")
 
 
 def fill_placeholder(real: str, chunks, pieces: list[bytes]) -> None:
@@ -65,6 +70,16 @@ def presence(store: Store, chain_id: str) -> tuple[int, int] | None:
                 os.getxattr(path, MARK, follow_symlinks=False)
                 missing += os.lstat(path).st_size
     return max(total - missing, 0), total
+
+
+def has_lazy_layers(store: Store) -> bool:
+    """Whether any layer of the store is lazy and not yet whole (has a record): when none is,
+    a listing need not ask each image."""
+    try:
+        with os.scandir(records_dir(store.layers_dir)) as records:
+            return any(True for _ in records)
+    except FileNotFoundError:
+        return False
 
 
 def image_presence(store: Store, image_id: str) -> tuple[int, int] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from unionfs.fs.lazy_layout import image_presence
+from unionfs.fs.lazy_layout import has_lazy_layers, image_presence
 from unionfs.image import reference
 from unionfs.image.cli.common import resolve, short_id
 from unionfs.image.cli.filters import (
@@ -84,10 +84,10 @@ def _rows(store: Store, wanted: str | None, *, everything: bool = False) -> list
     return rows
 
 
-def _size(store: Store, row: dict) -> str:
+def _size(store: Store, row: dict, lazy: bool) -> str:
     """The image's size; for one pulled lazily and not yet whole, how much of its lazy
-    layers' files is here (``lazy 12%``)."""
-    found = image_presence(store, row["id"])
+    layers' files is here (``lazy 12%``). ``lazy``: whether the store has such layers."""
+    found = image_presence(store, row["id"]) if lazy else None
     if found is None:
         return human_size(row["size"])
     present, total = found
@@ -159,7 +159,8 @@ def run(args, store: Store) -> int:
         return 0
     headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else []) + [
         "IMAGE ID", "CREATED", "SIZE"]
+    lazy = has_lazy_layers(store)
     table = [[r["repository"], r["tag"]] + ([r["digest"]] if args.digests else []) + [
-        show_id(r["id"]), since(r["created"]), _size(store, r)] for r in rows]
+        show_id(r["id"]), since(r["created"]), _size(store, r, lazy)] for r in rows]
     print_table(headers, table)
     return 0
