@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import IO
 
 from unionfs.fs.options import MountError
-from unionfs.prestart import interrupts_held, prestart_daemon, take_warm_daemon
+from unionfs.prestart import (
+    daemon_stderr_file,
+    interrupts_held,
+    prestart_daemon,
+    take_warm_daemon,
+)
 
 __all__ = ["Mount", "MountError", "mount", "mount_async", "prestart_daemon"]
 
@@ -125,9 +130,7 @@ class Mount:
                 self._stderr = warm.stderr
                 return warm.proc, warm.ready_fd
             warm.discard()
-        # The daemon's stderr goes to a file: a pipe nobody reads would block a daemon that
-        # logs (-o debug) and hang the filesystem.
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = daemon_stderr_file()
         read_end, write_end = os.pipe()
         try:
             proc = subprocess.Popen(

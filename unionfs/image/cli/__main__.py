@@ -1,3 +1,3 @@
-from unionfs.image.cli import main
+from unionfs.image.cli import entry
 
-raise SystemExit(main())
+entry()

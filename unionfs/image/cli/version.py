@@ -33,7 +33,7 @@ def _runtime_version(name: str) -> str | None:
 
 
 def facts() -> dict:
-    from unionfs.image.cli import version_line
+    from unionfs.image.cli.dispatch import version_line
 
     machine = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(),
                                                           platform.machine())
