@@ -245,8 +245,9 @@ def test_session_against_podman(tools, tmp_path):
     both("rm", "web2", stdout=False, status=0)
     both("rm", "web2", stdout=False, status=1)
     both("ps", "-a", "--format", "{{.Names}}")
-    # attach: output from then on, the exit status; stdin of a -i container
-    both("run", "-d", "--name", "late", image, "sh", "-c", "sleep 3; echo late; exit 4",
+    # attach: output from then on, the exit status; stdin of a -i container (the sleep: long
+    # enough for each tool's attach to begin before the output, on a loaded machine too)
+    both("run", "-d", "--name", "late", image, "sh", "-c", "sleep 6; echo late; exit 4",
          stdout=False, status=0)
     # (podman 4.3's attach exits 0 and ends with an empty line; docker's exits with the
     # container's status, as pyunion's)
