@@ -373,18 +373,19 @@ def files_opened_by(store: Store, image_id: str, image_name: str, command: str,
     """The image's files that ``command`` (run by ``/bin/sh -c`` in a container of the image,
     to its end) opens, in the order of their first use: the daemon of the container's
     rootfs mount logs them (``-o open_log``). For ``push --prefetch-from``."""
-    from unionfs.image.container import lifecycle, records, rootfs, runtime
+    from unionfs.image.container import lifecycle, records, rootfs
     from unionfs.image.container.records import RunSpec
+    from unionfs.image.container.session import Session
 
     opened = os.path.join(workdir, "opened")
     spec = RunSpec(entrypoint=["/bin/sh"], command=["-c", command], network="host")
     container = lifecycle.create(store, image_id, image_name, None, spec)
     try:
         rootfs.mount(store, container, extra_options=[f"open_log={opened}"])
-        code = runtime.execute(store, records.get(store, container.id),
-                               log_path=os.path.join(workdir, "prefetch-from.log"))
+        code = Session(store, records.get(store, container.id)).run(
+            log_path=os.path.join(workdir, "prefetch-from.log"))
     finally:
-        lifecycle.remove(store, records.get(store, container.id), force=True)
+        Session(store, records.get(store, container.id)).remove(force=True)
     if code != 0:
         print(f"pyunion: --prefetch-from: the command exited with status {code} (the files "
               "it opened come first all the same)", file=sys.stderr, flush=True)

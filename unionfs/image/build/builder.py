@@ -664,7 +664,7 @@ class Builder:
             yield container
         finally:
             with contextlib.suppress(ImageError):
-                lifecycle.remove(self.store, records.get(self.store, container.id), force=True)
+                Session(self.store, records.get(self.store, container.id)).remove(force=True)
 
     def _ensure_workdir(self, state: State, point: str,
                         container: Container | None = None) -> str:
@@ -815,7 +815,7 @@ class Builder:
             yield rootfs.mount(self.store, container)
         finally:
             with contextlib.suppress(ImageError):
-                lifecycle.remove(self.store, records.get(self.store, container.id), force=True)
+                Session(self.store, records.get(self.store, container.id)).remove(force=True)
 
     # ------------------------------------------------------------------ the end
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from unionfs.image.container import lifecycle, records, session
+from unionfs.image.container import records, session
+from unionfs.image.container.session import Session
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
@@ -31,7 +32,7 @@ def run(args, store: Store) -> int:
         if container.state == "running":
             continue
         try:
-            lifecycle.remove(store, container, force=False)
+            Session(store, container).remove(force=False)
             print(container.id)
         except ImageError as e:
             print(f"pyunion: error: {e}", file=sys.stderr)

@@ -11,8 +11,9 @@ import sys
 from unionfs.image.cli.common import parse_labels
 from unionfs.image.cli.output import print_table
 from unionfs.image.cli.template import print_formatted, render
-from unionfs.image.container import lifecycle, records
 from unionfs.image.container import network as networks
+from unionfs.image.container import records
+from unionfs.image.container.session import Session
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
@@ -114,7 +115,7 @@ def run_rm(args, store: Store) -> int:
             on_it = users(store, network)
             if args.force and network.name != networks.DEFAULT_NETWORK:
                 for container in on_it:
-                    lifecycle.remove(store, container, force=True)
+                    Session(store, container).remove(force=True)
                 on_it = []
             networks.remove(store, network, [f"container {c.name} ({c.short_id})"
                                              for c in on_it])

@@ -19,8 +19,9 @@ from unionfs.image.cli.network import prune_networks
 from unionfs.image.cli.output import human_duration, human_size, print_table, since
 from unionfs.image.cli.prune import prune_images
 from unionfs.image.cli.template import print_formatted
-from unionfs.image.container import lifecycle, records, session
+from unionfs.image.container import records, session
 from unionfs.image.container.records import Container
+from unionfs.image.container.session import Session
 from unionfs.image.errors import ImageError
 from unionfs.image.store import Store
 
@@ -188,7 +189,7 @@ def run_prune(args, store: Store) -> int:
             continue
         size = upper_size(store, container)
         try:
-            lifecycle.remove(store, container, force=False)
+            Session(store, container).remove(force=False)
         except ImageError as e:
             print(f"pyunion: error: {e}", file=sys.stderr)
             status = 1

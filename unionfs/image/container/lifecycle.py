@@ -1,5 +1,5 @@
 """Creating containers (``create``, ``run``, ``build``'s steps); removing one is
-``Session.remove``'s (session.py), ``remove`` here for the callers that create them."""
+``Session.remove``'s (session.py)."""
 
 from __future__ import annotations
 
@@ -22,13 +22,7 @@ def create(store: Store, image_id: str, image_name: str, name: str | None,
         build_init_layer(init, image, spec)
         restore_parent_times(init, image)
     except OSError as e:
-        remove(store, container, force=True, quiet=True)
+        Session(store, container).remove(force=True, quiet=True)
         raise ImageError(f"cannot prepare the container's init layer: {e}") from None
     events.record_container(store, container, "create")
     return container
-
-
-def remove(store: Store, container: Container, *, force: bool, quiet: bool = False) -> None:
-    """Removes a container: refused while it runs unless forced (then it is killed); see
-    ``Session.remove``."""
-    Session(store, container).remove(force=force, quiet=quiet)

@@ -146,11 +146,3 @@ def wait_forwarding_signals(proc: subprocess.Popen) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def execute(store: Store, container: Container, *, log_path: str | None = None) -> int:
-    """``Session(store, container).run(log_path=...)``, for callers outside this package
-    (``lazy.files_opened_by``); the session is session.py's."""
-    from unionfs.image.container.session import Session
-
-    return Session(store, container).run(log_path=log_path)
