@@ -150,7 +150,7 @@ def test_start_after_a_run_killed_while_mounting(px):
     already a mount point" until ``rm``. The kill must land between the mount and its record:
     tried again (with a new container) when it was too late."""
     containers = px.root / "containers"
-    for attempt in range(20):
+    for attempt in range(60):
         name = f"killed{attempt}"
         run = px.popen("run", "--name", name, IMAGE, "true")
         if not _kill_when_mounted(px, run, str(containers)) \
