@@ -5,6 +5,10 @@ unknown option, a missing argument: argparse's) exit 125, as docker's and podman
 command. ``run`` and ``exec`` exit 125 for their own failures too, as docker's do, so that
 pyunion's failures stay apart from the container's statuses (126: its command cannot be
 invoked, 127: not found; otherwise its process's own status).
+
+This module holds only the tables of commands and ``main``, so that a mounting command starts
+its daemon (``unionfs.prestart``) before anything heavy is imported; ``dispatch`` parses the
+command line and runs the command.
 """
 
 from __future__ import annotations
