@@ -27,6 +27,8 @@ import trio
 
 from unionfs.image.archive import estargz
 from unionfs.image.archive.unpack import LayerError, normalize_name
+from unionfs.image.container.copy import follow_links
+from unionfs.image.errors import ImageError
 
 if TYPE_CHECKING:
     from unionfs.image.lazy import LazyToc
@@ -199,34 +201,22 @@ def _name(entry: dict) -> str:
 def _resolve(top_first: list[tuple[str, dict[str, dict]]], path: str) -> tuple[str, str] | None:
     """(blob digest, name) of the regular file at ``path``, symlinks followed through the
     layers (the top-most layer's entry taken); None if there is none."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        name = "/".join([*done, part])
-        at = next(((digest, entries[name]) for digest, entries in top_first
-                   if name in entries), None)
-        if at is None:
+    def entry_of(name: str) -> tuple[str, dict] | None:
+        return next(((digest, entries[name]) for digest, entries in top_first
+                     if name in entries), None)
+
+    def link_target(components: list[str]) -> str | None:
+        found = entry_of("/".join(components))
+        if found is None or found[1].get("type") != "symlink":
             return None
-        digest, entry = at
-        if entry.get("type") == "symlink":
-            hops += 1
-            if hops > 40:
-                return None
-            target = str(entry.get("linkName", ""))
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        if not parts:
-            return (digest, name) if entry.get("type") == "reg" else None
-        done.append(part)
-    return None
+        return str(found[1].get("linkName", ""))
+
+    try:
+        name = "/".join(follow_links(path, link_target))
+    except ImageError:  # a loop of links
+        return None
+    found = entry_of(name)
+    return (found[0], name) if found is not None and found[1].get("type") == "reg" else None
 
 
 def elf_needs(data: bytes) -> tuple[str, list[str], list[str]] | None:

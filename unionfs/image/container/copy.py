@@ -18,7 +18,7 @@ import posixpath
 import stat
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from unionfs.image.errors import ImageError, NotFound
@@ -31,6 +31,20 @@ def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> str:
     ``root`` were ``/``, as a chroot would (``..`` after a link goes up from its target, and
     stops at ``root``). The last component need not exist. ``cp`` and ``build`` (COPY, WORKDIR,
     USER's /etc files) use it."""
+    def link_target(components: list[str]) -> str | None:
+        candidate = os.path.join(root, *components)
+        return os.readlink(candidate) if os.path.islink(candidate) else None
+
+    return os.path.join(root, *follow_links(path, link_target, follow_last=follow_last))
+
+
+def follow_links(path: str, link_target: Callable[[list[str]], str | None], *,
+                 follow_last: bool = True) -> list[str]:
+    """The components of ``path`` with symbolic links followed as a chroot would (see
+    ``resolve_in_root``), wherever the tree is: ``link_target(components)`` is the target of
+    the link those components name, None if they name anything else or nothing. A tree on
+    disk (``resolve_in_root``) and an image's TOCs (``early``) both use it. ImageError after
+    ``MAX_LINKS`` links."""
     parts = [p for p in path.split("/") if p and p != "."]
     resolved: list[str] = []
     links = 0
@@ -42,19 +56,17 @@ def resolve_in_root(root: str, path: str, *, follow_last: bool = True) -> str:
             continue
         if name == ".":
             continue
-        candidate = os.path.join(root, *resolved, name)
-        is_last = not parts
-        if (follow_last or not is_last) and os.path.islink(candidate):
+        target = link_target([*resolved, name]) if follow_last or parts else None
+        if target is not None:
             links += 1
             if links > MAX_LINKS:
                 raise ImageError(f"too many levels of symbolic links in {path}")
-            target = os.readlink(candidate)
             if target.startswith("/"):
                 resolved = []
             parts = [p for p in target.split("/") if p] + parts
             continue
         resolved.append(name)
-    return os.path.join(root, *resolved)
+    return resolved
 
 
 def archive(source: str, name: str, out: BinaryIO, *, contents_only: bool = False,
