@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from unionfs.fs.lazy_layout import records_dir
 from unionfs.image.daemons import mount_is_live
 from unionfs.image.errors import ImageError
 from unionfs.image.limits import Limits
@@ -257,7 +258,7 @@ class Store:
         for name in os.listdir(self.layers_dir):
             if name not in known_layers:
                 self._remove_tree(os.path.join(self.layers_dir, name))
-        lazy_records = os.path.join(self.root, "lazy")  # of lazy layers (unionfs.image.lazy)
+        lazy_records = records_dir(self.layers_dir)  # of lazy layers (fs/lazy_layout.py)
         for name in os.listdir(lazy_records) if os.path.isdir(lazy_records) else []:
             if name.removesuffix(".json") not in known_layers:
                 with contextlib.suppress(FileNotFoundError):
