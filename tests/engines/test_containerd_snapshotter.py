@@ -15,7 +15,6 @@ containerd reconnects (``retry_unavailable``).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -23,7 +22,6 @@ import signal
 import sqlite3
 import stat
 import subprocess
-import tarfile
 from pathlib import Path
 
 import grpc
@@ -34,6 +32,7 @@ from tests.cli_helpers import mount_info
 from tests.container.conftest import differences, snapshot
 from tests.engines.containerd import NAMESPACE, PYUNION, Containerd
 from tests.image.conftest import mounted_image, rootfs_tree
+from tests.image.imagebuild import LayerTar
 from tests.registry.conftest import Registry, run_command
 from unionfs.image.snapshotter.api import snapshots_pb2, snapshots_pb2_grpc
 
@@ -63,17 +62,8 @@ def _layer_opaque(layout: Path, work: Path, source: str, tag: str) -> None:
     """``tag`` = ``source`` + a layer making ``/opt/app`` opaque (``.wh..wh..opq``: what was
     below it is gone) with one new file in it, added verbatim (``umoci raw add-layer``)."""
     layer = work / f"opaque-{tag}.tar"
-    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in (("opt", None), ("opt/app", None), ("opt/app/.wh..wh..opq", b""),
-                           ("opt/app/only.txt", b"only\n")):
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
+    layer.write_bytes(LayerTar().dir("opt").dir("opt/app").opaque("opt/app")
+                      .file("opt/app/only.txt", b"only\n").bytes())
     run_command(["umoci", "raw", "add-layer", "--image", f"{layout}:{source}", "--tag", tag,
                  str(layer)])
 
