@@ -63,12 +63,13 @@ def mount_is_live(mountpoint: str, pid: int | None) -> bool:
     return process_alive(pid, b"mount_helper") and mountpoint in mounted_points()
 
 
-def unmount_daemon(point: str, pid: int | None, what: str) -> None:
-    """``umount`` of a pyunion mount, then a wait for its daemon to exit."""
+def unmount_daemon(point: str, pid: int | None, what: str, *, wait: float = 10.0) -> None:
+    """``umount`` of a pyunion mount, then a wait (of at most ``wait`` seconds) for its daemon
+    to exit."""
     if os.geteuid() == 0:  # the system call umount(8) would make, without its process
         try:
             syscalls.umount(point)
-            wait_exit(pid)
+            wait_exit(pid, wait)
             return
         except OSError:
             pass  # (busy, or not a mount point any more): umount(8) says which
@@ -76,4 +77,4 @@ def unmount_daemon(point: str, pid: int | None, what: str) -> None:
     if result.returncode != 0 and point in mounted_points():
         lines = result.stderr.strip().splitlines()
         raise ImageError(f"cannot unmount {what}: {lines[-1] if lines else 'busy'}")
-    wait_exit(pid)
+    wait_exit(pid, wait)

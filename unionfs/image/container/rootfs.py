@@ -85,15 +85,17 @@ def mount(store: Store, container: Container, target: str | None = None,
     return point
 
 
-def unmount(store: Store, container: Container) -> None:
-    """Unmounts the rootfs (flushing it first) and waits for its daemon to exit."""
+def unmount(store: Store, container: Container, *, daemon_wait: float = 10.0) -> None:
+    """Unmounts the rootfs (flushing it first) and waits (at most ``daemon_wait`` seconds) for
+    its daemon to exit."""
     if container.mountpoint is None:
         return
     point = container.mountpoint
     if is_mounted(container):
         with contextlib.suppress(OSError):
             syncfs(point)
-        unmount_daemon(point, container.mount_pid, f"the rootfs of {container.name} at {point}")
+        unmount_daemon(point, container.mount_pid, f"the rootfs of {container.name} at {point}",
+                       wait=daemon_wait)
     _forget_dead_mount(store, container)
 
 
